@@ -1,0 +1,169 @@
+"""The wire protocol between frontends, brokers and workers: frames, message types, headers.
+
+Every message is a ZeroMQ multipart message. What a DEALER sends (a ROUTER sees the
+peer identity prepended as frame 0):
+
+| frame | content                                                             |
+|-------|---------------------------------------------------------------------|
+| 0     | ``PROTOCOL_TAG`` (``b"FAB1"``): rejects peers speaking another version|
+| 1     | message type, one byte (``MsgType``)                                |
+| 2     | header: msgpack of the type's header struct (array-like)            |
+| 3..   | payload frames, opaque to every tier but the one that made them     |
+
+Per type (F = frontend, B = broker, W = worker):
+
+| type       | direction    | header            | payload frames after the header        |
+|------------|--------------|-------------------|----------------------------------------|
+| REQUEST    | F→B          | RequestHeader     | [ModelInferRequest bytes]              |
+| REQUEST    | B→W          | RequestHeader     | [frontend identity, ModelInferRequest] |
+| REPLY      | W→B          | ReplyHeader       | [frontend identity, ModelInferResponse?]|
+| REPLY      | B→F          | ReplyHeader       | [ModelInferResponse?] (only when OK)    |
+| CANCEL     | F→B          | CancelHeader      | []                                     |
+| CANCEL     | B→W          | CancelHeader      | [frontend identity]                    |
+| READY      | W→B          | ReadyHeader       | [] (full model state, sent on change)  |
+| CATALOG    | B→F          | CatalogHeader     | [] (sent on change or when asked)      |
+| HEARTBEAT  | any          | HeartbeatHeader   | []                                     |
+| DISCONNECT | any          | HeartbeatHeader   | [] (graceful leave)                    |
+| ACK        | W→B          | CancelHeader      | [frontend identity] (accepted in batch)|
+
+Requests are keyed by (frontend identity, request id): ids are unique per frontend only.
+Deadlines are absolute wall-clock nanoseconds (``time.time_ns()``), 0 meaning none, so that
+they mean the same in every process; each tier converts them to its monotonic clock.
+Status codes are gRPC status names (``"INVALID_ARGUMENT"``) so no tier needs grpc to say one.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from typing import TypeAlias
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_TAG = b"FAB1"
+
+RequestId: TypeAlias = int
+PeerId: TypeAlias = bytes
+Frame: TypeAlias = "bytes | memoryview"
+
+
+class MsgType(enum.IntEnum):
+    REQUEST = 1
+    REPLY = 2
+    CANCEL = 3
+    READY = 4
+    CATALOG = 5
+    HEARTBEAT = 6
+    DISCONNECT = 7
+    ACK = 8
+
+
+# Single-byte frames, precomputed so the hot path never builds them.
+TYPE_FRAME: dict[MsgType, bytes] = {t: bytes([t]) for t in MsgType}
+FRAME_TYPE: dict[bytes, MsgType] = {v: k for k, v in TYPE_FRAME.items()}
+
+FLAG_NON_IDEMPOTENT = 1
+"""The model must not run twice: never requeue a request that a worker may have started."""
+
+
+class RequestHeader(msgspec.Struct, array_like=True, gc=False):
+    request_id: RequestId
+    model: str
+    version: str  # "" = latest ready version
+    deadline_ns: int  # absolute, time.time_ns(); 0 = no deadline
+    trace: str = ""  # W3C traceparent, "" when not traced
+    flags: int = 0
+
+
+class ReplyHeader(msgspec.Struct, array_like=True, gc=False):
+    request_id: RequestId
+    status: str  # "OK" or a gRPC status name
+    message: str = ""
+
+
+class CancelHeader(msgspec.Struct, array_like=True, gc=False):
+    request_id: RequestId
+
+
+class ModelAnnouncement(msgspec.Struct, array_like=True, gc=False):
+    """One ready model version on a worker, with its config as serialized ModelConfig."""
+
+    name: str
+    version: str
+    config: bytes
+    capacity: int  # requests the worker will hold in flight for this model
+
+
+class ReadyHeader(msgspec.Struct, array_like=True, gc=False):
+    models: list[ModelAnnouncement]
+
+
+class CatalogEntry(msgspec.Struct, array_like=True, gc=False):
+    name: str
+    version: str
+    config: bytes
+    workers: int  # live workers serving this version right now
+
+
+class CatalogHeader(msgspec.Struct, array_like=True, gc=False):
+    generation: int
+    workers: int  # live workers connected to this broker
+    models: list[CatalogEntry]
+
+
+class HeartbeatHeader(msgspec.Struct, array_like=True, gc=False):
+    generation: int = 0  # F→B: catalog generation the frontend holds; B→F: current one
+
+
+HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
+    MsgType.REQUEST: RequestHeader,
+    MsgType.REPLY: ReplyHeader,
+    MsgType.CANCEL: CancelHeader,
+    MsgType.READY: ReadyHeader,
+    MsgType.CATALOG: CatalogHeader,
+    MsgType.HEARTBEAT: HeartbeatHeader,
+    MsgType.DISCONNECT: HeartbeatHeader,
+    MsgType.ACK: CancelHeader,
+}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[MsgType, msgspec.msgpack.Decoder[msgspec.Struct]] = {
+    t: msgspec.msgpack.Decoder(h) for t, h in HEADER_TYPES.items()
+}
+
+
+class MalformedMessage(ValueError):
+    """A message that does not follow this protocol; log it with its peer and drop it."""
+
+
+def encode(msg_type: MsgType, header: msgspec.Struct, *payload: Frame) -> list[Frame]:
+    """The frames a DEALER sends (a ROUTER puts the destination identity in front)."""
+    return [PROTOCOL_TAG, TYPE_FRAME[msg_type], _encoder.encode(header), *payload]
+
+
+def encode_header(header: msgspec.Struct) -> bytes:
+    return _encoder.encode(header)
+
+
+def decode(frames: Sequence[Frame]) -> tuple[MsgType, msgspec.Struct, Sequence[Frame]]:
+    """Split frames (without any routing identity) into type, header and payload frames."""
+    if len(frames) < 3 or bytes(frames[0]) != PROTOCOL_TAG:
+        raise MalformedMessage(f"bad protocol tag or too few frames ({len(frames)})")
+    msg_type = FRAME_TYPE.get(bytes(frames[1]))
+    if msg_type is None:
+        raise MalformedMessage(f"unknown message type {bytes(frames[1])!r}")
+    try:
+        header = _decoders[msg_type].decode(frames[2])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"bad {msg_type.name} header: {exc}") from exc
+    return msg_type, header, frames[3:]
+
+
+def decode_header(msg_type: MsgType, data: Frame) -> msgspec.Struct:
+    try:
+        return _decoders[msg_type].decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"bad {msg_type.name} header: {exc}") from exc
