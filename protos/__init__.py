@@ -1,0 +1,1 @@
+"""Protocol buffer definitions (KServe v2 / Triton compatible) and their generated stubs."""

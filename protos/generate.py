@@ -1,0 +1,99 @@
+"""Regenerate (or verify) the Python stubs for the protos in this package.
+
+Usage, from the repository root::
+
+    python -m protos.generate           # rewrite protos/*_pb2.py, *_pb2_grpc.py, *.pyi
+    python -m protos.generate --check   # exit 1 if any committed stub is stale
+
+protoc runs with the repository root as its only include path, so the generated modules
+import each other as ``from protos import model_config_pb2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+PROTOS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PROTOS_DIR.parent
+PROTO_FILES = ("protos/grpc_service.proto", "protos/model_config.proto")
+
+
+def generated_names() -> list[str]:
+    """File names (inside protos/) that generation produces, in a stable order."""
+    names = []
+    for proto in PROTO_FILES:
+        stem = Path(proto).stem
+        names += [f"{stem}_pb2.py", f"{stem}_pb2_grpc.py", f"{stem}_pb2.pyi"]
+    return sorted(names)
+
+
+def generate(out_root: Path) -> list[Path]:
+    """Run protoc, writing stubs under ``out_root/protos/``; return the files written."""
+    from grpc_tools import protoc  # imported lazily: only a dev/test dependency
+
+    include = Path(protoc.__file__).resolve().parent / "_proto"  # well-known types
+    out_root.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{REPO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        f"--pyi_out={out_root}",
+        *(str(REPO_ROOT / p) for p in PROTO_FILES),
+    ]
+    rc = protoc.main(args)
+    if rc != 0:
+        raise RuntimeError(f"protoc failed with exit status {rc}: {' '.join(args)}")
+    written = [out_root / "protos" / name for name in generated_names()]
+    missing = [str(p) for p in written if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"protoc did not produce: {', '.join(missing)}")
+    return written
+
+
+def stale_files(committed_dir: Path = PROTOS_DIR) -> list[str]:
+    """Generate into a temp dir and return the names of committed stubs that differ."""
+    with tempfile.TemporaryDirectory(prefix="protos-check-") as tmp:
+        fresh_files = generate(Path(tmp))
+        stale = []
+        for fresh in fresh_files:
+            committed = committed_dir / fresh.name
+            if not committed.is_file() or committed.read_bytes() != fresh.read_bytes():
+                stale.append(fresh.name)
+        return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m protos.generate", description=__doc__)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="generate into a temporary directory and fail if committed stubs differ",
+    )
+    args = parser.parse_args(argv)
+
+    if args.check:
+        stale = stale_files()
+        if stale:
+            print(
+                "stale generated stubs in protos/: "
+                + ", ".join(stale)
+                + "\nrun `python -m protos.generate` and commit the result",
+                file=sys.stderr,
+            )
+            return 1
+        print("protos: generated stubs are up to date")
+        return 0
+
+    for path in generate(REPO_ROOT):
+        print(f"wrote {path.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
