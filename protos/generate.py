@@ -56,8 +56,10 @@ def generate(out_root: Path) -> list[Path]:
     return written
 
 
-def stale_files(committed_dir: Path = PROTOS_DIR) -> list[str]:
-    """Generate into a temp dir and return the names of committed stubs that differ."""
+def stale_files(committed_dir: Path | None = None) -> list[str]:
+    """Generate into a temp dir; return the names of stubs in ``committed_dir`` (default:
+    this package) that differ from the fresh ones or are missing."""
+    committed_dir = PROTOS_DIR if committed_dir is None else committed_dir
     with tempfile.TemporaryDirectory(prefix="protos-check-") as tmp:
         fresh_files = generate(Path(tmp))
         stale = []
