@@ -1,0 +1,319 @@
+"""The broker's decisions, without I/O: admit, queue, dispatch within credit, requeue, expire.
+
+``Dispatcher`` is driven by method calls (one per message or tick) and appends the frames to
+send to two outboxes; ``server.py`` flushes them to the sockets. Tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fabric import errors
+from fabric.protocol import (
+    FLAG_NON_IDEMPOTENT,
+    PROTOCOL_TAG,
+    TYPE_FRAME,
+    CancelHeader,
+    Frame,
+    HeartbeatHeader,
+    ModelAnnouncement,
+    MsgType,
+    PeerId,
+    ReplyHeader,
+    RequestHeader,
+    encode_header,
+)
+
+from .queues import ModelQueues, Pending, RequestKey
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Outbox = list[tuple[PeerId, list[Frame]]]
+
+_REQUEST = TYPE_FRAME[MsgType.REQUEST]
+_REPLY = TYPE_FRAME[MsgType.REPLY]
+_CANCEL = TYPE_FRAME[MsgType.CANCEL]
+_CATALOG = TYPE_FRAME[MsgType.CATALOG]
+_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
+_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    replies: int = 0
+    rejected_full: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    requeued: int = 0
+    failed_worker_lost: int = 0
+    dropped_replies: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        max_queued: int,
+        heartbeat_interval_s: float,
+        heartbeat_liveness: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._clock = clock
+        self._now_ns = wall_clock_ns
+        self.registry = Registry(clock, heartbeat_interval_s, heartbeat_liveness)
+        self.queues = ModelQueues(max_queued)
+        self.leases: dict[RequestKey, Pending] = {}
+        self.frontends: dict[PeerId, float] = {}  # identity -> last seen (monotonic)
+        self._frontend_ttl_s = heartbeat_interval_s * heartbeat_liveness
+        self.to_workers: Outbox = []
+        self.to_frontends: Outbox = []
+        self.counters = Counters()
+
+    # ---- frontend side ---------------------------------------------------------------
+    def on_request(
+        self, frontend: PeerId, header: RequestHeader, header_frame: Frame, payload: Frame
+    ) -> None:
+        self.counters.requests += 1
+        self.frontends[frontend] = self._clock()
+        rid = header.request_id
+        if header.deadline_ns and header.deadline_ns <= self._now_ns():
+            self.counters.expired += 1
+            self._fail(frontend, rid, errors.DEADLINE_EXCEEDED, "deadline passed before dispatch")
+            return
+        reg = self.registry
+        version = reg.resolve_version(header.model, header.version)
+        if version is None:
+            if not reg.workers:
+                self._fail(frontend, rid, errors.UNAVAILABLE, "no worker is connected")
+            else:
+                self._fail(frontend, rid, errors.NOT_FOUND, f"unknown model '{header.model}'")
+            return
+        key = (header.model, version)
+        if not reg.version_known(*key):
+            self._fail(
+                frontend,
+                rid,
+                errors.NOT_FOUND,
+                f"unknown version '{version}' of model '{header.model}'",
+            )
+            return
+        if not reg.servers(key):
+            self._fail(
+                frontend,
+                rid,
+                errors.UNAVAILABLE,
+                f"no live worker serves model '{header.model}' version '{version}'",
+            )
+            return
+        item = Pending(frontend, rid, key, header.deadline_ns, header.flags, header_frame, payload)
+        if self.queues.depth(key) == 0 and self._send(item):
+            return
+        if not self.queues.push(item):
+            self.counters.rejected_full += 1
+            self._fail(
+                frontend,
+                rid,
+                errors.RESOURCE_EXHAUSTED,
+                f"broker queue full ({self.queues.max_queued} requests waiting)",
+            )
+
+    def on_cancel(self, frontend: PeerId, header: CancelHeader) -> None:
+        rkey = (frontend, header.request_id)
+        item = self.leases.get(rkey)
+        if item is not None and item.worker is not None:
+            self.to_workers.append(
+                (item.worker, [PROTOCOL_TAG, _CANCEL, encode_header(header), frontend])
+            )
+            return
+        for key in self.queues.waiting_keys():
+            if self.queues.remove(key, rkey) is not None:
+                self.counters.cancelled += 1
+                return
+
+    def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
+        self.frontends[frontend] = self._clock()
+        if header.generation != self.registry.generation:
+            self._send_catalog(frontend)
+        else:
+            hb = encode_header(HeartbeatHeader(self.registry.generation))
+            self.to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
+
+    def on_frontend_disconnect(self, frontend: PeerId) -> None:
+        self.frontends.pop(frontend, None)
+
+    # ---- worker side -------------------------------------------------------------------
+    def on_ready(self, worker: PeerId, models: Sequence[ModelAnnouncement]) -> None:
+        state = self.registry.announce(worker, models)
+        # Requests leased to this worker for a version it no longer serves go back to the queue.
+        for rkey, item in list(self.leases.items()):
+            if item.worker == worker and item.key not in state.versions:
+                self._lease_lost(rkey, item)
+        self._broadcast_catalog()
+        self._dispatch_for(worker)
+
+    def on_worker_seen(self, worker: PeerId) -> bool:
+        """Any traffic is proof of life; False when the worker is unknown (must re-announce)."""
+        state = self.registry.workers.get(worker)
+        if state is None:
+            self.to_workers.append(
+                (worker, [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
+            )
+            return False
+        state.liveness.seen()
+        return True
+
+    def on_reply(
+        self,
+        worker: PeerId,
+        header: ReplyHeader,
+        header_frame: Frame,
+        frontend: PeerId,
+        payload: Sequence[Frame],
+    ) -> None:
+        item = self.leases.pop((frontend, header.request_id), None)
+        if item is None or item.worker != worker:
+            if item is not None:  # a reply from a previous holder: keep the current lease
+                self.leases[(frontend, header.request_id)] = item
+            self.counters.dropped_replies += 1
+            return
+        self._release(worker, item)
+        self.counters.replies += 1
+        self.counters.by_status[header.status] = self.counters.by_status.get(header.status, 0) + 1
+        self.to_frontends.append((frontend, [PROTOCOL_TAG, _REPLY, header_frame, *payload]))
+        self._dispatch_for(worker)
+
+    def on_ack(self, worker: PeerId, header: CancelHeader, frontend: PeerId) -> None:
+        item = self.leases.get((frontend, header.request_id))
+        if item is not None and item.worker == worker:
+            item.acked = True
+
+    def on_worker_disconnect(self, worker: PeerId) -> None:
+        self._worker_lost(worker, "left")
+
+    # ---- time ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Purge silent workers and frontends, expire queued work, heartbeat the workers."""
+        for worker in self.registry.expired():
+            self._worker_lost(worker, "missed its heartbeats")
+        now = self._clock()
+        for fe in [f for f, seen in self.frontends.items() if now - seen > self._frontend_ttl_s]:
+            del self.frontends[fe]
+        for item in self.queues.expired(self._now_ns()):
+            self.counters.expired += 1
+            self._fail(
+                item.frontend,
+                item.request_id,
+                errors.DEADLINE_EXCEEDED,
+                "deadline passed while queued in the broker",
+            )
+        hb = encode_header(HeartbeatHeader(self.registry.generation))
+        for worker in self.registry.workers:
+            self.to_workers.append((worker, [PROTOCOL_TAG, _HEARTBEAT, hb]))
+
+    # ---- internals ----------------------------------------------------------------------
+    def _send(self, item: Pending) -> bool:
+        worker = self.registry.pick(item.key)
+        if worker is None:
+            return False
+        model = item.key[0]
+        worker.in_flight[model] = worker.in_flight.get(model, 0) + 1
+        item.worker = worker.identity
+        item.attempts += 1
+        item.acked = False
+        self.leases[(item.frontend, item.request_id)] = item
+        self.to_workers.append(
+            (worker.identity, [PROTOCOL_TAG, _REQUEST, item.header, item.frontend, item.payload])
+        )
+        return True
+
+    def _release(self, worker: PeerId, item: Pending) -> None:
+        state = self.registry.workers.get(worker)
+        if state is not None:
+            model = item.key[0]
+            state.in_flight[model] = max(0, state.in_flight.get(model, 0) - 1)
+
+    def _dispatch_for(self, worker: PeerId) -> None:
+        state = self.registry.workers.get(worker)
+        if state is None:
+            return
+        for key in list(state.versions):
+            while state.credit(key[0]) > 0:
+                item = self.queues.pop(key)
+                if item is None:
+                    break
+                if item.deadline_ns and item.deadline_ns <= self._now_ns():
+                    self.counters.expired += 1
+                    self._fail(
+                        item.frontend,
+                        item.request_id,
+                        errors.DEADLINE_EXCEEDED,
+                        "deadline passed while queued in the broker",
+                    )
+                    continue
+                self._send(item)
+
+    def _worker_lost(self, worker: PeerId, why: str) -> None:
+        state = self.registry.remove(worker)
+        if state is None:
+            return
+        logger.warning("worker %s %s; requeueing its work", worker.hex(), why)
+        for rkey, item in list(self.leases.items()):
+            if item.worker == worker:
+                self._lease_lost(rkey, item)
+        # Queued requests that no remaining worker can serve fail now instead of at deadline.
+        for key in self.queues.waiting_keys():
+            if not self.registry.servers(key):
+                for item in self.queues.drain(key):
+                    self._fail(
+                        item.frontend,
+                        item.request_id,
+                        errors.UNAVAILABLE,
+                        f"no live worker serves model '{key[0]}' version '{key[1]}'",
+                    )
+        self._broadcast_catalog()
+        for w in list(self.registry.workers):
+            self._dispatch_for(w)
+
+    def _lease_lost(self, rkey: RequestKey, item: Pending) -> None:
+        del self.leases[rkey]
+        if item.worker is not None:
+            self._release(item.worker, item)
+        item.worker = None
+        may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT
+        if item.attempts < 2 and not may_have_run and self.registry.servers(item.key):
+            self.counters.requeued += 1
+            if not self._send(item):
+                self.queues.push(item, front=True)
+            return
+        self.counters.failed_worker_lost += 1
+        self._fail(
+            item.frontend,
+            item.request_id,
+            errors.UNAVAILABLE,
+            "the worker serving this request was lost",
+        )
+
+    def reject(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
+        """Answer a request with an error without queueing it."""
+        self._fail(frontend, request_id, code, message)
+
+    def _fail(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
+        self.counters.by_status[code] = self.counters.by_status.get(code, 0) + 1
+        header = encode_header(ReplyHeader(request_id, code, message))
+        self.to_frontends.append((frontend, [PROTOCOL_TAG, _REPLY, header]))
+
+    def _send_catalog(self, frontend: PeerId) -> None:
+        self.to_frontends.append(
+            (frontend, [PROTOCOL_TAG, _CATALOG, encode_header(self.registry.catalog())])
+        )
+
+    def _broadcast_catalog(self) -> None:
+        for fe in self.frontends:
+            self._send_catalog(fe)

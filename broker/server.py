@@ -1,0 +1,220 @@
+"""The broker's socket loop: two ROUTERs, one poller, a thin shell around ``Dispatcher``.
+
+Each wake-up drains both sockets completely (fewer wake-ups per request under load), then
+flushes the outboxes. The poll timeout is the time to the next heartbeat tick.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from typing import TypeVar
+
+import zmq
+
+from fabric import errors
+from fabric.protocol import (
+    FRAME_TYPE,
+    PROTOCOL_TAG,
+    CancelHeader,
+    HeartbeatHeader,
+    MalformedMessage,
+    MsgType,
+    ReadyHeader,
+    ReplyHeader,
+    RequestHeader,
+    decode_header,
+)
+from fabric.sockets import make_socket
+
+from .config import BrokerConfig
+from .dispatcher import Dispatcher, Outbox
+from .metrics import BrokerMetrics
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_RECV = 512
+"""Messages read from one socket per wake-up before looking at the other one."""
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class BrokerServer:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.frontends = make_socket(
+            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes
+        )
+        self.workers = make_socket(self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes)
+        self.dispatcher = Dispatcher(
+            max_queued=config.max_queued,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            heartbeat_liveness=config.heartbeat_liveness,
+        )
+        self.metrics = BrokerMetrics(self.dispatcher)
+        self.state = State.RUNNING
+        self.frontend_endpoint = ""
+        self.worker_endpoint = ""
+
+    def bind(self) -> None:
+        self.frontends.bind(self.config.frontend_bind)
+        self.workers.bind(self.config.worker_bind)
+        self.frontend_endpoint = self.frontends.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.worker_endpoint = self.workers.getsockopt_string(zmq.LAST_ENDPOINT)
+        logger.info(
+            "broker listening: frontends on %s, workers on %s",
+            self.frontend_endpoint,
+            self.worker_endpoint,
+        )
+
+    def request_stop(self) -> None:
+        """Signal-safe: only records the wish; the loop does the work."""
+        if self.state is State.RUNNING:
+            self.state = State.DRAINING
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontends, zmq.POLLIN)
+        poller.register(self.workers, zmq.POLLIN)
+        interval = self.config.heartbeat_interval_s
+        next_tick = time.monotonic()
+        drain_until: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if self.state is State.DRAINING:
+                    if drain_until is None:
+                        logger.info(
+                            "[shutdown] broker: draining %d leases", len(self.dispatcher.leases)
+                        )
+                        drain_until = now + self.config.drain_grace_s
+                    if not self.dispatcher.leases or now >= drain_until:
+                        break
+                if now >= next_tick:
+                    self.dispatcher.tick()
+                    self.metrics.refresh()
+                    next_tick = now + interval
+                    self._flush()
+                timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000)) + 1
+                events = dict(poller.poll(timeout_ms))
+                if self.workers in events:
+                    self._drain(self.workers, self._on_worker)
+                if self.frontends in events:
+                    self._drain(self.frontends, self._on_frontend)
+                self._flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.state is State.STOPPED:
+            return
+        self.state = State.STOPPED
+        self.frontends.close(linger=0)
+        self.workers.close(linger=0)
+        self.ctx.term()
+        logger.info("[shutdown] broker: stopped")
+
+    # ---- receive ---------------------------------------------------------------------
+    def _drain(self, sock: zmq.Socket[bytes], handle: object) -> None:
+        for _ in range(MAX_BATCH_RECV):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handle([f.buffer if len(f) > 1024 else f.bytes for f in frames])  # type: ignore[operator]
+            except MalformedMessage as exc:
+                logger.warning("dropped malformed message from %s: %s", bytes(frames[0]).hex(), exc)
+            except Exception:
+                logger.exception("error handling a message from %s", bytes(frames[0]).hex())
+
+    def _on_frontend(self, frames: list[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
+            raise MalformedMessage("bad tag or too few frames")
+        peer, msg_type = frames[0], FRAME_TYPE.get(frames[2])
+        d = self.dispatcher
+        if msg_type is MsgType.REQUEST:
+            if len(frames) != 5:
+                raise MalformedMessage("REQUEST needs exactly one payload frame")
+            header = _typed(decode_header(MsgType.REQUEST, frames[3]), RequestHeader)
+            if self.state is not State.RUNNING:
+                d.reject(peer, header.request_id, errors.UNAVAILABLE, "broker is shutting down")
+                return
+            d.on_request(peer, header, frames[3], frames[4])
+        elif msg_type is MsgType.CANCEL:
+            d.on_cancel(peer, _typed(decode_header(MsgType.CANCEL, frames[3]), CancelHeader))
+        elif msg_type is MsgType.HEARTBEAT:
+            d.on_frontend_heartbeat(
+                peer, _typed(decode_header(MsgType.HEARTBEAT, frames[3]), HeartbeatHeader)
+            )
+        elif msg_type is MsgType.DISCONNECT:
+            d.on_frontend_disconnect(peer)
+        else:
+            raise MalformedMessage(f"unexpected message type {frames[2]!r} from a frontend")
+
+    def _on_worker(self, frames: list[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
+            raise MalformedMessage("bad tag or too few frames")
+        peer, msg_type = frames[0], FRAME_TYPE.get(frames[2])
+        d = self.dispatcher
+        if msg_type is MsgType.READY:
+            header = _typed(decode_header(MsgType.READY, frames[3]), ReadyHeader)
+            d.on_ready(peer, header.models)
+            return
+        if not d.on_worker_seen(peer):
+            return
+        if msg_type is MsgType.REPLY:
+            if len(frames) < 5:
+                raise MalformedMessage("REPLY without frontend identity")
+            header = _typed(decode_header(MsgType.REPLY, frames[3]), ReplyHeader)
+            d.on_reply(peer, header, frames[3], frames[4], frames[5:])
+        elif msg_type is MsgType.ACK:
+            if len(frames) < 5:
+                raise MalformedMessage("ACK without frontend identity")
+            d.on_ack(peer, _typed(decode_header(MsgType.ACK, frames[3]), CancelHeader), frames[4])
+        elif msg_type is MsgType.HEARTBEAT:
+            pass
+        elif msg_type is MsgType.DISCONNECT:
+            d.on_worker_disconnect(peer)
+        else:
+            raise MalformedMessage(f"unexpected message type {frames[2]!r} from a worker")
+
+    # ---- send ------------------------------------------------------------------------
+    def _flush(self) -> None:
+        d = self.dispatcher
+        if d.to_workers:
+            self._send_all(self.workers, d.to_workers, "worker")
+        if d.to_frontends:
+            self._send_all(self.frontends, d.to_frontends, "frontend")
+
+    def _send_all(self, sock: zmq.Socket[bytes], outbox: Outbox, side: str) -> None:
+        batch = outbox[:]
+        outbox.clear()
+        for peer, frames in batch:
+            try:
+                sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.dispatcher.counters.dropped_replies += 1
+                logger.warning(
+                    "%s %s is not reading (queue full); message dropped", side, peer.hex()
+                )
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                self.dispatcher.counters.dropped_replies += 1
+                logger.debug("%s %s is gone; message dropped", side, peer.hex())
+
+
+T = TypeVar("T")
+
+
+def _typed(value: object, kind: type[T]) -> T:
+    if not isinstance(value, kind):
+        raise MalformedMessage(f"expected {kind.__name__}")
+    return value

@@ -1,0 +1,127 @@
+"""``serve-frontend``: run one gRPC frontend process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .config import FrontendConfig
+from .server import FrontendServer
+
+logger = logging.getLogger("frontend")
+
+
+def _env(name: str, default: object) -> str:
+    return os.environ.get(name, str(default))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
+    d = FrontendConfig()
+    p = argparse.ArgumentParser(
+        prog="serve-frontend",
+        description="Triton-compatible gRPC frontend (KServe v2 inference.GRPCInferenceService). "
+        "Every flag also reads an environment variable (shown in brackets).",
+    )
+    p.add_argument("--host", default=_env("FRONTEND_HOST", d.host), help="[FRONTEND_HOST]")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("FRONTEND_PORT", d.port)),
+        help="gRPC port [FRONTEND_PORT]",
+    )
+    p.add_argument(
+        "--broker",
+        default=_env("FRONTEND_BROKERS", ",".join(d.brokers)),
+        help="broker endpoint(s), comma separated [FRONTEND_BROKERS]",
+    )
+    p.add_argument(
+        "--heartbeat-interval-s",
+        type=float,
+        default=float(_env("FABRIC_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s)),
+        help="[FABRIC_HEARTBEAT_INTERVAL_S]",
+    )
+    p.add_argument(
+        "--heartbeat-liveness",
+        type=int,
+        default=int(_env("FABRIC_HEARTBEAT_LIVENESS", d.heartbeat_liveness)),
+        help="[FABRIC_HEARTBEAT_LIVENESS]",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("FRONTEND_MAX_MESSAGE_BYTES", d.max_message_bytes)),
+        help="largest gRPC message accepted or sent; larger ones get "
+        "RESOURCE_EXHAUSTED [FRONTEND_MAX_MESSAGE_BYTES]",
+    )
+    p.add_argument(
+        "--default-timeout-s",
+        type=float,
+        default=float(_env("FRONTEND_DEFAULT_TIMEOUT_S", d.default_timeout_s)),
+        help="deadline for calls that set none [FRONTEND_DEFAULT_TIMEOUT_S]",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=int(_env("FRONTEND_MAX_RETRIES", d.max_retries)),
+        help="retries of UNAVAILABLE failures [FRONTEND_MAX_RETRIES]",
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=a.log_level.upper(),
+        format="%(asctime)s %(levelname)s frontend %(name)s: %(message)s",
+    )
+    return FrontendConfig(
+        host=a.host,
+        port=a.port,
+        brokers=tuple(b.strip() for b in a.broker.split(",") if b.strip()),
+        heartbeat_interval_s=a.heartbeat_interval_s,
+        heartbeat_liveness=a.heartbeat_liveness,
+        max_message_bytes=a.max_message_bytes,
+        default_timeout_s=a.default_timeout_s,
+        max_retries=a.max_retries,
+    )
+
+
+async def _serve(config: FrontendConfig) -> None:
+    server = FrontendServer(config)
+    loop = asyncio.get_running_loop()
+    stops = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal stops
+        stops += 1
+        if stops > 1:
+            logger.warning("[shutdown] frontend: second signal, exiting now")
+            os._exit(1)
+        logger.info("[shutdown] frontend: %s received", sig.name)
+        server.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await server.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

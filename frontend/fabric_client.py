@@ -1,0 +1,303 @@
+"""The frontend's link to its brokers: one DEALER per broker, replies resolved as futures by id.
+
+A plain ZeroMQ socket per broker is driven by ``loop.add_reader`` on its file descriptor and
+sent to without blocking (cheaper than zmq.asyncio). Heartbeats keep each broker's liveness and
+its catalog (the model versions its workers serve) fresh. When a broker goes silent, every
+request waiting on it fails UNAVAILABLE at once, so the caller can retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import zmq
+
+from fabric import errors
+from fabric.errors import RequestError
+from fabric.protocol import (
+    FRAME_TYPE,
+    PROTOCOL_TAG,
+    TYPE_FRAME,
+    CancelHeader,
+    CatalogEntry,
+    CatalogHeader,
+    Frame,
+    HeartbeatHeader,
+    MalformedMessage,
+    MsgType,
+    ReplyHeader,
+    RequestHeader,
+    decode_header,
+    encode_header,
+)
+from fabric.sockets import make_socket
+
+logger = logging.getLogger(__name__)
+
+_REQUEST = TYPE_FRAME[MsgType.REQUEST]
+_CANCEL = TYPE_FRAME[MsgType.CANCEL]
+_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
+_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+_RECV_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: str
+    message: str
+    payload: Frame | None  # serialized ModelInferResponse when status is OK
+
+
+@dataclass
+class BrokerLink:
+    endpoint: str
+    socket: zmq.Socket[bytes]
+    last_seen: float = float("-inf")
+    catalog: CatalogHeader | None = None
+    waiting: set[int] = field(default_factory=set)
+
+    def alive(self, now: float, ttl_s: float) -> bool:
+        return now - self.last_seen < ttl_s
+
+
+class FabricClient:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        heartbeat_interval_s: float,
+        heartbeat_liveness: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        identity = b"fe-" + os.urandom(6)
+        self._links = [
+            BrokerLink(
+                ep,
+                make_socket(
+                    self._ctx, zmq.DEALER, identity=identity, max_message_bytes=max_message_bytes
+                ),
+            )
+            for ep in endpoints
+        ]
+        self._interval_s = heartbeat_interval_s
+        self._ttl_s = heartbeat_interval_s * heartbeat_liveness
+        self._ids = itertools.count(1)
+        self._rr = itertools.count()
+        self._futures: dict[int, tuple[asyncio.Future[Reply], BrokerLink]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._drain_scheduled = False
+        self.catalog_version = 0  # bumps whenever any broker's catalog or liveness changes
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for link in self._links:
+            link.socket.connect(link.endpoint)
+            self._loop.add_reader(link.socket.getsockopt(zmq.FD), self._drain, link)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="fabric-heartbeat")
+
+    async def close(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        for link in self._links:
+            try:
+                link.socket.send_multipart(
+                    [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())], zmq.NOBLOCK
+                )
+            except zmq.ZMQError:
+                pass
+            if self._loop is not None:
+                self._loop.remove_reader(link.socket.getsockopt(zmq.FD))
+            link.socket.close(linger=100)
+        for fut, _ in self._futures.values():
+            if not fut.done():
+                fut.set_result(Reply(errors.UNAVAILABLE, "frontend is shutting down", None))
+        self._futures.clear()
+        self._ctx.term()
+
+    # ---- requests -------------------------------------------------------------------------
+    def submit(
+        self,
+        model: str,
+        version: str,
+        deadline_ns: int,
+        payload: Frame,
+        trace: str = "",
+        flags: int = 0,
+        avoid: BrokerLink | None = None,
+    ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
+        """Send one request; the future resolves with its reply. Raises RequestError at once
+        when no broker can take it."""
+        link = self._choose(model, avoid)
+        request_id = next(self._ids)
+        header = encode_header(RequestHeader(request_id, model, version, deadline_ns, trace, flags))
+        try:
+            link.socket.send_multipart(
+                [PROTOCOL_TAG, _REQUEST, header, payload], zmq.NOBLOCK, copy=len(payload) < 65536
+            )
+        except zmq.Again:
+            raise RequestError(
+                errors.RESOURCE_EXHAUSTED, f"too many requests queued for broker {link.endpoint}"
+            ) from None
+        assert self._loop is not None
+        fut: asyncio.Future[Reply] = self._loop.create_future()
+        self._futures[request_id] = (fut, link)
+        link.waiting.add(request_id)
+        self._after_send(link)
+        return request_id, fut, link
+
+    def cancel(self, request_id: int) -> None:
+        """Forget a request the caller gave up on and tell its broker to drop it."""
+        entry = self._futures.pop(request_id, None)
+        if entry is None:
+            return
+        fut, link = entry
+        link.waiting.discard(request_id)
+        if not fut.done():
+            fut.cancel()
+        try:
+            link.socket.send_multipart(
+                [PROTOCOL_TAG, _CANCEL, encode_header(CancelHeader(request_id))], zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            logger.debug("cancel of %d not sent to %s", request_id, link.endpoint)
+
+    def _choose(self, model: str, avoid: BrokerLink | None) -> BrokerLink:
+        now = time.monotonic()
+        alive = [link for link in self._links if link.alive(now, self._ttl_s)]
+        if not alive:
+            raise RequestError(errors.UNAVAILABLE, "no broker is reachable")
+        if len(alive) == 1:
+            return alive[0]
+        serving = [
+            link
+            for link in alive
+            if link is not avoid
+            and link.catalog is not None
+            and any(e.name == model and e.workers > 0 for e in link.catalog.models)
+        ]
+        pool = serving or [link for link in alive if link is not avoid] or alive
+        return pool[next(self._rr) % len(pool)]
+
+    # ---- catalog --------------------------------------------------------------------------
+    def live_catalogs(self) -> list[CatalogHeader]:
+        now = time.monotonic()
+        return [
+            link.catalog
+            for link in self._links
+            if link.catalog is not None and link.alive(now, self._ttl_s)
+        ]
+
+    def models(self) -> dict[tuple[str, str], tuple[CatalogEntry, int]]:
+        """(name, version) -> (an entry holding its config, live workers across brokers)."""
+        out: dict[tuple[str, str], tuple[CatalogEntry, int]] = {}
+        for catalog in self.live_catalogs():
+            for e in catalog.models:
+                prev = out.get((e.name, e.version))
+                out[(e.name, e.version)] = (e, e.workers + (prev[1] if prev else 0))
+        return out
+
+    def workers(self) -> int:
+        return sum(c.workers for c in self.live_catalogs())
+
+    # ---- socket I/O -----------------------------------------------------------------------
+    def _after_send(self, link: BrokerLink) -> None:
+        # A send can consume the edge that would have woken the reader: look again soon.
+        if not self._drain_scheduled and link.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._drain_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._drain_all)
+
+    def _drain_all(self) -> None:
+        self._drain_scheduled = False
+        for link in self._links:
+            self._drain(link)
+
+    def _drain(self, link: BrokerLink) -> None:
+        sock = link.socket
+        while True:
+            for _ in range(_RECV_BATCH):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    return  # socket closed during shutdown
+                link.last_seen = time.monotonic()
+                try:
+                    self._handle(link, frames)
+                except MalformedMessage as exc:
+                    logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
+                except Exception:
+                    logger.exception("error handling a message from %s", link.endpoint)
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+
+    def _handle(self, link: BrokerLink, frames: list[zmq.Frame]) -> None:
+        if len(frames) < 3 or frames[0].bytes != PROTOCOL_TAG:
+            raise MalformedMessage("bad tag or too few frames")
+        msg_type = FRAME_TYPE.get(frames[1].bytes)
+        if msg_type is MsgType.REPLY:
+            header = decode_header(MsgType.REPLY, frames[2].buffer)
+            assert isinstance(header, ReplyHeader)
+            entry = self._futures.pop(header.request_id, None)
+            if entry is None:
+                return  # cancelled or timed out already
+            fut, owner = entry
+            owner.waiting.discard(header.request_id)
+            if not fut.done():
+                payload = frames[3].buffer if len(frames) > 3 else None
+                fut.set_result(Reply(header.status, header.message, payload))
+        elif msg_type is MsgType.CATALOG:
+            catalog = decode_header(MsgType.CATALOG, frames[2].buffer)
+            assert isinstance(catalog, CatalogHeader)
+            link.catalog = catalog
+            self.catalog_version += 1
+        elif msg_type is MsgType.HEARTBEAT:
+            pass
+        else:
+            raise MalformedMessage(f"unexpected message type {frames[1].bytes!r}")
+
+    async def _heartbeat(self) -> None:
+        was_alive = {id(link): False for link in self._links}
+        while True:
+            now = time.monotonic()
+            for link in self._links:
+                alive = link.alive(now, self._ttl_s)
+                if was_alive[id(link)] and not alive:
+                    self._broker_lost(link)
+                if alive != was_alive[id(link)]:
+                    self.catalog_version += 1
+                    logger.info("broker %s is %s", link.endpoint, "up" if alive else "down")
+                was_alive[id(link)] = alive
+                generation = link.catalog.generation if link.catalog and alive else 0
+                try:
+                    link.socket.send_multipart(
+                        [PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader(generation))],
+                        zmq.NOBLOCK,
+                    )
+                except zmq.ZMQError:
+                    pass  # not connected yet; liveness will tell
+                self._after_send(link)
+            await asyncio.sleep(self._interval_s)
+
+    def _broker_lost(self, link: BrokerLink) -> None:
+        logger.warning(
+            "broker %s went silent; failing %d waiting requests", link.endpoint, len(link.waiting)
+        )
+        link.catalog = None
+        for request_id in list(link.waiting):
+            entry = self._futures.pop(request_id, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(
+                    Reply(errors.UNAVAILABLE, f"broker {link.endpoint} was lost", None)
+                )
+        link.waiting.clear()

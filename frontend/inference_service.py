@@ -1,0 +1,262 @@
+"""``inference.GRPCInferenceService``: inference passes bytes through; metadata comes from the
+brokers' catalogs (the model configs workers announced), so it costs no round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from fabric import errors
+from fabric.deadlines import NO_DEADLINE
+from fabric.errors import RequestError
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as mc
+
+from .config import FrontendConfig
+from .fabric_client import FabricClient, Reply
+from .resilience import RetryBudget, RetryPolicy
+from .status import grpc_code
+from .wire import RequestRoute, scan_request, stream_error, stream_response
+
+logger = logging.getLogger(__name__)
+
+SERVER_EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
+
+
+def _datatype(dt: int) -> str:
+    name = mc.DataType.Name(dt)
+    return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
+
+
+def _version_key(v: str) -> tuple[int, int | str]:
+    return (0, int(v)) if v.isdigit() else (1, v)
+
+
+class InferenceService:
+    def __init__(self, config: FrontendConfig, client: FabricClient, version: str) -> None:
+        self.config = config
+        self.client = client
+        self.version = version
+        self.retry_policy = RetryPolicy(max_retries=config.max_retries)
+        self.retry_budget = RetryBudget(ratio=config.retry_budget_ratio)
+
+    # ---- server ---------------------------------------------------------------------
+    def server_ready(self) -> bool:
+        return self.client.workers() > 0 and any(n > 0 for _, n in self.client.models().values())
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: object
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: object
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.server_ready())
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: object
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self.config.server_name, version=self.version, extensions=SERVER_EXTENSIONS
+        )
+
+    # ---- models ---------------------------------------------------------------------
+    def _config(self, name: str, version: str, context: grpc.aio.ServicerContext) -> mc.ModelConfig:
+        models = self.client.models()
+        versions = {v: (e, n) for (m, v), (e, n) in models.items() if m == name}
+        if not versions:
+            raise RequestError(errors.NOT_FOUND, f"unknown model '{name}'")
+        if version:
+            if version not in versions:
+                raise RequestError(
+                    errors.NOT_FOUND, f"unknown version '{version}' of model '{name}'"
+                )
+            entry = versions[version][0]
+        else:
+            ready = [v for v, (_, n) in versions.items() if n > 0] or list(versions)
+            entry = versions[max(ready, key=_version_key)][0]
+        return mc.ModelConfig.FromString(entry.config)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        models = self.client.models()
+        ready = any(
+            n > 0
+            for (m, v), (_, n) in models.items()
+            if m == request.name and (not request.version or v == request.version)
+        )
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        config = await self._config_or_abort(request.name, request.version, context)
+        versions = sorted(
+            {v for (m, v) in self.client.models() if m == request.name}, key=_version_key
+        )
+        batch = [-1] if config.max_batch_size > 0 else []
+
+        def tensors(specs: object) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=_datatype(t.data_type), shape=[*batch, *t.dims]
+                )
+                for t in specs  # type: ignore[attr-defined]
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=config.name,
+            versions=versions,
+            platform=config.platform or config.backend or "pytorch",
+            inputs=tensors(config.input),
+            outputs=tensors(config.output),
+        )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        config = await self._config_or_abort(request.name, request.version, context)
+        return pb.ModelConfigResponse(config=config)
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        out = pb.RepositoryIndexResponse()
+        for (name, version), (_, n) in sorted(self.client.models().items()):
+            if request.ready and n == 0:
+                continue
+            out.models.add(
+                name=name,
+                version=version,
+                state="READY" if n > 0 else "UNAVAILABLE",
+                reason="" if n > 0 else "no live worker serves this version",
+            )
+        return out
+
+    async def _config_or_abort(
+        self, name: str, version: str, context: grpc.aio.ServicerContext
+    ) -> mc.ModelConfig:
+        try:
+            return self._config(name, version, context)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
+            raise  # unreachable: abort raises
+
+    # ---- inference --------------------------------------------------------------------
+    def _deadline_ns(self, context: grpc.aio.ServicerContext | None) -> tuple[int, float]:
+        """The absolute wire deadline and the seconds until it: the caller's, capped by ours."""
+        timeout = self.config.default_timeout_s
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        if timeout <= 0:
+            return NO_DEADLINE, 0.0
+        return time.time_ns() + int(timeout * 1e9), timeout
+
+    async def infer(
+        self, route: RequestRoute, payload: bytes, deadline_ns: int, timeout_s: float
+    ) -> Reply:
+        """One request through the fabric, retried within its deadline and the retry budget."""
+        if not route.model:
+            return Reply(errors.INVALID_ARGUMENT, "model_name is required", None)
+        if timeout_s <= 0:
+            return Reply(errors.DEADLINE_EXCEEDED, "deadline passed before dispatch", None)
+        give_up = time.monotonic() + timeout_s
+        self.retry_budget.on_request()
+        attempt = 0
+        avoid = None
+        while True:
+            request_id = 0
+            try:
+                request_id, fut, avoid = self.client.submit(
+                    route.model, route.version, deadline_ns, payload, avoid=avoid
+                )
+                reply = await asyncio.wait_for(fut, timeout=max(0.0, give_up - time.monotonic()))
+            except RequestError as exc:
+                reply = Reply(exc.code, exc.message, None)
+            except TimeoutError:
+                self.client.cancel(request_id)
+                return Reply(
+                    errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None
+                )
+            except asyncio.CancelledError:
+                self.client.cancel(request_id)
+                raise
+            remaining = give_up - time.monotonic()
+            if not self.retry_policy.should_retry(reply.status, attempt, remaining):
+                return reply
+            if not self.retry_budget.try_spend():
+                return reply
+            attempt += 1
+            logger.debug(
+                "retrying %s/%s after %s (attempt %d)",
+                route.model,
+                route.id,
+                reply.message,
+                attempt,
+            )
+            await asyncio.sleep(self.retry_policy.backoff_s(attempt, remaining))
+
+    async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            route = scan_request(request)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
+        deadline_ns, timeout_s = self._deadline_ns(context)
+        reply = await self.infer(route, request, deadline_ns, timeout_s)
+        if reply.status != errors.OK or reply.payload is None:
+            await context.abort(grpc_code(reply.status), reply.message or reply.status)
+        return reply.payload  # type: ignore[return-value]
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Many requests over one stream; each response is sent as soon as it completes."""
+        done: asyncio.Queue[bytes | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: bytes) -> None:
+            try:
+                route = scan_request(request)
+            except RequestError as exc:
+                await done.put(stream_error(exc.message, b""))
+                return
+            deadline_ns, timeout_s = self._deadline_ns(None)
+            reply = await self.infer(route, request, deadline_ns, timeout_s)
+            if reply.status == errors.OK and reply.payload is not None:
+                await done.put(stream_response(reply.payload))
+            else:
+                echo = pb.ModelInferResponse(
+                    model_name=route.model, model_version=route.version, id=route.id
+                ).SerializeToString()
+                await done.put(stream_error(reply.message or reply.status, echo))
+
+        async def read_all() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(one(request), name="stream-request")
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.wait(list(tasks))
+            finally:
+                await done.put(None)
+
+        reader = asyncio.create_task(read_all(), name="stream-reader")
+        try:
+            while (item := await done.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # ---- not offered ------------------------------------------------------------------
+    async def unimplemented(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not supported by this server")

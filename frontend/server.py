@@ -1,0 +1,153 @@
+"""The frontend's gRPC server: the inference service, grpc.health.v1 and reflection.
+
+ModelInfer and ModelStreamInfer are registered with identity (de)serializers: request and
+response bytes pass through untouched, so the frontend never decodes a tensor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from importlib import metadata
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos import grpc_service_pb2 as pb
+
+from .config import FrontendConfig
+from .fabric_client import FabricClient
+from .inference_service import InferenceService
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def _typed(fn: object, request: type, response: type) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        fn,  # type: ignore[arg-type]
+        request_deserializer=request.FromString,  # type: ignore[attr-defined]
+        response_serializer=response.SerializeToString,  # type: ignore[attr-defined]
+    )
+
+
+def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
+    methods = {
+        "ServerLive": _typed(svc.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": _typed(svc.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ServerMetadata": _typed(
+            svc.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+        ),
+        "ModelReady": _typed(svc.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ModelMetadata": _typed(
+            svc.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
+        ),
+        "ModelConfig": _typed(svc.ModelConfig, pb.ModelConfigRequest, pb.ModelConfigResponse),
+        "RepositoryIndex": _typed(
+            svc.RepositoryIndex, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
+        ),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("fabricserve")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class FrontendServer:
+    def __init__(self, config: FrontendConfig) -> None:
+        self.config = config
+        self.client = FabricClient(
+            config.brokers,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            heartbeat_liveness=config.heartbeat_liveness,
+            max_message_bytes=config.max_message_bytes + 4096,
+        )
+        self.service = InferenceService(config, self.client, package_version())
+        self.health = health.aio.HealthServicer()
+        self.state = State.RUNNING
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        limit = self.config.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((inference_handlers(self.service),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {self.config.host}:{self.config.port}")
+        await self.client.start()
+        await server.start()
+        self._server = server
+        self._health_task = asyncio.create_task(self._track_health(), name="health-tracker")
+        logger.info(
+            "frontend serving gRPC on %s:%d, brokers %s",
+            self.config.host,
+            self.port,
+            ", ".join(self.config.brokers),
+        )
+
+    def request_stop(self) -> None:
+        """Signal-safe: records the wish; ``run`` does the ordered shutdown."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self.state is not State.RUNNING:
+            return
+        self.state = State.DRAINING
+        logger.info("[shutdown] frontend: draining for up to %.1fs", self.config.shutdown_grace_s)
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s)
+        await self.client.close()
+        self.state = State.STOPPED
+        logger.info("[shutdown] frontend: stopped")
+
+    async def _track_health(self) -> None:
+        serving = None
+        while True:
+            ready = self.service.server_ready()
+            if ready != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", SERVICE_NAME):
+                    await self.health.set(name, status)
+                serving = ready
+                logger.info("health: %s", "SERVING" if ready else "NOT_SERVING")
+            await asyncio.sleep(min(0.5, self.config.heartbeat_interval_s))
