@@ -1,0 +1,133 @@
+"""In-process baseline: the TorchScript mlp model called directly, one torch thread, no serving.
+
+Loads ``<repo>/mlp/<highest version>/model.pt`` (or ``--model-file``), then for batch sizes
+1, 2, 4, 8, 16, 32, 64 times ``model(x)`` under ``torch.inference_mode()`` with FP32 [batch, 256]
+fixed-seed inputs and reports rows/s and µs per row. This is what the model alone costs; the serving
+stack's throughput is judged against it (and against the bare gRPC server).
+
+    python -m bench.inprocess (--model-repository DIR | --model-file F | --reference)
+        [--seconds 0.5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+WIDTH = 256
+
+
+def find_model_file(repo: Path, model: str = "mlp") -> Path:
+    """The model.pt of the highest numeric version of ``model`` in a Triton-layout repository."""
+    versions = sorted(
+        (int(p.name), p) for p in (repo / model).iterdir() if p.is_dir() and p.name.isdigit()
+    )
+    for _, vdir in reversed(versions):
+        if (vdir / "model.pt").is_file():
+            return vdir / "model.pt"
+    raise FileNotFoundError(f"no {model}/<version>/model.pt under {repo}")
+
+
+def reference_model():
+    """The mlp architecture built in memory (Linear-ReLU-Linear, 256 wide, seed 0), scripted.
+
+    Used only when no model repository can be built, so the baseline still has a model to time.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, WIDTH)
+    )
+    return torch.jit.script(net.eval())
+
+
+def measure(model_file: Path | None, seconds: float = 0.5, batch_sizes=BATCH_SIZES) -> dict:
+    """Time the model at each batch size; ``model_file=None`` times :func:`reference_model`."""
+    import torch
+
+    torch.set_num_threads(1)
+    if model_file is None:
+        model = reference_model()
+    else:
+        model = torch.jit.load(str(model_file), map_location="cpu")
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        for bs in batch_sizes:
+            x = torch.randn(bs, WIDTH, generator=gen, dtype=torch.float32)
+            for _ in range(20):  # warm-up (TorchScript profiling runs, caches)
+                model(x)
+            # Calibrate a call count that takes about `seconds`, then time it.
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 5:
+                model(x)
+                n += 1
+            calls = max(10, int(n * 5))
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                model(x)
+            elapsed = time.perf_counter() - t0
+            rows.append(
+                {
+                    "batch_size": bs,
+                    "calls": calls,
+                    "us_per_call": elapsed / calls * 1e6,
+                    "us_per_row": elapsed / (calls * bs) * 1e6,
+                    "rows_per_s": calls * bs / elapsed,
+                }
+            )
+    return {
+        "model_file": str(model_file) if model_file else "reference (built in memory)",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batches": rows,
+    }
+
+
+def to_markdown(res: dict) -> str:
+    lines = [
+        "| batch | rows/s | µs/row | µs/call |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in res["batches"]:
+        lines.append(
+            f"| {r['batch_size']} | {r['rows_per_s']:,.0f} | {r['us_per_row']:.1f} "
+            f"| {r['us_per_call']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-repository", type=Path)
+    src.add_argument("--model-file", type=Path)
+    src.add_argument(
+        "--reference", action="store_true", help="time the mlp architecture built in memory"
+    )
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per batch size")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.reference:
+        model_file = None
+    else:
+        model_file = args.model_file or find_model_file(args.model_repository, args.model)
+    res = measure(model_file, args.seconds)
+    if args.json:
+        json.dump(res, sys.stdout, indent=2)
+        print()
+    else:
+        print(to_markdown(res))
+
+
+if __name__ == "__main__":
+    main()
