@@ -1,0 +1,82 @@
+"""Find the models in a Triton-layout repository and the versions each one should serve.
+
+Layout: ``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/`` where the version is a
+directory named by a non-negative integer. The config's ``version_policy`` picks which of the
+present versions to serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.model_config import CONFIG_FILENAME, ModelConfigError, ModelSpec, load_model_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model on disk: its validated spec, the versions present and those to serve."""
+
+    name: str
+    path: Path
+    spec: ModelSpec
+    available_versions: tuple[int, ...]
+    versions: tuple[int, ...]
+
+    def version_path(self, version: int | str) -> Path:
+        """The directory holding one version's model file."""
+        return self.path / str(int(version))
+
+
+def scan_repository(root: str | Path, *, errors: dict[str, str] | None = None) -> list[ModelSource]:
+    """Every model under ``root`` with a ``config.pbtxt``, sorted by name.
+
+    A model whose config is invalid is logged and skipped so the others can still be served;
+    pass ``errors`` to collect ``{model name: reason}`` for those.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model repository {root} is not a directory")
+    sources: list[ModelSource] = []
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not (model_dir / CONFIG_FILENAME).is_file():
+            continue
+        try:
+            sources.append(scan_model(model_dir))
+        except ModelConfigError as exc:
+            logger.error("skipping model %s: %s", model_dir.name, exc)
+            if errors is not None:
+                errors[model_dir.name] = str(exc)
+    return sources
+
+
+def scan_model(model_dir: str | Path) -> ModelSource:
+    """Read one model directory; raises ``ModelConfigError`` when its config is unusable."""
+    model_dir = Path(model_dir)
+    spec = load_model_config(model_dir)
+    available = sorted(int(p.name) for p in model_dir.iterdir() if _is_version_dir(p))
+    selected = spec.version_policy.select(available)
+    if spec.version_policy.kind == "specific":
+        missing = sorted(set(spec.version_policy.versions) - set(available))
+        if missing:
+            logger.warning(
+                "model %s: versions %s named by version_policy are absent", spec.name, missing
+            )
+    if not selected:
+        logger.warning("model %s: no version directory to serve", spec.name)
+    return ModelSource(
+        name=spec.name,
+        path=model_dir,
+        spec=spec,
+        available_versions=tuple(available),
+        versions=tuple(selected),
+    )
+
+
+def _is_version_dir(path: Path) -> bool:
+    # Canonical names only ("1", not "01" or non-ASCII digits): one version, one directory.
+    name = path.name
+    return path.is_dir() and name.isascii() and name.isdigit() and str(int(name)) == name
