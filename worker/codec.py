@@ -1,0 +1,369 @@
+"""Turn serialized ``ModelInferRequest`` bytes into validated numpy inputs, and model outputs into
+serialized ``ModelInferResponse`` bytes.
+
+This runs once per request, so numeric tensors never go through per-element Python loops:
+raw contents become read-only ``np.frombuffer`` views and outputs leave through ``tobytes``.
+Raw data is little-endian, as the KServe v2 protocol says. BYTES tensors travel as elements each
+prefixed with a 4-byte little-endian length, and reach models as object arrays of ``bytes``.
+Every problem with a request is a ``RequestError(INVALID_ARGUMENT)`` naming the tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from fabric.errors import INTERNAL, INVALID_ARGUMENT, RequestError
+from protos import grpc_service_pb2 as pb
+from worker.model_config import ModelSpec, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+ParameterValue = bool | int | str | float
+
+_LENGTH = struct.Struct("<I")
+
+# Triton datatype → (InferTensorContents field, dtype of that repeated field).
+_TYPED_CONTENTS: dict[str, tuple[str, np.dtype]] = {
+    "BOOL": ("bool_contents", np.dtype(bool)),
+    "INT8": ("int_contents", np.dtype(np.int32)),
+    "INT16": ("int_contents", np.dtype(np.int32)),
+    "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT64": ("int64_contents", np.dtype(np.int64)),
+    "UINT8": ("uint_contents", np.dtype(np.uint32)),
+    "UINT16": ("uint_contents", np.dtype(np.uint32)),
+    "UINT32": ("uint_contents", np.dtype(np.uint32)),
+    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
+    "FP32": ("fp32_contents", np.dtype(np.float32)),
+    "FP64": ("fp64_contents", np.dtype(np.float64)),
+    "BYTES": ("bytes_contents", np.dtype(object)),
+}
+
+_SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+@dataclass(slots=True, eq=False)
+class DecodedRequest:
+    """A validated request: inputs in config order, and what the response must contain.
+
+    ``outputs`` are the specs of the outputs to return, in config order (all of them when the
+    client named none; ``requested_outputs`` is then None). ``batch_size`` is the number of rows
+    along dim 0, or 1 for a model without batching (``batched`` False).
+    """
+
+    id: str
+    model_name: str
+    model_version: str
+    inputs: dict[str, np.ndarray]
+    batch_size: int
+    batched: bool
+    requested_outputs: tuple[str, ...] | None
+    outputs: tuple[TensorSpec, ...]
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+
+
+def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
+    """Parse a serialized ``ModelInferRequest`` and check it against ``spec``."""
+    request = pb.ModelInferRequest()
+    try:
+        request.ParseFromString(data)
+    except DecodeError as exc:
+        raise RequestError(INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}") from exc
+    raw = request.raw_input_contents
+    n_raw = len(raw)
+    if n_raw and n_raw != len(request.inputs):
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"raw_input_contents has {n_raw} entries for {len(request.inputs)} inputs",
+        )
+    by_name = spec.input_by_name
+    batched = spec.max_batch_size > 0
+    batch_size = 0
+    decoded: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        tspec = by_name.get(name)
+        if tspec is None:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"unexpected input '{name}': model '{spec.name}' takes {list(by_name)}",
+            )
+        if name in decoded:
+            raise RequestError(INVALID_ARGUMENT, f"input '{name}' is given more than once")
+        if tensor.datatype != tspec.datatype:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"input '{name}': expected datatype {tspec.datatype}, got {tensor.datatype}",
+            )
+        shape = tuple(tensor.shape)
+        rows = _check_shape(name, shape, tspec, spec.max_batch_size)
+        if batched:
+            if not batch_size:
+                batch_size = rows
+            elif rows != batch_size:
+                raise RequestError(
+                    INVALID_ARGUMENT,
+                    f"input '{name}': batch size {rows} differs from {batch_size} of the "
+                    "other inputs",
+                )
+        if tensor.parameters:
+            _check_tensor_parameters(f"input '{name}'", tensor.parameters)
+        has_contents = tensor.HasField("contents")
+        if n_raw:
+            if has_contents:
+                raise RequestError(
+                    INVALID_ARGUMENT,
+                    f"input '{name}': both raw_input_contents and typed contents are set",
+                )
+            decoded[name] = _from_raw(name, raw[i], tspec, shape)
+        else:
+            decoded[name] = _from_typed(name, tensor.contents, tspec, shape)
+    if len(decoded) != len(spec.inputs):
+        missing = [t.name for t in spec.inputs if t.name not in decoded]
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"missing input '{missing[0]}' (model '{spec.name}' needs {list(by_name)})",
+        )
+    inputs = {t.name: decoded[t.name] for t in spec.inputs}
+    requested, outputs = _requested_outputs(request, spec)
+    parameters = _parameters(request.parameters) if request.parameters else {}
+    return DecodedRequest(
+        id=request.id,
+        model_name=request.model_name,
+        model_version=request.model_version,
+        inputs=inputs,
+        batch_size=batch_size if batched else 1,
+        batched=batched,
+        requested_outputs=requested,
+        outputs=outputs,
+        parameters=parameters,
+    )
+
+
+def encode_response(
+    request: DecodedRequest,
+    model_name: str,
+    model_version: str,
+    outputs: Mapping[str, np.ndarray],
+) -> bytes:
+    """Serialize a ``ModelInferResponse`` carrying the outputs ``request`` asked for.
+
+    Raises ``RequestError(INTERNAL)`` when an output is missing or has the wrong dtype.
+    """
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
+    response.id = request.id
+    raw: list[bytes] = []
+    for tspec in request.outputs:
+        array = outputs.get(tspec.name)
+        if array is None:
+            raise RequestError(INTERNAL, f"model '{model_name}' produced no output '{tspec.name}'")
+        response.outputs.add(name=tspec.name, datatype=tspec.datatype, shape=array.shape)
+        if tspec.byte_size:
+            if array.dtype != tspec.numpy_dtype:
+                raise RequestError(
+                    INTERNAL,
+                    f"model '{model_name}' output '{tspec.name}' has dtype {array.dtype}, "
+                    f"config says {tspec.datatype}",
+                )
+            raw.append(array.tobytes())
+        else:
+            raw.append(encode_bytes_tensor(array, tspec.name))
+    response.raw_output_contents.extend(raw)
+    return response.SerializeToString()
+
+
+def batch_signature(request: DecodedRequest) -> Hashable:
+    """Requests with equal signatures can be concatenated along dim 0 into one batch.
+
+    A request to a model without batching gets a signature of its own.
+    """
+    if not request.batched:
+        return ("unbatched", id(request))
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in request.inputs.items())
+
+
+def encode_bytes_tensor(array: np.ndarray, name: str = "") -> bytes:
+    """BYTES elements in C order, each as a 4-byte little-endian length then the bytes.
+
+    Elements may be ``bytes`` (numpy ``S`` arrays too) or ``str`` (encoded as UTF-8).
+    """
+    pack = _LENGTH.pack
+    parts: list[bytes] = []
+    for item in array.flat:
+        if isinstance(item, bytes):
+            data = item
+        elif isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, bytearray | memoryview):
+            data = bytes(item)
+        else:
+            raise RequestError(
+                INTERNAL,
+                f"output '{name}': BYTES elements must be bytes or str, got {type(item).__name__}",
+            )
+        parts.append(pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def decode_bytes_tensor(data: bytes, count: int, name: str = "") -> np.ndarray:
+    """Split length-prefixed BYTES elements into a 1-D object array of ``count`` ``bytes``."""
+    items = np.empty(count, dtype=object)
+    view = memoryview(data)
+    end = len(data)
+    offset = 0
+    unpack = _LENGTH.unpack_from
+    for index in range(count):
+        if offset + 4 > end:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"input '{name}': BYTES data ends after {index} of {count} elements",
+            )
+        (length,) = unpack(view, offset)
+        offset += 4
+        if offset + length > end:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"input '{name}': BYTES element {index} needs {length} bytes, "
+                f"{end - offset} remain",
+            )
+        items[index] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"input '{name}': {end - offset} bytes left after {count} BYTES elements",
+        )
+    return items
+
+
+def _check_shape(name: str, shape: tuple[int, ...], tspec: TensorSpec, max_batch: int) -> int:
+    """Validate ``shape`` against the config and return its number of rows."""
+    dims = tspec.dims
+    if shape and min(shape) < 0:
+        raise RequestError(
+            INVALID_ARGUMENT, f"input '{name}': shape {list(shape)} has a negative dim"
+        )
+    if max_batch > 0:
+        if len(shape) != len(dims) + 1:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"input '{name}': shape {list(shape)} should be [batch] + {list(dims)}",
+            )
+        rows = shape[0]
+        if not 1 <= rows <= max_batch:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"input '{name}': batch size {rows} is outside 1..{max_batch}",
+            )
+        body = shape[1:]
+    else:
+        rows = 1
+        body = shape
+        if len(shape) != len(dims):
+            raise RequestError(
+                INVALID_ARGUMENT, f"input '{name}': shape {list(shape)} should be {list(dims)}"
+            )
+    if body != dims:
+        for want, got in zip(dims, body, strict=True):
+            if want not in (-1, got):
+                raise RequestError(
+                    INVALID_ARGUMENT,
+                    f"input '{name}': shape {list(shape)} does not match config dims {list(dims)}",
+                )
+    return rows
+
+
+def _from_raw(name: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    count = math.prod(shape)
+    if not tspec.byte_size:
+        return decode_bytes_tensor(data, count, name).reshape(shape)
+    expected = count * tspec.byte_size
+    if len(data) != expected:
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"input '{name}': raw data is {len(data)} bytes, shape {list(shape)} of "
+            f"{tspec.datatype} needs {expected}",
+        )
+    return np.frombuffer(data, dtype=tspec.numpy_dtype).reshape(shape)
+
+
+def _from_typed(
+    name: str, contents: pb.InferTensorContents, tspec: TensorSpec, shape: tuple[int, ...]
+) -> np.ndarray:
+    typed = _TYPED_CONTENTS.get(tspec.datatype)
+    if typed is None:
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"input '{name}': {tspec.datatype} data must be sent in raw_input_contents",
+        )
+    field_name, field_dtype = typed
+    values = getattr(contents, field_name)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"input '{name}': shape {list(shape)} needs {count} {field_name} values, "
+            f"got {len(values)}",
+        )
+    if not tspec.byte_size:
+        items = np.empty(count, dtype=object)
+        items[:] = list(values)
+        return items.reshape(shape)
+    array = np.array(values, dtype=field_dtype)
+    if field_dtype != tspec.numpy_dtype:
+        narrowed = array.astype(tspec.numpy_dtype)
+        if not np.array_equal(narrowed, array):
+            raise RequestError(
+                INVALID_ARGUMENT, f"input '{name}': a value is out of range for {tspec.datatype}"
+            )
+        array = narrowed
+    return array.reshape(shape)
+
+
+def _requested_outputs(
+    request: pb.ModelInferRequest, spec: ModelSpec
+) -> tuple[tuple[str, ...] | None, tuple[TensorSpec, ...]]:
+    if not request.outputs:
+        return None, spec.outputs
+    names: list[str] = []
+    for output in request.outputs:
+        name = output.name
+        if name not in spec.output_by_name:
+            raise RequestError(
+                INVALID_ARGUMENT,
+                f"requested output '{name}' is not an output of model '{spec.name}' "
+                f"(outputs: {list(spec.output_by_name)})",
+            )
+        if name in names:
+            raise RequestError(INVALID_ARGUMENT, f"output '{name}' is requested more than once")
+        if output.parameters:
+            _check_tensor_parameters(f"output '{name}'", output.parameters)
+            if "classification" in output.parameters:
+                raise RequestError(
+                    INVALID_ARGUMENT, f"output '{name}': classification is not supported"
+                )
+        names.append(name)
+    wanted = set(names)
+    return tuple(names), tuple(t for t in spec.outputs if t.name in wanted)
+
+
+def _check_tensor_parameters(what: str, parameters: Mapping[str, pb.InferParameter]) -> None:
+    for key in _SHARED_MEMORY_KEYS:
+        if key in parameters:
+            raise RequestError(INVALID_ARGUMENT, f"{what}: shared memory is not supported")
+
+
+def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:
+    result: dict[str, ParameterValue] = {}
+    for key, parameter in parameters.items():
+        which = parameter.WhichOneof("parameter_choice")
+        if which is not None:
+            result[key] = getattr(parameter, which)
+    return result
