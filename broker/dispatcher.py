@@ -150,11 +150,9 @@ class Dispatcher:
 
     # ---- worker side -------------------------------------------------------------------
     def on_ready(self, worker: PeerId, models: Sequence[ModelAnnouncement]) -> None:
-        state = self.registry.announce(worker, models)
-        # Requests leased to this worker for a version it no longer serves go back to the queue.
-        for rkey, item in list(self.leases.items()):
-            if item.worker == worker and item.key not in state.versions:
-                self._lease_lost(rkey, item)
+        # Leases on versions the worker stops serving stay: it finishes what it started
+        # (a draining worker announces nothing, then replies to everything it holds).
+        self.registry.announce(worker, models)
         self._broadcast_catalog()
         self._dispatch_for(worker)
 

@@ -254,7 +254,7 @@ class FabricClient:
             fut, owner = entry
             owner.waiting.discard(header.request_id)
             if not fut.done():
-                payload = frames[3].buffer if len(frames) > 3 else None
+                payload = frames[3].bytes if len(frames) > 3 else None
                 fut.set_result(Reply(header.status, header.message, payload))
         elif msg_type is MsgType.CATALOG:
             catalog = decode_header(MsgType.CATALOG, frames[2].buffer)

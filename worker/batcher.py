@@ -1,0 +1,124 @@
+"""Dynamic batching decisions, without I/O or threads: which waiting requests run together, when.
+
+Requests join in arrival order. A batch is cut from the group of the oldest request (only
+requests with the same batch signature, i.e. the same non-batch shapes and dtypes, are mixed):
+- at once when the model instance is idle (waiting would only add latency: batches grow by
+  themselves while the model is the slow stage), or
+- when the group holds ``max_batch_size`` rows, or a preferred batch size can be cut exactly, or
+- when the oldest request has waited ``max_queue_delay_us``.
+A cut takes the largest preferred size that fits when one does, else as many rows as fit.
+Requests whose deadline has passed, or that were cancelled, never join a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Waiting(Generic[T]):
+    item: T
+    key: Hashable  # cancellation key
+    rows: int
+    signature: Hashable
+    arrived_s: float
+    deadline_s: float | None  # monotonic, None = none
+
+
+@dataclass
+class BatchPolicy:
+    max_batch_size: int  # rows; 0 = the model does not batch: one request at a time
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    dispatch_when_idle: bool = True
+
+    @property
+    def max_rows(self) -> int:
+        return max(1, self.max_batch_size)
+
+
+@dataclass
+class Batcher(Generic[T]):
+    policy: BatchPolicy
+    clock: Callable[[], float]
+    _waiting: list[Waiting[T]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, w: Waiting[T]) -> None:
+        self._waiting.append(w)
+
+    def cancel(self, key: Hashable) -> Waiting[T] | None:
+        for i, w in enumerate(self._waiting):
+            if w.key == key:
+                return self._waiting.pop(i)
+        return None
+
+    def expire(self) -> list[Waiting[T]]:
+        """Remove and return requests whose deadline has passed."""
+        now = self.clock()
+        dead = [w for w in self._waiting if w.deadline_s is not None and w.deadline_s <= now]
+        if dead:
+            self._waiting = [w for w in self._waiting if w not in dead]
+        return dead
+
+    def next_batch(self, idle: bool = True) -> tuple[list[Waiting[T]], float | None]:
+        """(batch to run now, []) or ([], seconds until one may be ready; None = nothing waits)."""
+        if not self._waiting:
+            return [], None
+        oldest = self._waiting[0]
+        group = [w for w in self._waiting if w.signature == oldest.signature]
+        available = sum(w.rows for w in group)
+        policy = self.policy
+        waited_s = self.clock() - oldest.arrived_s
+        delay_s = policy.max_queue_delay_us / 1e6
+        preferred_hit = any(
+            p <= available and self._fits_exactly(group, p) for p in policy.preferred_batch_sizes
+        )
+        ready = (
+            policy.max_batch_size == 0
+            or available >= policy.max_rows
+            or preferred_hit
+            or waited_s >= delay_s
+            or (idle and policy.dispatch_when_idle)
+        )
+        if not ready:
+            return [], max(0.0, delay_s - waited_s)
+        batch = self._cut(group)
+        taken = {id(w) for w in batch}
+        self._waiting = [w for w in self._waiting if id(w) not in taken]
+        return batch, None
+
+    def _cut(self, group: list[Waiting[T]]) -> list[Waiting[T]]:
+        limit = self.policy.max_rows
+        for p in sorted(self.policy.preferred_batch_sizes, reverse=True):
+            if p <= limit and self._fits_exactly(group, p):
+                limit = p
+                break
+        batch: list[Waiting[T]] = []
+        rows = 0
+        for w in group:
+            if batch and rows + w.rows > limit:
+                break
+            batch.append(w)
+            rows += w.rows
+            if self.policy.max_batch_size == 0:
+                break
+        return batch
+
+    @staticmethod
+    def _fits_exactly(group: list[Waiting[T]], size: int) -> bool:
+        """True when a prefix of ``group`` (in arrival order) holds exactly ``size`` rows."""
+        rows = 0
+        for w in group:
+            rows += w.rows
+            if rows == size:
+                return True
+            if rows > size:
+                return False
+        return False

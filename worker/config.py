@@ -1,0 +1,20 @@
+"""Worker settings, built once in ``__main__`` from flags and environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fabric.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    broker: str = "tcp://127.0.0.1:5556"
+    model_repository: str = "models"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    heartbeat_liveness: int = HEARTBEAT_LIVENESS
+    max_message_bytes: int = 256 * 1024 * 1024
+    min_credit: int = 4
+    torch_threads: int = 0  # 0 = torch's default
+    drain_grace_s: float = 10.0

@@ -1,0 +1,223 @@
+"""One compute loop per model instance: take requests, batch them, run the model, reply.
+
+The I/O thread puts ``Inbound`` items (or cancellations) on the instance's queue; the loop
+decodes and validates each request, lets the ``Batcher`` decide what runs together, runs the
+batch under ``torch.inference_mode()`` on the instance's device, splits the outputs by each
+request's rows and hands one reply per request to ``send_reply``. A request's error stays with
+that request; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fabric import errors
+from fabric.deadlines import to_monotonic
+from fabric.errors import RequestError
+from fabric.protocol import PeerId, RequestHeader
+
+from .batcher import BatchPolicy, Batcher, Waiting
+from .codec import DecodedRequest, batch_signature, decode_request, encode_response
+from .loaders import LoadedModel
+from .stats import ModelStats
+
+logger = logging.getLogger(__name__)
+
+# (frontend identity, request id, status, message, ModelInferResponse bytes or None)
+SendReply = Callable[[PeerId, int, str, str, bytes | None], None]
+
+
+@dataclass(slots=True)
+class Inbound:
+    header: RequestHeader
+    frontend: PeerId
+    payload: bytes | memoryview
+    received_s: float
+
+
+@dataclass(slots=True)
+class Cancel:
+    frontend: PeerId
+    request_id: int
+
+
+@dataclass(slots=True)
+class Ready:
+    inbound: Inbound
+    request: DecodedRequest
+
+
+_STOP = object()
+
+
+class ModelInstance:
+    """A compute thread owning one copy of a model (and its device stream, on CUDA)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        index: int,
+        send_reply: SendReply,
+        stats: ModelStats,
+        queue_in: queue.SimpleQueue[object],
+    ) -> None:
+        spec = model.spec
+        db = spec.dynamic_batching
+        self.model = model
+        self.name = f"model-{spec.name}-v{model.version}-{index}"
+        self.inbox = queue_in
+        self._send_reply = send_reply
+        self._stats = stats
+        self.batcher: Batcher[Ready] = Batcher(
+            BatchPolicy(
+                # Without dynamic_batching each request runs alone, as in Triton.
+                max_batch_size=spec.max_batch_size if db is not None else 0,
+                max_queue_delay_us=db.max_queue_delay_microseconds if db else 0,
+                preferred_batch_sizes=db.preferred_batch_size if db else (),
+            ),
+            time.monotonic,
+        )
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.busy = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.inbox.put(_STOP)
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    # ---- loop -------------------------------------------------------------------------
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            batch, wait_s = self.batcher.next_batch(idle=True)
+            if batch:
+                self._execute(batch)
+                continue
+            if stopping:
+                return
+            try:
+                item = self.inbox.get(timeout=wait_s) if wait_s is not None else self.inbox.get()
+            except queue.Empty:
+                continue
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    try:
+                        self._accept(item)
+                    except Exception:
+                        logger.exception("%s: error accepting a request", self.name)
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+            for w in self.batcher.expire():
+                self._expired(w.item.inbound)
+
+    def _accept(self, item: object) -> None:
+        if isinstance(item, Cancel):
+            dropped = self.batcher.cancel((item.frontend, item.request_id))
+            if dropped is not None:
+                self._stats.cancelled += 1
+                logger.debug(
+                    "%s: request %d cancelled before its batch", self.name, item.request_id
+                )
+            return
+        assert isinstance(item, Inbound)
+        deadline_s = to_monotonic(item.header.deadline_ns)
+        if deadline_s is not None and deadline_s <= time.monotonic():
+            self._expired(item)
+            return
+        try:
+            request = decode_request(item.payload, self.model.spec)
+        except RequestError as exc:
+            self._fail(item, exc.code, exc.message)
+            return
+        self.batcher.add(
+            Waiting(
+                Ready(item, request),
+                (item.frontend, item.header.request_id),
+                request.batch_size,
+                batch_signature(request),
+                item.received_s,
+                deadline_s,
+            )
+        )
+
+    def _execute(self, batch: list[Waiting[Ready]]) -> None:
+        start = time.monotonic()
+        requests = [w.item.request for w in batch]
+        spec = self.model.spec
+        try:
+            if len(requests) == 1:
+                inputs = requests[0].inputs
+            else:
+                inputs = {
+                    name: np.concatenate([r.inputs[name] for r in requests], axis=0)
+                    for name in requests[0].inputs
+                }
+            outputs = self.model.execute(inputs)
+            compute_s = time.monotonic() - start
+            rows = sum(r.batch_size for r in requests)
+            per_request = self._split(requests, outputs, rows)
+        except RequestError as exc:
+            for w in batch:
+                self._fail(w.item.inbound, exc.code, exc.message)
+            self._stats.record_failure(len(batch))
+            return
+        except Exception as exc:  # a model bug: fail this batch, keep serving
+            logger.exception("%s: batch of %d failed", self.name, len(batch))
+            for w in batch:
+                self._fail(w.item.inbound, errors.INTERNAL, f"model '{spec.name}' failed: {exc}")
+            self._stats.record_failure(len(batch))
+            return
+        for w, outs in zip(batch, per_request, strict=True):
+            ready = w.item
+            try:
+                body = encode_response(ready.request, spec.name, self.model.version, outs)
+            except RequestError as exc:
+                self._fail(ready.inbound, exc.code, exc.message)
+                continue
+            self._send_reply(
+                ready.inbound.frontend, ready.inbound.header.request_id, errors.OK, "", body
+            )
+        end = time.monotonic()
+        queue_s = sum(start - w.arrived_s for w in batch)
+        self._stats.record_batch(len(batch), rows, queue_s, compute_s, end - start - compute_s)
+
+    def _split(
+        self, requests: list[DecodedRequest], outputs: dict[str, np.ndarray], rows: int
+    ) -> list[dict[str, np.ndarray]]:
+        if len(requests) == 1:
+            return [outputs]
+        for name, value in outputs.items():
+            if value.shape[:1] != (rows,):
+                raise RequestError(
+                    errors.INTERNAL,
+                    f"model '{self.model.spec.name}' output '{name}' has batch "
+                    f"{value.shape[:1]}, expected {rows} rows",
+                )
+        out: list[dict[str, np.ndarray]] = []
+        offset = 0
+        for r in requests:
+            out.append({k: v[offset : offset + r.batch_size] for k, v in outputs.items()})
+            offset += r.batch_size
+        return out
+
+    def _fail(self, inbound: Inbound, code: str, message: str) -> None:
+        self._send_reply(inbound.frontend, inbound.header.request_id, code, message, None)
+
+    def _expired(self, inbound: Inbound) -> None:
+        self._stats.expired += 1
+        self._fail(inbound, errors.DEADLINE_EXCEEDED, "deadline passed before the batch started")
