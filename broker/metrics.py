@@ -48,7 +48,7 @@ class BrokerMetrics:
         self.credit.clear()
         for model, c in credit.items():
             self.credit.labels(model).set(c)
-        c = d.counters
+        counters = d.counters
         for name in (
             "requests",
             "replies",
@@ -59,4 +59,4 @@ class BrokerMetrics:
             "failed_worker_lost",
             "dropped_replies",
         ):
-            self.totals.labels(name).set(getattr(c, name))
+            self.totals.labels(name).set(getattr(counters, name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
 import zmq
@@ -18,6 +19,7 @@ from fabric.protocol import (
     FRAME_TYPE,
     PROTOCOL_TAG,
     CancelHeader,
+    Frame,
     HeartbeatHeader,
     MalformedMessage,
     MsgType,
@@ -121,23 +123,25 @@ class BrokerServer:
         logger.info("[shutdown] broker: stopped")
 
     # ---- receive ---------------------------------------------------------------------
-    def _drain(self, sock: zmq.Socket[bytes], handle: object) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Frame]], None]) -> None:
         for _ in range(MAX_BATCH_RECV):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            # Large payloads stay zero-copy; small frames become bytes for cheap comparison.
+            parts: list[Frame] = [f.buffer if len(f) > 1024 else f.bytes for f in frames]
             try:
-                handle([f.buffer if len(f) > 1024 else f.bytes for f in frames])  # type: ignore[operator]
+                handle(parts)
             except MalformedMessage as exc:
-                logger.warning("dropped malformed message from %s: %s", bytes(frames[0]).hex(), exc)
+                logger.warning("dropped malformed message from %s: %s", frames[0].bytes.hex(), exc)
             except Exception:
-                logger.exception("error handling a message from %s", bytes(frames[0]).hex())
+                logger.exception("error handling a message from %s", frames[0].bytes.hex())
 
-    def _on_frontend(self, frames: list[bytes]) -> None:
+    def _on_frontend(self, frames: list[Frame]) -> None:
         if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
-        peer, msg_type = frames[0], FRAME_TYPE.get(frames[2])
+        peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
         d = self.dispatcher
         if msg_type is MsgType.REQUEST:
             if len(frames) != 5:
@@ -158,26 +162,28 @@ class BrokerServer:
         else:
             raise MalformedMessage(f"unexpected message type {frames[2]!r} from a frontend")
 
-    def _on_worker(self, frames: list[bytes]) -> None:
+    def _on_worker(self, frames: list[Frame]) -> None:
         if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
-        peer, msg_type = frames[0], FRAME_TYPE.get(frames[2])
+        peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
         d = self.dispatcher
         if msg_type is MsgType.READY:
-            header = _typed(decode_header(MsgType.READY, frames[3]), ReadyHeader)
-            d.on_ready(peer, header.models)
+            ready = _typed(decode_header(MsgType.READY, frames[3]), ReadyHeader)
+            d.on_ready(peer, ready.models)
             return
         if not d.on_worker_seen(peer):
             return
         if msg_type is MsgType.REPLY:
             if len(frames) < 5:
                 raise MalformedMessage("REPLY without frontend identity")
-            header = _typed(decode_header(MsgType.REPLY, frames[3]), ReplyHeader)
-            d.on_reply(peer, header, frames[3], frames[4], frames[5:])
+            reply = _typed(decode_header(MsgType.REPLY, frames[3]), ReplyHeader)
+            d.on_reply(peer, reply, frames[3], bytes(frames[4]), frames[5:])
         elif msg_type is MsgType.ACK:
             if len(frames) < 5:
                 raise MalformedMessage("ACK without frontend identity")
-            d.on_ack(peer, _typed(decode_header(MsgType.ACK, frames[3]), CancelHeader), frames[4])
+            d.on_ack(
+                peer, _typed(decode_header(MsgType.ACK, frames[3]), CancelHeader), bytes(frames[4])
+            )
         elif msg_type is MsgType.HEARTBEAT:
             pass
         elif msg_type is MsgType.DISCONNECT:

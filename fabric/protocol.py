@@ -47,7 +47,7 @@ PROTOCOL_TAG = b"FAB1"
 
 RequestId: TypeAlias = int
 PeerId: TypeAlias = bytes
-Frame: TypeAlias = "bytes | memoryview"
+Frame: TypeAlias = bytes | memoryview
 
 
 class MsgType(enum.IntEnum):

@@ -1,1 +1,1 @@
-"""The frontend tier: a Triton-compatible gRPC server that forwards requests to brokers. No torch."""
+"""The frontend tier: a Triton-compatible gRPC server forwarding to brokers. No torch."""

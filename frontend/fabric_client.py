@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import zmq
 
@@ -45,6 +46,14 @@ _CANCEL = TYPE_FRAME[MsgType.CANCEL]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _RECV_BATCH = 256
+
+
+def _fd(sock: zmq.Socket[bytes]) -> int:
+    return cast(int, sock.getsockopt(zmq.FD))
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,7 @@ class FabricClient:
         self._loop = asyncio.get_running_loop()
         for link in self._links:
             link.socket.connect(link.endpoint)
-            self._loop.add_reader(link.socket.getsockopt(zmq.FD), self._drain, link)
+            self._loop.add_reader(_fd(link.socket), self._drain, link)
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="fabric-heartbeat")
 
     async def close(self) -> None:
@@ -115,7 +124,7 @@ class FabricClient:
             except zmq.ZMQError:
                 pass
             if self._loop is not None:
-                self._loop.remove_reader(link.socket.getsockopt(zmq.FD))
+                self._loop.remove_reader(_fd(link.socket))
             link.socket.close(linger=100)
         for fut, _ in self._futures.values():
             if not fut.done():
@@ -211,7 +220,7 @@ class FabricClient:
     # ---- socket I/O -----------------------------------------------------------------------
     def _after_send(self, link: BrokerLink) -> None:
         # A send can consume the edge that would have woken the reader: look again soon.
-        if not self._drain_scheduled and link.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not self._drain_scheduled and _readable(link.socket):
             self._drain_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._drain_all)
@@ -238,7 +247,7 @@ class FabricClient:
                     logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
                 except Exception:
                     logger.exception("error handling a message from %s", link.endpoint)
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not _readable(sock):
                 return
 
     def _handle(self, link: BrokerLink, frames: list[zmq.Frame]) -> None:

@@ -23,7 +23,7 @@ from fabric.deadlines import to_monotonic
 from fabric.errors import RequestError
 from fabric.protocol import PeerId, RequestHeader
 
-from .batcher import BatchPolicy, Batcher, Waiting
+from .batcher import Batcher, BatchPolicy, Waiting
 from .codec import DecodedRequest, batch_signature, decode_request, encode_response
 from .loaders import LoadedModel
 from .stats import ModelStats
