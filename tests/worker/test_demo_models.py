@@ -1,0 +1,127 @@
+"""The bundled demo repository: built deterministically, matches the committed copies, and gives
+the right numbers end to end through codec and loaders."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fabric.errors import INVALID_ARGUMENT, RequestError
+from protos import grpc_service_pb2 as pb
+from tests.worker.codec_helpers import make_request
+from worker.codec import decode_bytes_tensor, decode_request, encode_response
+from worker.demo_models import build_repository, main, make_mlp
+from worker.loaders import LoadedModel, load_model
+from worker.model_config import DynamicBatching
+from worker.repository import ModelSource, scan_repository
+
+COMMITTED = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    build_repository(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sources(repo: Path) -> dict[str, ModelSource]:
+    return {s.name: s for s in scan_repository(repo)}
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def infer(model: LoadedModel, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    decoded = decode_request(request.SerializeToString(), model.spec)
+    outputs = model.execute(decoded.inputs)
+    data = encode_response(decoded, model.spec.name, model.version, outputs)
+    return pb.ModelInferResponse.FromString(data)
+
+
+def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
+    main([str(tmp_path)])
+    assert digests(tmp_path) == digests(repo)
+    assert set(digests(repo)) == {
+        "simple/config.pbtxt",
+        "simple/1/model.pt",
+        "simple_string/config.pbtxt",
+        "simple_string/1/model.py",
+        "mlp/config.pbtxt",
+        "mlp/1/model.pt",
+    }
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "simple/config.pbtxt",
+        "simple_string/config.pbtxt",
+        "simple_string/1/model.py",
+        "mlp/config.pbtxt",
+    ],
+)
+def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
+    assert (COMMITTED / path).read_text() == (repo / path).read_text()
+
+
+def test_specs(sources: dict[str, ModelSource]) -> None:
+    assert sorted(sources) == ["mlp", "simple", "simple_string"]
+    assert sources["simple"].spec.max_batch_size == 8
+    assert [t.datatype for t in sources["simple_string"].spec.inputs] == ["BYTES", "BYTES"]
+    mlp = sources["mlp"].spec
+    assert mlp.max_batch_size == 64
+    assert mlp.dynamic_batching == DynamicBatching(max_queue_delay_microseconds=500)
+    assert all(s.versions == (1,) for s in sources.values())
+
+
+def test_simple(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["simple"], 1, "cpu")
+    a = np.arange(32, dtype=np.int32).reshape(2, 16)
+    b = np.full((2, 16), 7, dtype=np.int32)
+    response = infer(model, make_request([("INPUT0", "INT32", a), ("INPUT1", "INT32", b)]))
+    assert [o.name for o in response.outputs] == ["OUTPUT0", "OUTPUT1"]
+    sums, diffs = (np.frombuffer(r, np.int32).reshape(2, 16) for r in response.raw_output_contents)
+    np.testing.assert_array_equal(sums, a + b)
+    np.testing.assert_array_equal(diffs, a - b)
+
+
+def test_simple_string(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["simple_string"], 1, "cpu")
+    a = np.array([[str(i).encode() for i in range(16)]], dtype=object)
+    b = np.array([[b"-3"] * 16], dtype=object)
+    response = infer(model, make_request([("INPUT0", "BYTES", a), ("INPUT1", "BYTES", b)]))
+    assert [o.datatype for o in response.outputs] == ["BYTES", "BYTES"]
+    sums, diffs = (decode_bytes_tensor(r, 16).tolist() for r in response.raw_output_contents)
+    assert sums == [str(i - 3).encode() for i in range(16)]
+    assert diffs == [str(i + 3).encode() for i in range(16)]
+
+
+def test_simple_string_rejects_non_integers(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["simple_string"], 1, "cpu")
+    a = np.array([[b"x"] * 16], dtype=object)
+    with pytest.raises(RequestError) as info:
+        model.execute({"INPUT0": a, "INPUT1": a})
+    assert info.value.code == INVALID_ARGUMENT
+    assert "input 'INPUT0'" in info.value.message
+
+
+def test_mlp_matches_the_seeded_network(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["mlp"], 1, "cpu")
+    x = np.random.default_rng(0).standard_normal((5, 256)).astype(np.float32)
+    response = infer(model, make_request([("INPUT0", "FP32", x)]))
+    got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(5, 256)
+    with torch.inference_mode():
+        want = make_mlp()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(want).sum()) > 0
