@@ -17,6 +17,8 @@ from fabric.protocol import (
     PROTOCOL_TAG,
     TYPE_FRAME,
     CancelHeader,
+    ControlHeader,
+    ControlReplyHeader,
     Frame,
     HeartbeatHeader,
     ModelAnnouncement,
@@ -40,6 +42,19 @@ _CANCEL = TYPE_FRAME[MsgType.CANCEL]
 _CATALOG = TYPE_FRAME[MsgType.CATALOG]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+_CONTROL = TYPE_FRAME[MsgType.CONTROL]
+_CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
+
+
+@dataclass
+class PendingControl:
+    """A control operation fanned out to workers, answered once all of them replied."""
+
+    waiting: set[PeerId]
+    expires_s: float
+    bodies: list[bytes] = field(default_factory=list)
+    status: str = errors.OK
+    messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +79,7 @@ class Dispatcher:
         heartbeat_liveness: int,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        control_timeout_s: float = 120.0,
     ) -> None:
         self._clock = clock
         self._now_ns = wall_clock_ns
@@ -72,6 +88,8 @@ class Dispatcher:
         self.leases: dict[RequestKey, Pending] = {}
         self.frontends: dict[PeerId, float] = {}  # identity -> last seen (monotonic)
         self._frontend_ttl_s = heartbeat_interval_s * heartbeat_liveness
+        self.controls: dict[RequestKey, PendingControl] = {}
+        self.control_timeout_s = control_timeout_s
         self.to_workers: Outbox = []
         self.to_frontends: Outbox = []
         self.counters = Counters()
@@ -137,6 +155,65 @@ class Dispatcher:
                 self.counters.cancelled += 1
                 return
 
+    def on_control(self, frontend: PeerId, header: ControlHeader) -> None:
+        """Fan a repository/statistics operation out to every live worker."""
+        self.frontends[frontend] = self._clock()
+        rkey = (frontend, header.request_id)
+        workers = set(self.registry.workers)
+        if header.op == "statistics" and header.model:
+            workers = {
+                w.identity
+                for w in self.registry.workers.values()
+                if any(name == header.model for name, _ in w.versions)
+            } or workers
+        if not workers:
+            self._control_done(
+                rkey,
+                PendingControl(
+                    set(), 0.0, status=errors.UNAVAILABLE, messages=["no worker is connected"]
+                ),
+            )
+            return
+        self.controls[rkey] = PendingControl(workers, self._clock() + self.control_timeout_s)
+        frame = encode_header(header)
+        for w in workers:
+            self.to_workers.append((w, [PROTOCOL_TAG, _CONTROL, frame, frontend]))
+
+    def on_control_reply(
+        self, worker: PeerId, header: ControlReplyHeader, frontend: PeerId
+    ) -> None:
+        rkey = (frontend, header.request_id)
+        pending = self.controls.get(rkey)
+        if pending is None or worker not in pending.waiting:
+            return
+        pending.waiting.discard(worker)
+        pending.bodies.extend(header.bodies)
+        if header.status != errors.OK:
+            pending.status = header.status
+            pending.messages.append(header.message)
+        if not pending.waiting:
+            del self.controls[rkey]
+            self._control_done(rkey, pending)
+
+    def _control_done(self, rkey: RequestKey, pending: PendingControl) -> None:
+        reply = ControlReplyHeader(
+            rkey[1], pending.status, "; ".join(dict.fromkeys(pending.messages)), pending.bodies
+        )
+        self.to_frontends.append((rkey[0], [PROTOCOL_TAG, _CONTROL_REPLY, encode_header(reply)]))
+
+    def _expire_controls(self) -> None:
+        now = self._clock()
+        for rkey, pending in list(self.controls.items()):
+            gone = {w for w in pending.waiting if w not in self.registry.workers}
+            pending.waiting -= gone
+            if now >= pending.expires_s and pending.waiting:
+                pending.status = errors.DEADLINE_EXCEEDED
+                pending.messages.append(f"{len(pending.waiting)} worker(s) did not answer in time")
+                pending.waiting.clear()
+            if not pending.waiting:
+                del self.controls[rkey]
+                self._control_done(rkey, pending)
+
     def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
         self.frontends[frontend] = self._clock()
         if header.generation != self.registry.generation:
@@ -153,6 +230,7 @@ class Dispatcher:
         # Leases on versions the worker stops serving stay: it finishes what it started
         # (a draining worker announces nothing, then replies to everything it holds).
         self.registry.announce(worker, models)
+        self._fail_unservable()
         self._broadcast_catalog()
         self._dispatch_for(worker)
 
@@ -211,6 +289,7 @@ class Dispatcher:
                 errors.DEADLINE_EXCEEDED,
                 "deadline passed while queued in the broker",
             )
+        self._expire_controls()
         hb = encode_header(HeartbeatHeader(self.registry.generation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, [PROTOCOL_TAG, _HEARTBEAT, hb]))
@@ -265,7 +344,13 @@ class Dispatcher:
         for rkey, item in list(self.leases.items()):
             if item.worker == worker:
                 self._lease_lost(rkey, item)
-        # Queued requests that no remaining worker can serve fail now instead of at deadline.
+        self._fail_unservable()
+        self._broadcast_catalog()
+        for w in list(self.registry.workers):
+            self._dispatch_for(w)
+
+    def _fail_unservable(self) -> None:
+        """Queued requests no remaining worker can serve fail now instead of at deadline."""
         for key in self.queues.waiting_keys():
             if not self.registry.servers(key):
                 for item in self.queues.drain(key):
@@ -275,9 +360,6 @@ class Dispatcher:
                         errors.UNAVAILABLE,
                         f"no live worker serves model '{key[0]}' version '{key[1]}'",
                     )
-        self._broadcast_catalog()
-        for w in list(self.registry.workers):
-            self._dispatch_for(w)
 
     def _lease_lost(self, rkey: RequestKey, item: Pending) -> None:
         del self.leases[rkey]

@@ -19,6 +19,8 @@ from fabric.protocol import (
     FRAME_TYPE,
     PROTOCOL_TAG,
     CancelHeader,
+    ControlHeader,
+    ControlReplyHeader,
     Frame,
     HeartbeatHeader,
     MalformedMessage,
@@ -151,6 +153,8 @@ class BrokerServer:
                 d.reject(peer, header.request_id, errors.UNAVAILABLE, "broker is shutting down")
                 return
             d.on_request(peer, header, frames[3], frames[4])
+        elif msg_type is MsgType.CONTROL:
+            d.on_control(peer, _typed(decode_header(MsgType.CONTROL, frames[3]), ControlHeader))
         elif msg_type is MsgType.CANCEL:
             d.on_cancel(peer, _typed(decode_header(MsgType.CANCEL, frames[3]), CancelHeader))
         elif msg_type is MsgType.HEARTBEAT:
@@ -184,6 +188,11 @@ class BrokerServer:
             d.on_ack(
                 peer, _typed(decode_header(MsgType.ACK, frames[3]), CancelHeader), bytes(frames[4])
             )
+        elif msg_type is MsgType.CONTROL_REPLY:
+            if len(frames) < 5:
+                raise MalformedMessage("CONTROL_REPLY without frontend identity")
+            creply = _typed(decode_header(MsgType.CONTROL_REPLY, frames[3]), ControlReplyHeader)
+            d.on_control_reply(peer, creply, bytes(frames[4]))
         elif msg_type is MsgType.HEARTBEAT:
             pass
         elif msg_type is MsgType.DISCONNECT:

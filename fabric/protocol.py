@@ -25,6 +25,14 @@ Per type (F = frontend, B = broker, W = worker):
 | HEARTBEAT  | any          | HeartbeatHeader   | []                                     |
 | DISCONNECT | any          | HeartbeatHeader   | [] (graceful leave)                    |
 | ACK        | W→B          | CancelHeader      | [frontend identity] (accepted in batch)|
+| CONTROL    | F→B          | ControlHeader     | []                                     |
+| CONTROL    | B→W          | ControlHeader     | [frontend identity]                    |
+| CONTROL_REPLY | W→B       | ControlReplyHeader| [frontend identity]                    |
+| CONTROL_REPLY | B→F       | ControlReplyHeader| [] (one body per worker that answered) |
+
+CONTROL carries repository and statistics operations (``op``: "statistics", "load",
+"unload"); the broker fans it out to every live worker and answers the frontend once all of
+them replied or the control timeout passed.
 
 Requests are keyed by (frontend identity, request id): ids are unique per frontend only.
 Deadlines are absolute wall-clock nanoseconds (``time.time_ns()``), 0 meaning none, so that
@@ -59,6 +67,8 @@ class MsgType(enum.IntEnum):
     HEARTBEAT = 6
     DISCONNECT = 7
     ACK = 8
+    CONTROL = 9
+    CONTROL_REPLY = 10
 
 
 # Single-byte frames, precomputed so the hot path never builds them.
@@ -118,6 +128,22 @@ class HeartbeatHeader(msgspec.Struct, array_like=True, gc=False):
     generation: int = 0  # F→B: catalog generation the frontend holds; B→F: current one
 
 
+class ControlHeader(msgspec.Struct, array_like=True, gc=False):
+    request_id: RequestId
+    op: str  # "statistics" | "load" | "unload"
+    model: str = ""  # "" = every model (statistics only)
+    version: str = ""
+
+
+class ControlReplyHeader(msgspec.Struct, array_like=True, gc=False):
+    request_id: RequestId
+    status: str  # "OK" or a gRPC status name
+    message: str = ""
+    bodies: list[bytes] = []  # W→B: at most one; B→F: one per worker that answered
+
+
+CONTROL_OPS = frozenset({"statistics", "load", "unload"})
+
 HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
     MsgType.REQUEST: RequestHeader,
     MsgType.REPLY: ReplyHeader,
@@ -127,6 +153,8 @@ HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
     MsgType.HEARTBEAT: HeartbeatHeader,
     MsgType.DISCONNECT: HeartbeatHeader,
     MsgType.ACK: CancelHeader,
+    MsgType.CONTROL: ControlHeader,
+    MsgType.CONTROL_REPLY: ControlReplyHeader,
 }
 
 _encoder = msgspec.msgpack.Encoder()

@@ -21,4 +21,5 @@ class FrontendConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     shutdown_grace_s: float = 5.0
+    control_timeout_s: float = 120.0
     server_name: str = "fabricserve"

@@ -28,6 +28,8 @@ from fabric.protocol import (
     CancelHeader,
     CatalogEntry,
     CatalogHeader,
+    ControlHeader,
+    ControlReplyHeader,
     Frame,
     HeartbeatHeader,
     MalformedMessage,
@@ -45,6 +47,7 @@ _REQUEST = TYPE_FRAME[MsgType.REQUEST]
 _CANCEL = TYPE_FRAME[MsgType.CANCEL]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+_CONTROL = TYPE_FRAME[MsgType.CONTROL]
 _RECV_BATCH = 256
 
 
@@ -100,6 +103,7 @@ class FabricClient:
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._futures: dict[int, tuple[asyncio.Future[Reply], BrokerLink]] = {}
+        self._controls: dict[int, asyncio.Future[ControlReplyHeader]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._drain_scheduled = False
@@ -162,6 +166,33 @@ class FabricClient:
         link.waiting.add(request_id)
         self._after_send(link)
         return request_id, fut, link
+
+    async def control(
+        self, op: str, model: str, version: str, timeout_s: float
+    ) -> list[ControlReplyHeader]:
+        """Run a control operation on every worker behind every live broker."""
+        assert self._loop is not None
+        now = time.monotonic()
+        links = [link for link in self._links if link.alive(now, self._ttl_s)]
+        if not links:
+            raise RequestError(errors.UNAVAILABLE, "no broker is reachable")
+        futures = []
+        for link in links:
+            request_id = next(self._ids)
+            fut: asyncio.Future[ControlReplyHeader] = self._loop.create_future()
+            self._controls[request_id] = fut
+            futures.append((request_id, fut))
+            header = encode_header(ControlHeader(request_id, op, model, version))
+            link.socket.send_multipart([PROTOCOL_TAG, _CONTROL, header], zmq.NOBLOCK)
+            self._after_send(link)
+        try:
+            done, _ = await asyncio.wait([f for _, f in futures], timeout=timeout_s)
+        finally:
+            for request_id, _ in futures:
+                self._controls.pop(request_id, None)
+        if len(done) < len(futures):
+            raise RequestError(errors.DEADLINE_EXCEEDED, f"'{op}' got no answer in time")
+        return [f.result() for _, f in futures]
 
     def cancel(self, request_id: int) -> None:
         """Forget a request the caller gave up on and tell its broker to drop it."""
@@ -265,6 +296,12 @@ class FabricClient:
             if not fut.done():
                 payload = frames[3].bytes if len(frames) > 3 else None
                 fut.set_result(Reply(header.status, header.message, payload))
+        elif msg_type is MsgType.CONTROL_REPLY:
+            control = decode_header(MsgType.CONTROL_REPLY, frames[2].buffer)
+            assert isinstance(control, ControlReplyHeader)
+            waiter = self._controls.pop(control.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(control)
         elif msg_type is MsgType.CATALOG:
             catalog = decode_header(MsgType.CATALOG, frames[2].buffer)
             assert isinstance(catalog, CatalogHeader)

@@ -19,6 +19,7 @@ from protos import model_config_pb2 as mc
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
 from .resilience import RetryBudget, RetryPolicy
+from .statistics import merge_statistics
 from .status import grpc_code
 from .wire import RequestRoute, scan_request, stream_error, stream_response
 
@@ -256,6 +257,47 @@ class InferenceService:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+
+    # ---- statistics and repository control ------------------------------------------------
+    async def _control(
+        self, op: str, model: str, version: str, context: grpc.aio.ServicerContext
+    ) -> list[bytes]:
+        timeout = self.config.control_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        try:
+            replies = await self.client.control(op, model, version, timeout)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
+        failed = [r for r in replies if r.status != errors.OK]
+        if failed:
+            await context.abort(grpc_code(failed[0].status), failed[0].message or failed[0].status)
+        return [body for r in replies for body in r.bodies]
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            await self._config_or_abort(request.name, request.version, context)
+        bodies = await self._control("statistics", request.name, request.version, context)
+        return merge_statistics([pb.ModelStatisticsResponse.FromString(b) for b in bodies])
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        if not request.model_name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        await self._control("load", request.model_name, "", context)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        if not request.model_name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        await self._control("unload", request.model_name, "", context)
+        return pb.RepositoryModelUnloadResponse()
 
     # ---- not offered ------------------------------------------------------------------
     async def unimplemented(self, request: object, context: grpc.aio.ServicerContext) -> None:

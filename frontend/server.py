@@ -55,6 +55,17 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
         "RepositoryIndex": _typed(
             svc.RepositoryIndex, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse
         ),
+        "ModelStatistics": _typed(
+            svc.ModelStatistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse
+        ),
+        "RepositoryModelLoad": _typed(
+            svc.RepositoryModelLoad, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse
+        ),
+        "RepositoryModelUnload": _typed(
+            svc.RepositoryModelUnload,
+            pb.RepositoryModelUnloadRequest,
+            pb.RepositoryModelUnloadResponse,
+        ),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }

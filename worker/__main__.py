@@ -64,6 +64,13 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         default=int(_env("WORKER_TORCH_THREADS", d.torch_threads)),
         help="torch intra-op threads, 0 = default [WORKER_TORCH_THREADS]",
     )
+    p.add_argument(
+        "--poll-interval-s",
+        type=float,
+        default=float(_env("WORKER_POLL_INTERVAL_S", d.poll_interval_s)),
+        help="rescan the repository this often, 0 = only explicit load/unload "
+        "[WORKER_POLL_INTERVAL_S]",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -77,6 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         heartbeat_liveness=a.heartbeat_liveness,
         max_message_bytes=a.max_message_bytes,
         torch_threads=a.torch_threads,
+        poll_interval_s=a.poll_interval_s,
     )
 
 

@@ -18,3 +18,4 @@ class WorkerConfig:
     min_credit: int = 4
     torch_threads: int = 0  # 0 = torch's default
     drain_grace_s: float = 10.0
+    poll_interval_s: float = 0.0  # 0 = only explicit load/unload

@@ -129,7 +129,7 @@ class ModelInstance:
         if isinstance(item, Cancel):
             dropped = self.batcher.cancel((item.frontend, item.request_id))
             if dropped is not None:
-                self._stats.cancelled += 1
+                self._stats.record_cancelled()
                 logger.debug(
                     "%s: request %d cancelled before its batch", self.name, item.request_id
                 )
@@ -159,6 +159,7 @@ class ModelInstance:
         start = time.monotonic()
         requests = [w.item.request for w in batch]
         spec = self.model.spec
+        rows = sum(r.batch_size for r in requests)
         try:
             if len(requests) == 1:
                 inputs = requests[0].inputs
@@ -167,20 +168,20 @@ class ModelInstance:
                     name: np.concatenate([r.inputs[name] for r in requests], axis=0)
                     for name in requests[0].inputs
                 }
+            infer_start = time.monotonic()
             outputs = self.model.execute(inputs)
-            compute_s = time.monotonic() - start
-            rows = sum(r.batch_size for r in requests)
+            infer_end = time.monotonic()
             per_request = self._split(requests, outputs, rows)
-        except RequestError as exc:
+        except Exception as exc:  # a model bug fails this batch; the loop goes on
+            if isinstance(exc, RequestError):
+                code, message = exc.code, exc.message
+            else:
+                logger.exception("%s: batch of %d failed", self.name, len(batch))
+                code, message = errors.INTERNAL, f"model '{spec.name}' failed: {exc}"
+            now = time.monotonic()
             for w in batch:
-                self._fail(w.item.inbound, exc.code, exc.message)
-            self._stats.record_failure(len(batch))
-            return
-        except Exception as exc:  # a model bug: fail this batch, keep serving
-            logger.exception("%s: batch of %d failed", self.name, len(batch))
-            for w in batch:
-                self._fail(w.item.inbound, errors.INTERNAL, f"model '{spec.name}' failed: {exc}")
-            self._stats.record_failure(len(batch))
+                self._fail(w.item.inbound, code, message)
+            self._stats.record_failure(len(batch), sum(now - w.arrived_s for w in batch))
             return
         for w, outs in zip(batch, per_request, strict=True):
             ready = w.item
@@ -193,8 +194,15 @@ class ModelInstance:
                 ready.inbound.frontend, ready.inbound.header.request_id, errors.OK, "", body
             )
         end = time.monotonic()
-        queue_s = sum(start - w.arrived_s for w in batch)
-        self._stats.record_batch(len(batch), rows, queue_s, compute_s, end - start - compute_s)
+        self._stats.record_batch(
+            len(batch),
+            rows,
+            queue_s=sum(start - w.arrived_s for w in batch),
+            input_s=infer_start - start,
+            infer_s=infer_end - infer_start,
+            output_s=end - infer_end,
+            request_s=sum(end - w.arrived_s for w in batch),
+        )
 
     def _split(
         self, requests: list[DecodedRequest], outputs: dict[str, np.ndarray], rows: int
@@ -219,5 +227,5 @@ class ModelInstance:
         self._send_reply(inbound.frontend, inbound.header.request_id, code, message, None)
 
     def _expired(self, inbound: Inbound) -> None:
-        self._stats.expired += 1
+        self._stats.record_expired()
         self._fail(inbound, errors.DEADLINE_EXCEEDED, "deadline passed before the batch started")

@@ -1,9 +1,11 @@
-"""The worker process: loads the repository, starts a compute thread per model instance, and
-runs the fabric I/O loop between the broker's DEALER socket and the compute threads.
+"""The worker process's fabric I/O loop, between the broker's DEALER socket and the threads
+that do the work: one compute thread per model instance and one control thread (repository
+load/unload, polling, statistics), so that slow loads never delay heartbeats.
 
-Frames from compute threads come back over an inproc PUSH/PULL pair (each thread owns its
-PUSH socket), so only this loop ever touches the broker socket. The broker is heartbeated;
-when it goes silent the socket is replaced and the models announced again (Paranoid Pirate).
+Those threads hand frames back over an inproc PUSH/PULL pair (each thread owns its PUSH
+socket); only this loop touches the broker socket. Inproc frames: ``[type byte, header,
+frontend identity, body?]``, or ``[b"announce"]`` after the served models changed. The broker
+is heartbeated; when it goes silent the socket is replaced and the models announced again.
 """
 
 from __future__ import annotations
@@ -14,21 +16,24 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import msgspec
 import zmq
 
 from fabric import errors
+from fabric.errors import RequestError
 from fabric.heartbeat import Backoff
 from fabric.protocol import (
+    CONTROL_OPS,
     FRAME_TYPE,
     PROTOCOL_TAG,
     TYPE_FRAME,
     CancelHeader,
+    ControlHeader,
+    ControlReplyHeader,
     HeartbeatHeader,
     MalformedMessage,
-    ModelAnnouncement,
     MsgType,
     PeerId,
     ReadyHeader,
@@ -40,11 +45,8 @@ from fabric.protocol import (
 from fabric.sockets import make_socket
 
 from .config import WorkerConfig
-from .loaders import LoadedModel, ModelLoadError, load_model
-from .model_config import model_config_bytes
-from .repository import scan_repository
-from .runtime import Cancel, Inbound, ModelInstance
-from .stats import ModelStats
+from .models import ModelTable
+from .runtime import Cancel, Inbound
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ _REPLY = TYPE_FRAME[MsgType.REPLY]
 _READY = TYPE_FRAME[MsgType.READY]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+_CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
+_ANNOUNCE = b"announce"
 _RECV_BATCH = 256
 
 
@@ -59,16 +63,6 @@ class State(enum.Enum):
     RUNNING = "running"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-@dataclass
-class ServedVersion:
-    model: LoadedModel
-    inbox: queue.SimpleQueue[object]
-    instances: list[ModelInstance]
-    stats: ModelStats
-    capacity: int
-    in_flight: dict[tuple[PeerId, int], bool] = field(default_factory=dict)
 
 
 def pick_device(requested: str) -> str:
@@ -86,78 +80,83 @@ class WorkerServer:
         self.device = pick_device(config.device)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.identity = b"wk-" + os.urandom(6)
-        self.replies_endpoint = f"inproc://replies-{self.identity.hex()}"
-        self.replies = make_socket(self.ctx, zmq.PULL)
-        self.replies.bind(self.replies_endpoint)
+        self.inproc_endpoint = f"inproc://worker-{self.identity.hex()}"
+        self.inproc = make_socket(self.ctx, zmq.PULL)
+        self.inproc.bind(self.inproc_endpoint)
         self.broker: zmq.Socket[bytes] | None = None
-        self.versions: dict[tuple[str, str], ServedVersion] = {}
-        self.latest: dict[str, str] = {}
-        self.load_errors: dict[str, str] = {}
+        self.models = ModelTable(
+            config.model_repository, self.device, self._send_reply, config.min_credit
+        )
         self.state = State.RUNNING
         self._local = threading.local()
-        self._in_flight = 0
-        self._lock = threading.Lock()
+        self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._control_thread = threading.Thread(
+            target=self._control_loop, name="worker-control", daemon=True
+        )
 
-    # ---- models -----------------------------------------------------------------------
     def load_repository(self) -> None:
-        sources = scan_repository(self.config.model_repository, errors=self.load_errors)
-        for source in sources:
-            for version in source.versions:
-                try:
-                    model = load_model(source, version, self.device)
-                except ModelLoadError as exc:
-                    logger.error("%s", exc)
-                    self.load_errors[f"{source.name}:{version}"] = str(exc)
-                    continue
-                self._serve(model)
-        for name in {n for n, _ in self.versions}:
-            self.latest[name] = max(
-                (v for n, v in self.versions if n == name), key=lambda v: int(v)
-            )
+        self.models.load_all()
         logger.info(
             "worker %s on %s serves %s",
             self.identity.hex(),
             self.device,
-            ", ".join(f"{n}:{v}" for n, v in sorted(self.versions)) or "nothing",
+            ", ".join(f"{n}:{v}" for n, v in sorted(self.models.served)) or "nothing",
         )
 
-    def _serve(self, model: LoadedModel) -> None:
-        spec = model.spec
-        inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        stats = ModelStats()
-        instances = [
-            ModelInstance(model, i, self._send_reply, stats, inbox)
-            for i in range(max(1, spec.instance_count))
-        ]
-        rows = max(1, spec.max_batch_size)
-        capacity = max(self.config.min_credit, 2 * rows * len(instances))
-        served = ServedVersion(model, inbox, instances, stats, capacity)
-        self.versions[(spec.name, model.version)] = served
-        for inst in instances:
-            inst.start()
-
-    def announcements(self) -> list[ModelAnnouncement]:
-        if self.state is not State.RUNNING:
-            return []
-        return [
-            ModelAnnouncement(name, version, model_config_bytes(s.model.spec), s.capacity)
-            for (name, version), s in sorted(self.versions.items())
-        ]
-
-    # ---- replies from compute threads ----------------------------------------------------
-    def _send_reply(
-        self, frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
-    ) -> None:
+    # ---- other threads → this loop ------------------------------------------------------------
+    def _push(self, frames: list[bytes]) -> None:
         sock = getattr(self._local, "push", None)
         if sock is None:
             sock = make_socket(self.ctx, zmq.PUSH)
-            sock.connect(self.replies_endpoint)
+            sock.connect(self.inproc_endpoint)
             self._local.push = sock
-        header = msgspec.msgpack.encode(ReplyHeader(request_id, status, message))
-        frames: list[bytes] = [header, frontend] if body is None else [header, frontend, body]
-        sock.send_multipart(frames, copy=body is None or len(body) < 65536)
+        sock.send_multipart(frames, copy=len(frames[-1]) < 65536)
 
-    # ---- broker link ------------------------------------------------------------------------
+    def _send_reply(
+        self, frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
+    ) -> None:
+        """Called on compute threads, once per request."""
+        header = msgspec.msgpack.encode(ReplyHeader(request_id, status, message))
+        frames = [_REPLY, header, frontend] if body is None else [_REPLY, header, frontend, body]
+        self._push(frames)
+
+    # ---- control thread ---------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        interval = self.config.poll_interval_s
+        while True:
+            try:
+                job = self._control.get(timeout=interval) if interval > 0 else self._control.get()
+            except queue.Empty:
+                job = self._poll
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                logger.exception("control job failed")
+
+    def _poll(self) -> None:
+        if self.state is State.RUNNING and self.models.poll():
+            self._push([_ANNOUNCE])
+
+    def _run_control(self, header: ControlHeader, frontend: PeerId) -> None:
+        status, message, bodies = errors.OK, "", []
+        try:
+            if header.op == "statistics":
+                stats = self.models.statistics(header.model, header.version)
+                bodies = [stats.SerializeToString()]
+            elif header.op == "load":
+                self.models.load(header.model, header.version)
+                self._push([_ANNOUNCE])
+            elif header.op == "unload":
+                self.models.unload(header.model, header.version)
+                self._push([_ANNOUNCE])
+        except RequestError as exc:
+            status, message = exc.code, exc.message
+        reply = ControlReplyHeader(header.request_id, status, message, bodies)
+        self._push([_CONTROL_REPLY, msgspec.msgpack.encode(reply), frontend])
+
+    # ---- broker link --------------------------------------------------------------------------
     def _connect(self) -> zmq.Socket[bytes]:
         if self.broker is not None:
             self.broker.close(linger=0)
@@ -174,9 +173,8 @@ class WorkerServer:
 
     def _announce(self) -> None:
         assert self.broker is not None
-        self.broker.send_multipart(
-            [PROTOCOL_TAG, _READY, encode_header(ReadyHeader(self.announcements()))]
-        )
+        models = self.models.announcements() if self.state is State.RUNNING else []
+        self.broker.send_multipart([PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))])
 
     def request_stop(self) -> None:
         """Signal-safe: records the wish; the loop drains and stops."""
@@ -184,12 +182,13 @@ class WorkerServer:
             self.state = State.DRAINING
 
     def serve(self) -> None:
+        self._control_thread.start()
         interval = self.config.heartbeat_interval_s
         ttl = interval * self.config.heartbeat_liveness
         sock = self._connect()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self.replies, zmq.POLLIN)
+        poller.register(self.inproc, zmq.POLLIN)
         last_heard = time.monotonic()
         next_beat = 0.0
         backoff = Backoff(base_s=interval / 2, cap_s=max(interval * 8, 2.0))
@@ -199,10 +198,13 @@ class WorkerServer:
                 now = time.monotonic()
                 if self.state is State.DRAINING:
                     if drain_until is None:
-                        logger.info("[shutdown] worker: draining %d requests", self._in_flight)
+                        logger.info(
+                            "[shutdown] worker: draining %d requests", self.models.pending()
+                        )
                         drain_until = now + self.config.drain_grace_s
                         self._announce()  # no models: the broker sends nothing new
-                    if self._in_flight == 0 or now >= drain_until:
+                    if self.models.pending() == 0 or now >= drain_until:
+                        self._forward(sock)
                         break
                 if now >= next_beat:
                     sock.send_multipart(
@@ -222,24 +224,25 @@ class WorkerServer:
                     continue
                 timeout_ms = max(1, int((next_beat - time.monotonic()) * 1000))
                 events = dict(poller.poll(timeout_ms))
-                if self.replies in events:
-                    self._forward_replies(sock)
+                if self.inproc in events:
+                    self._forward(sock)
                 if sock in events and self._drain_broker(sock):
                     last_heard = time.monotonic()
                     backoff.reset()
         finally:
             self.close()
 
-    def _forward_replies(self, sock: zmq.Socket[bytes]) -> None:
+    def _forward(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(_RECV_BATCH):
             try:
-                frames = self.replies.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.inproc.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            with self._lock:
-                self._in_flight -= 1
+            if frames[0].bytes == _ANNOUNCE:
+                self._announce()
+                continue
             try:
-                sock.send_multipart([PROTOCOL_TAG, _REPLY, *frames], zmq.NOBLOCK, copy=False)
+                sock.send_multipart([PROTOCOL_TAG, *frames], zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 logger.warning("broker not reading; reply dropped")
 
@@ -252,14 +255,14 @@ class WorkerServer:
                 break
             heard = True
             try:
-                self._handle(sock, frames)
+                self._handle(frames)
             except MalformedMessage as exc:
                 logger.warning("dropped malformed message from the broker: %s", exc)
             except Exception:
                 logger.exception("error handling a broker message")
         return heard
 
-    def _handle(self, sock: zmq.Socket[bytes], frames: list[zmq.Frame]) -> None:
+    def _handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 3 or frames[0].bytes != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
         msg_type = FRAME_TYPE.get(frames[1].bytes)
@@ -272,8 +275,15 @@ class WorkerServer:
         elif msg_type is MsgType.CANCEL:
             cancel = decode_header(MsgType.CANCEL, frames[2].buffer)
             assert isinstance(cancel, CancelHeader)
-            for served in self.versions.values():
+            for served in self.models.served.values():
                 served.inbox.put(Cancel(frames[3].bytes, cancel.request_id))
+        elif msg_type is MsgType.CONTROL:
+            control = decode_header(MsgType.CONTROL, frames[2].buffer)
+            assert isinstance(control, ControlHeader)
+            frontend = frames[3].bytes
+            if control.op not in CONTROL_OPS:
+                raise MalformedMessage(f"unknown control op {control.op!r}")
+            self._control.put(lambda: self._run_control(control, frontend))
         elif msg_type is MsgType.DISCONNECT:
             logger.info("broker does not know this worker; announcing again")
             self._announce()
@@ -283,10 +293,8 @@ class WorkerServer:
             raise MalformedMessage(f"unexpected message type {frames[1].bytes!r}")
 
     def _on_request(self, header: RequestHeader, frontend: PeerId, payload: memoryview) -> None:
-        version = header.version or self.latest.get(header.model, "")
-        served = self.versions.get((header.model, version))
-        with self._lock:
-            self._in_flight += 1
+        version = header.version or self.models.latest.get(header.model, "")
+        served = self.models.served.get((header.model, version))
         if served is None:
             self._send_reply(
                 frontend,
@@ -296,12 +304,14 @@ class WorkerServer:
                 None,
             )
             return
+        served.enter()
         served.inbox.put(Inbound(header, frontend, payload, time.monotonic()))
 
     def close(self) -> None:
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
+        self._control.put(None)
         if self.broker is not None:
             try:
                 self.broker.send_multipart(
@@ -309,13 +319,8 @@ class WorkerServer:
                 )
             except zmq.ZMQError:
                 pass
-        for served in self.versions.values():
-            for inst in served.instances:
-                inst.stop()
-        for served in self.versions.values():
-            for inst in served.instances:
-                inst.join(2.0)
-            served.model.close()
-        # Closes every socket, the compute threads' reply sockets included.
+        self.models.stop_all()
+        self._control_thread.join(5.0)
+        # Closes every socket, the other threads' inproc sockets included.
         self.ctx.destroy(linger=200)
         logger.info("[shutdown] worker: stopped")

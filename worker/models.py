@@ -1,0 +1,247 @@
+"""The model versions a worker serves: load (and warm up) before announcing, unload after
+in-flight requests finish, and follow the repository on disk when polled.
+
+Mutations happen on the worker's control thread; the I/O thread only reads ``served`` and
+``latest``, which are replaced whole (never changed in place) so a reader sees a consistent map.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fabric import errors
+from fabric.errors import RequestError
+from fabric.protocol import ModelAnnouncement, PeerId
+from protos import grpc_service_pb2 as pb
+
+from .loaders import LoadedModel, ModelLoadError, load_model
+from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
+from .repository import ModelSource, scan_model
+from .runtime import ModelInstance, SendReply
+from .stats import ModelStats
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (model name, version)
+
+
+@dataclass
+class ServedVersion:
+    model: LoadedModel
+    inbox: queue.SimpleQueue[object]
+    stats: ModelStats
+    capacity: int
+    instances: list[ModelInstance] = field(default_factory=list)
+    pending: int = 0  # requests handed to the instances and not yet answered
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.pending += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.pending -= 1
+
+
+def _version_key(v: str) -> int:
+    return int(v) if v.isdigit() else -1
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run one row of zeros through a tensor model so the first request pays no lazy init."""
+    spec = model.spec
+    if any(t.datatype == "BYTES" for t in spec.inputs):
+        return
+    batch = (1,) if spec.max_batch_size > 0 else ()
+    inputs = {
+        t.name: np.zeros(batch + tuple(1 if d < 0 else d for d in t.dims), dtype=t.numpy_dtype)
+        for t in spec.inputs
+    }
+    model.execute(inputs)
+
+
+class ModelTable:
+    def __init__(
+        self,
+        repository: str | Path,
+        device: str,
+        send_reply: SendReply,
+        min_credit: int,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.repository = Path(repository)
+        self.device = device
+        self._send_reply = send_reply
+        self._min_credit = min_credit
+        self._drain_timeout_s = drain_timeout_s
+        self.served: dict[Key, ServedVersion] = {}
+        self.latest: dict[str, str] = {}
+        self.load_errors: dict[str, str] = {}
+
+    # ---- reads (any thread) ---------------------------------------------------------------
+    def announcements(self) -> list[ModelAnnouncement]:
+        return [
+            ModelAnnouncement(name, version, model_config_bytes(s.model.spec), s.capacity)
+            for (name, version), s in sorted(self.served.items())
+        ]
+
+    def statistics(self, model: str, version: str) -> pb.ModelStatisticsResponse:
+        out = pb.ModelStatisticsResponse()
+        for (name, v), s in sorted(self.served.items()):
+            if (not model or name == model) and (not version or v == version):
+                out.model_stats.append(s.stats.to_proto(name, v))
+        return out
+
+    def pending(self) -> int:
+        return sum(s.pending for s in self.served.values())
+
+    # ---- changes (control thread) -----------------------------------------------------------
+    def load_all(self) -> None:
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository {self.repository} is not a directory")
+        for model_dir in sorted(p for p in self.repository.iterdir() if p.is_dir()):
+            if (model_dir / CONFIG_FILENAME).is_file():
+                try:
+                    self.load(model_dir.name)
+                except RequestError as exc:
+                    logger.error("%s", exc.message)
+
+    def load(self, name: str, version: str = "") -> list[str]:
+        """Load ``version`` of ``name`` (or the versions its policy selects, unloading the
+        others). Returns the versions served afterwards. Raises RequestError."""
+        source = self._source(name)
+        wanted = [version] if version else [str(v) for v in source.versions]
+        if version and int(version) not in source.available_versions:
+            raise RequestError(errors.NOT_FOUND, f"model '{name}' has no version {version}")
+        failures = []
+        for v in wanted:
+            if (name, v) in self.served:
+                continue
+            try:
+                self._start(source, v)
+            except ModelLoadError as exc:
+                logger.error("%s", exc)
+                self.load_errors[f"{name}:{v}"] = str(exc)
+                failures.append(str(exc))
+        if not version:
+            for key in [k for k in self.served if k[0] == name and k[1] not in wanted]:
+                self._stop(key)
+        if failures:
+            raise RequestError(errors.INTERNAL, "; ".join(failures))
+        return sorted((v for n, v in self.served if n == name), key=_version_key)
+
+    def unload(self, name: str, version: str = "") -> None:
+        keys = [k for k in self.served if k[0] == name and (not version or k[1] == version)]
+        if not keys:
+            raise RequestError(errors.NOT_FOUND, f"model '{name}' is not loaded")
+        for key in keys:
+            self._stop(key)
+
+    def poll(self) -> bool:
+        """Follow the repository on disk; True when what is served changed."""
+        before = set(self.served)
+        on_disk = {
+            p.name
+            for p in self.repository.iterdir()
+            if p.is_dir() and (p / CONFIG_FILENAME).is_file()
+        }
+        for name in sorted(on_disk):
+            try:
+                self.load(name)
+            except RequestError as exc:
+                logger.error("poll: %s", exc.message)
+        for key in [k for k in self.served if k[0] not in on_disk]:
+            self._stop(key)
+        return set(self.served) != before
+
+    def stop_all(self) -> None:
+        for key in list(self.served):
+            self._stop(key, drain=False)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _source(self, name: str) -> ModelSource:
+        model_dir = self.repository / name
+        if "/" in name or name.startswith(".") or not (model_dir / CONFIG_FILENAME).is_file():
+            raise RequestError(errors.NOT_FOUND, f"no model '{name}' in the repository")
+        try:
+            return scan_model(model_dir)
+        except ModelConfigError as exc:
+            self.load_errors[name] = str(exc)
+            raise RequestError(errors.INVALID_ARGUMENT, str(exc)) from exc
+
+    def _start(self, source: ModelSource, version: str) -> None:
+        spec = source.spec
+        count = max(1, spec.instance_count)
+        models = [load_model(source, version, self.device) for _ in range(count)]
+        try:
+            for m in models:
+                warm_up(m)
+        except Exception as exc:
+            for m in models:
+                m.close()
+            raise ModelLoadError(spec.name, version, f"warm-up failed: {exc}") from exc
+        served = ServedVersion(
+            models[0],
+            queue.SimpleQueue(),
+            ModelStats(),
+            max(self._min_credit, 2 * max(1, spec.max_batch_size) * count),
+        )
+        reply = self._reply_for(served)
+        served.instances = [
+            ModelInstance(m, i, reply, served.stats, served.inbox) for i, m in enumerate(models)
+        ]
+        for inst in served.instances:
+            inst.start()
+        self.served = {**self.served, (spec.name, version): served}
+        self._refresh_latest()
+        self.load_errors.pop(f"{spec.name}:{version}", None)
+        logger.info(
+            "model %s version %s ready (%d instance(s) on %s)",
+            spec.name,
+            version,
+            count,
+            self.device,
+        )
+
+    def _stop(self, key: Key, drain: bool = True) -> None:
+        served = self.served.get(key)
+        if served is None:
+            return
+        self.served = {k: v for k, v in self.served.items() if k != key}
+        self._refresh_latest()
+        give_up = time.monotonic() + self._drain_timeout_s
+        while drain and served.pending > 0 and time.monotonic() < give_up:
+            time.sleep(0.01)
+        for inst in served.instances:
+            inst.stop()
+        for inst in served.instances:
+            inst.join(5.0)
+        for inst in served.instances:
+            inst.model.close()
+        logger.info("model %s version %s unloaded", *key)
+
+    def _refresh_latest(self) -> None:
+        latest: dict[str, str] = {}
+        for name, v in self.served:
+            if name not in latest or _version_key(v) > _version_key(latest[name]):
+                latest[name] = v
+        self.latest = latest
+
+    def _reply_for(self, served: ServedVersion) -> SendReply:
+        send = self._send_reply
+
+        def reply(
+            frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
+        ) -> None:
+            served.leave()
+            send(frontend, request_id, status, message, body)
+
+        return reply
