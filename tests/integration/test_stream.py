@@ -1,0 +1,145 @@
+"""ModelStreamInfer: ids and data matched per response; replies come as they complete."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.integration.helpers import (
+    assert_int_outputs,
+    rand_int32,
+    simple_expected,
+    simple_inputs,
+)
+from tests.integration.stack import Stack
+
+RESULT_TIMEOUT_S = 30.0
+SLOW_DELAY_MS = 1500
+
+
+class StreamClient:
+    """A tritonclient with an open stream whose callbacks land in a queue, in arrival order."""
+
+    def __init__(self, url: str) -> None:
+        self.client = grpcclient.InferenceServerClient(url)
+        self.responses: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
+        self.client.start_stream(
+            lambda result, error: self.responses.put((result, error, time.monotonic()))
+        )
+
+    def send(self, model: str, inputs: list[grpcclient.InferInput], request_id: str) -> None:
+        self.client.async_stream_infer(model, inputs, request_id=request_id)
+
+    def next(self) -> tuple[Any, Any, float]:
+        try:
+            return self.responses.get(timeout=RESULT_TIMEOUT_S)
+        except queue.Empty:
+            raise AssertionError(f"no stream response within {RESULT_TIMEOUT_S}s") from None
+
+    def close(self) -> None:
+        self.client.stop_stream(cancel_requests=True)
+        self.client.close()
+
+
+@pytest.fixture
+def stream(stack: Stack) -> Iterator[StreamClient]:
+    client = StreamClient(stack.frontend.url)
+    yield client
+    client.close()
+
+
+def sleepy_inputs(delay_ms: int) -> list[grpcclient.InferInput]:
+    delay = grpcclient.InferInput("DELAY_MS", [1, 1], "INT32")
+    delay.set_data_from_numpy(np.array([[delay_ms]], dtype=np.int32))
+    return [delay]
+
+
+def test_stream_ids_and_data(stream: StreamClient) -> None:
+    rng = np.random.default_rng(77)
+    expected = {}
+    for i in range(20):
+        a, b = rand_int32(rng, 1 + i % 4), rand_int32(rng, 1 + i % 4)
+        expected[f"s-{i}"] = simple_expected(a, b)
+        stream.send("simple", simple_inputs(a, b), f"s-{i}")
+    seen = set()
+    for _ in expected:
+        result, error, _ = stream.next()
+        assert error is None, f"stream error: {error}"
+        request_id = result.get_response().id
+        assert request_id in expected, f"unexpected id {request_id!r}"
+        assert request_id not in seen, f"two responses for {request_id}"
+        seen.add(request_id)
+        assert_int_outputs(result, expected[request_id])
+    assert seen == set(expected)
+
+
+@pytest.mark.timeout(60)
+def test_stream_responses_out_of_order(stream: StreamClient) -> None:
+    """A slow request sent first must not hold back fast ones sent after it on the stream."""
+    rng = np.random.default_rng(78)
+    stream.send("sleepy", sleepy_inputs(SLOW_DELAY_MS), "slow-0")
+    send_order = ["slow-0"]
+    expected = {}
+    for i in range(5):
+        a, b = rand_int32(rng, 1), rand_int32(rng, 1)
+        expected[f"fast-{i}"] = simple_expected(a, b)
+        stream.send("simple", simple_inputs(a, b), f"fast-{i}")
+        send_order.append(f"fast-{i}")
+
+    arrival = []
+    for _ in send_order:
+        result, error, _ = stream.next()
+        assert error is None, f"stream error: {error}"
+        request_id = result.get_response().id
+        arrival.append(request_id)
+        if request_id == "slow-0":
+            out = result.as_numpy("OUTPUT0")
+            assert out is not None and out.tolist() == [[SLOW_DELAY_MS]]
+        else:
+            assert_int_outputs(result, expected[request_id])
+    assert sorted(arrival) == sorted(send_order), f"ids not matched: {arrival}"
+    assert arrival != send_order, "stream responses came back strictly in send order"
+    assert arrival[-1] == "slow-0", f"the slow request should finish last: {arrival}"
+
+
+def test_stream_sleepy_requests_complete_by_delay(stream: StreamClient) -> None:
+    """Sleepy requests with different delays: every id answered exactly once, right value."""
+    delays = {"d-300": 300, "d-0": 0, "d-100": 100}
+    for request_id, delay in delays.items():
+        stream.send("sleepy", sleepy_inputs(delay), request_id)
+    got = {}
+    for _ in delays:
+        result, error, _ = stream.next()
+        assert error is None, f"stream error: {error}"
+        request_id = result.get_response().id
+        assert request_id not in got
+        got[request_id] = result.as_numpy("OUTPUT0").tolist()
+    assert got == {rid: [[delay]] for rid, delay in delays.items()}
+
+
+def test_stream_error_keeps_stream_open(stream: StreamClient) -> None:
+    rng = np.random.default_rng(79)
+    a, b = rand_int32(rng, 1), rand_int32(rng, 1)
+    stream.send("no_such_model", simple_inputs(a, b), "bad-0")
+    result, error, _ = stream.next()
+    assert result is None
+    assert error is not None and "no_such_model" in error.message(), error
+
+    faulty = grpcclient.InferInput("INPUT0", [1, 4], "INT32")
+    faulty.set_data_from_numpy(np.array([[1, -3, 2, 5]], dtype=np.int32))
+    stream.send("faulty", [faulty], "bad-1")
+    result, error, _ = stream.next()
+    assert result is None
+    assert error is not None and "faulty model refuses negative input -3" in error.message()
+
+    stream.send("simple", simple_inputs(a, b), "good-0")
+    result, error, _ = stream.next()
+    assert error is None, f"stream unusable after errors: {error}"
+    assert result.get_response().id == "good-0"
+    assert_int_outputs(result, simple_expected(a, b))
