@@ -83,7 +83,7 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
             f"raw_input_contents has {n_raw} entries for {len(request.inputs)} inputs",
         )
     by_name = spec.input_by_name
-    batched = spec.max_batch_size > 0
+    max_batch = spec.max_batch_size
     batch_size = 0
     decoded: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
@@ -102,21 +102,25 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
                 f"input '{name}': expected datatype {tspec.datatype}, got {tensor.datatype}",
             )
         shape = tuple(tensor.shape)
-        rows = _check_shape(name, shape, tspec, spec.max_batch_size)
-        if batched:
-            if not batch_size:
+        if max_batch:
+            # Fast path for the common case; _check_shape explains whatever it lets through.
+            rows = shape[0] if shape else 0
+            if not (tspec.fixed_shape and 0 < rows <= max_batch and shape[1:] == tspec.dims):
+                rows = _check_shape(name, shape, tspec, max_batch)
+            if rows != batch_size:
+                if batch_size:
+                    raise RequestError(
+                        INVALID_ARGUMENT,
+                        f"input '{name}': batch size {rows} differs from {batch_size} of the "
+                        "other inputs",
+                    )
                 batch_size = rows
-            elif rows != batch_size:
-                raise RequestError(
-                    INVALID_ARGUMENT,
-                    f"input '{name}': batch size {rows} differs from {batch_size} of the "
-                    "other inputs",
-                )
+        elif not (tspec.fixed_shape and shape == tspec.dims):
+            _check_shape(name, shape, tspec, max_batch)
         if tensor.parameters:
             _check_tensor_parameters(f"input '{name}'", tensor.parameters)
-        has_contents = tensor.HasField("contents")
         if n_raw:
-            if has_contents:
+            if tensor.HasField("contents"):
                 raise RequestError(
                     INVALID_ARGUMENT,
                     f"input '{name}': both raw_input_contents and typed contents are set",
@@ -130,16 +134,20 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
             INVALID_ARGUMENT,
             f"missing input '{missing[0]}' (model '{spec.name}' needs {list(by_name)})",
         )
-    inputs = {t.name: decoded[t.name] for t in spec.inputs}
-    requested, outputs = _requested_outputs(request, spec)
+    if tuple(decoded) != spec.input_names:
+        decoded = {n: decoded[n] for n in spec.input_names}
+    if request.outputs:
+        requested, outputs = _requested_outputs(request, spec)
+    else:
+        requested, outputs = None, spec.outputs
     parameters = _parameters(request.parameters) if request.parameters else {}
     return DecodedRequest(
         id=request.id,
         model_name=request.model_name,
         model_version=request.model_version,
-        inputs=inputs,
-        batch_size=batch_size if batched else 1,
-        batched=batched,
+        inputs=decoded,
+        batch_size=batch_size if max_batch else 1,
+        batched=max_batch > 0,
         requested_outputs=requested,
         outputs=outputs,
         parameters=parameters,
@@ -330,8 +338,6 @@ def _from_typed(
 def _requested_outputs(
     request: pb.ModelInferRequest, spec: ModelSpec
 ) -> tuple[tuple[str, ...] | None, tuple[TensorSpec, ...]]:
-    if not request.outputs:
-        return None, spec.outputs
     names: list[str] = []
     for output in request.outputs:
         name = output.name

@@ -91,18 +91,23 @@ class ModelConfigError(Exception):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output. ``dims`` excludes the batch dimension; -1 matches any size."""
+    """One input or output. ``dims`` excludes the batch dimension; -1 matches any size.
+
+    ``numpy_dtype``, ``byte_size`` (0 for BYTES) and ``fixed_shape`` (no -1 in dims) are derived.
+    """
 
     name: str
     datatype: str
     dims: tuple[int, ...]
     numpy_dtype: np.dtype = field(init=False, repr=False, compare=False)
     byte_size: int = field(init=False, repr=False, compare=False)
+    fixed_shape: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         dt = DATATYPES[self.datatype]
         object.__setattr__(self, "numpy_dtype", dt.numpy_dtype)
         object.__setattr__(self, "byte_size", dt.byte_size)
+        object.__setattr__(self, "fixed_shape", -1 not in self.dims)
 
 
 @dataclass(frozen=True)
@@ -150,10 +155,12 @@ class ModelSpec:
     backend: str = ""
     default_model_filename: str = ""
     config: mc.ModelConfig = field(default_factory=mc.ModelConfig, repr=False, compare=False)
+    input_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     input_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     output_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "input_names", tuple(t.name for t in self.inputs))
         object.__setattr__(self, "input_by_name", {t.name: t for t in self.inputs})
         object.__setattr__(self, "output_by_name", {t.name: t for t in self.outputs})
 
