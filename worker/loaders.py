@@ -6,7 +6,8 @@ Formats in ``<repo>/<model>/<version>/``:
 - ``model.pt2`` — ``torch.export.save`` output; ``torch.export.load`` then ``.module()``.
 - ``model.py``  — a module defining ``class Model`` with ``load(self, config: ModelSpec,
   device: str) -> None`` and ``execute(self, inputs: dict[str, np.ndarray]) -> dict[str, ...]``
-  (optionally ``finalize(self) -> None``). BYTES tensors arrive as object arrays of ``bytes``.
+  (optionally ``finalize(self) -> None``). Inputs may be read-only views of the request; BYTES
+  tensors arrive as object arrays of ``bytes``. Outputs may be arrays, tensors or nested lists.
   A model may raise ``RequestError`` itself to choose the status its caller sees.
 
 Model files come from the operator's repository, never from the network. Every format returns a

@@ -380,3 +380,22 @@ def test_bytes_input_errors_name_the_input() -> None:
     request.raw_input_contents.append(b"\x01\x00\x00\x00a\x09\x00\x00\x00b")
     with pytest.raises(RequestError, match="input 'IN': BYTES element 1 needs 9 bytes"):
         decode_request(request.SerializeToString(), spec)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([2], "input 'X': shape [2] should be [-1, 3]"),
+        ([2, 4], "input 'X': shape [2, 4] does not match config dims [-1, 3]"),
+        ([-2, 3], "input 'X': shape [-2, 3] has a negative dim"),
+    ],
+)
+def test_shape_errors_without_batching(shape: list[int], message: str) -> None:
+    spec = make_spec([("X", "INT8", (-1, 3))], [("Y", "INT8", (-1, 3))])
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="X", datatype="INT8", shape=shape)
+    request.raw_input_contents.append(b"")
+    with pytest.raises(RequestError) as info:
+        decode_request(request.SerializeToString(), spec)
+    assert info.value.code == INVALID_ARGUMENT
+    assert message in info.value.message
