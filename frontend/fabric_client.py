@@ -183,7 +183,14 @@ class FabricClient:
             self._controls[request_id] = fut
             futures.append((request_id, fut))
             header = encode_header(ControlHeader(request_id, op, model, version))
-            link.socket.send_multipart([PROTOCOL_TAG, _CONTROL, header], zmq.NOBLOCK)
+            try:
+                link.socket.send_multipart([PROTOCOL_TAG, _CONTROL, header], zmq.NOBLOCK)
+            except zmq.Again:
+                for rid, _ in futures:
+                    self._controls.pop(rid, None)
+                raise RequestError(
+                    errors.UNAVAILABLE, f"broker {link.endpoint} cannot take requests"
+                ) from None
             self._after_send(link)
         try:
             done, _ = await asyncio.wait([f for _, f in futures], timeout=timeout_s)

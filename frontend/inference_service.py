@@ -98,9 +98,9 @@ class InferenceService:
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         config = await self._config_or_abort(request.name, request.version, context)
-        versions = sorted(
-            {v for (m, v) in self.client.models() if m == request.name}, key=_version_key
-        )
+        known = {v: n for (m, v), (_, n) in self.client.models().items() if m == request.name}
+        ready = [v for v, n in known.items() if n > 0]
+        versions = sorted(ready or known, key=_version_key)
         batch = [-1] if config.max_batch_size > 0 else []
 
         def tensors(specs: object) -> list[pb.ModelMetadataResponse.TensorMetadata]:

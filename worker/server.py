@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 import zmq
@@ -172,9 +172,19 @@ class WorkerServer:
         return sock
 
     def _announce(self) -> None:
-        assert self.broker is not None
         models = self.models.announcements() if self.state is State.RUNNING else []
-        self.broker.send_multipart([PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))])
+        self._send([PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))])
+
+    def _send(self, frames: Sequence[bytes | zmq.Frame]) -> bool:
+        """Send to the broker without ever blocking; False when it cannot take the message
+        (not connected, or its queue is full): heartbeats and reconnects deal with that."""
+        if self.broker is None:
+            return False
+        try:
+            self.broker.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
 
     def request_stop(self) -> None:
         """Signal-safe: records the wish; the loop drains and stops."""
@@ -207,9 +217,7 @@ class WorkerServer:
                         self._forward(sock)
                         break
                 if now >= next_beat:
-                    sock.send_multipart(
-                        [PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader())], zmq.NOBLOCK
-                    )
+                    self._send([PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader())])
                     next_beat = now + interval
                 if now - last_heard > ttl:
                     delay = backoff.next_delay_s()
@@ -241,10 +249,8 @@ class WorkerServer:
             if frames[0].bytes == _ANNOUNCE:
                 self._announce()
                 continue
-            try:
-                sock.send_multipart([PROTOCOL_TAG, *frames], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                logger.warning("broker not reading; reply dropped")
+            if not self._send([PROTOCOL_TAG, *frames]):
+                logger.warning("broker unreachable or not reading; reply dropped")
 
     def _drain_broker(self, sock: zmq.Socket[bytes]) -> bool:
         heard = False
@@ -312,13 +318,7 @@ class WorkerServer:
             return
         self.state = State.STOPPED
         self._control.put(None)
-        if self.broker is not None:
-            try:
-                self.broker.send_multipart(
-                    [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())], zmq.NOBLOCK
-                )
-            except zmq.ZMQError:
-                pass
+        self._send([PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
         self.models.stop_all()
         self._control_thread.join(5.0)
         # Closes every socket, the other threads' inproc sockets included.
