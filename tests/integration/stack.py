@@ -211,7 +211,9 @@ class Stack:
             ],
         )  # fmt: skip
 
-    def start_worker(self, model_repository: Path | None = None) -> Proc:
+    def start_worker(
+        self, model_repository: Path | None = None, extra_args: Sequence[str] = ()
+    ) -> Proc:
         repo = model_repository or self.model_repository
         assert repo is not None, "no model repository for the worker"
         return self._spawn(
@@ -222,6 +224,7 @@ class Stack:
                 "--model-repository", str(repo),
                 "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S),
                 "--device", "cpu",
+                *extra_args,
             ],
         )  # fmt: skip
 

@@ -34,26 +34,43 @@ CLIENTS = 4
 REQUESTS = 500
 
 
+def mlp_counts(client: grpcclient.InferenceServerClient) -> tuple[int, int, int]:
+    """(successful requests, inferences = batch rows, executions = model runs) of ``mlp``."""
+    (stats,) = [s for s in client.get_inference_statistics("mlp").model_stats if s.version == "1"]
+    return stats.inference_stats.success.count, stats.inference_count, stats.execution_count
+
+
 @pytest.mark.timeout(150)
-def test_500_concurrent_requests_aio(stack: Stack) -> None:
+def test_500_concurrent_requests_aio(stack: Stack, model_repo: Path) -> None:
+    """Half ``simple``, half ``mlp`` (dynamic batching): all in flight at once from 4 clients.
+    ``mlp`` must have merged requests into batches, and split the results back correctly."""
     per_client = REQUESTS // CLIENTS
     rng = np.random.default_rng(42)
-    # (a, b) per request, drawn up front so every request has distinct inputs.
-    data = [
-        (rand_int32(rng, batch), rand_int32(rng, batch))
-        for batch in rng.integers(1, 5, size=REQUESTS)
-    ]
+    # Inputs and answers drawn up front, so every request has its own.
+    cases: list[tuple[str, list[grpcclient.InferInput], Any]] = []
+    mlp_rows = 0
+    for i, batch in enumerate(rng.integers(1, 5, size=REQUESTS)):
+        if i % 2 == 0:
+            a, b = rand_int32(rng, int(batch)), rand_int32(rng, int(batch))
+            cases.append(("simple", simple_inputs(a, b), simple_expected(a, b)))
+        else:
+            x = rand_fp32(rng, int(batch))
+            cases.append(("mlp", mlp_input(x), mlp_expected(model_repo, x)))
+            mlp_rows += int(batch)
+    mlp_requests = sum(1 for model, _, _ in cases if model == "mlp")
+    before = mlp_counts(stack.client())
 
     async def client_task(c: int) -> int:
         async with aioclient.InferenceServerClient(stack.frontend.url) as client:
 
             async def one(i: int) -> None:
-                a, b = data[i]
-                result = await client.infer(
-                    "simple", simple_inputs(a, b), request_id=f"r{i}", client_timeout=120
-                )
+                model, inputs, want = cases[i]
+                result = await client.infer(model, inputs, request_id=f"r{i}", client_timeout=120)
                 assert result.get_response().id == f"r{i}"
-                assert_int_outputs(result, simple_expected(a, b))
+                if model == "mlp":
+                    assert_mlp_output(result, want)
+                else:
+                    assert_int_outputs(result, want)
 
             indices = range(c * per_client, (c + 1) * per_client)
             await asyncio.gather(*(one(i) for i in indices))
@@ -65,8 +82,15 @@ def test_500_concurrent_requests_aio(stack: Stack) -> None:
 
     started = time.monotonic()
     assert asyncio.run(main()) == REQUESTS
-    elapsed = time.monotonic() - started
-    print(f"{REQUESTS} concurrent requests in {elapsed:.2f}s")
+    print(f"{REQUESTS} concurrent requests in {time.monotonic() - started:.2f}s")
+
+    success, inferences, executions = (
+        after - prior for after, prior in zip(mlp_counts(stack.client()), before, strict=True)
+    )
+    assert success == mlp_requests
+    assert inferences == mlp_rows
+    assert executions < mlp_requests, "no dynamic batching happened under 250 concurrent mlp calls"
+    assert executions >= -(-mlp_rows // 64), "batches larger than max_batch_size 64"
 
 
 @pytest.mark.timeout(150)

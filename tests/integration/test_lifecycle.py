@@ -79,3 +79,21 @@ def test_frontend_sigterm_after_broker_died(make_stack: Callable[[], Stack]) -> 
     frontend = stack.frontend
     os.kill(frontend.pid, signal.SIGTERM)
     assert_clean_exit(frontend, wait_exit(frontend, time.monotonic() + EXIT_WITHIN_S))
+
+
+IDLE_EXIT_WITHIN_S = 3.0
+
+
+@pytest.mark.timeout(120)
+def test_idle_worker_exits_promptly(make_stack: Callable[[], Stack]) -> None:
+    """With nothing in flight there is nothing to drain: every model instance, including the
+    two instances of ``sleepy``, stops at once."""
+    stack = running_stack(make_stack)
+    worker = stack.workers[0]
+    started = time.monotonic()
+    os.kill(worker.pid, signal.SIGTERM)
+    code = wait_exit(worker, started + IDLE_EXIT_WITHIN_S)
+    assert code is not None, (
+        f"idle worker still running {IDLE_EXIT_WITHIN_S}s after SIGTERM:\n{worker.tail(8)}"
+    )
+    assert_clean_exit(worker, code)

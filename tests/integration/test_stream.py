@@ -108,19 +108,23 @@ def test_stream_responses_out_of_order(stream: StreamClient) -> None:
     assert arrival[-1] == "slow-0", f"the slow request should finish last: {arrival}"
 
 
-def test_stream_sleepy_requests_complete_by_delay(stream: StreamClient) -> None:
-    """Sleepy requests with different delays: every id answered exactly once, right value."""
+def test_stream_same_model_completes_by_delay(stream: StreamClient) -> None:
+    """``sleepy`` has two instances and no dynamic batching: 300 ms runs on one instance while
+    0 ms then 100 ms run on the other, so replies come back ordered by delay, not by sending."""
     delays = {"d-300": 300, "d-0": 0, "d-100": 100}
     for request_id, delay in delays.items():
         stream.send("sleepy", sleepy_inputs(delay), request_id)
+    arrival = []
     got = {}
     for _ in delays:
         result, error, _ = stream.next()
         assert error is None, f"stream error: {error}"
         request_id = result.get_response().id
-        assert request_id not in got
+        assert request_id not in got, f"two responses for {request_id}"
+        arrival.append(request_id)
         got[request_id] = result.as_numpy("OUTPUT0").tolist()
     assert got == {rid: [[delay]] for rid, delay in delays.items()}
+    assert arrival == ["d-0", "d-100", "d-300"], f"arrival order {arrival}"
 
 
 def test_stream_error_keeps_stream_open(stream: StreamClient) -> None:
