@@ -106,12 +106,12 @@ class Dispatcher:
             self._fail(frontend, rid, errors.DEADLINE_EXCEEDED, "deadline passed before dispatch")
             return
         reg = self.registry
+        if not reg.workers:
+            self._fail(frontend, rid, errors.UNAVAILABLE, "no worker is connected")
+            return
         version = reg.resolve_version(header.model, header.version)
         if version is None:
-            if not reg.workers:
-                self._fail(frontend, rid, errors.UNAVAILABLE, "no worker is connected")
-            else:
-                self._fail(frontend, rid, errors.NOT_FOUND, f"unknown model '{header.model}'")
+            self._fail(frontend, rid, errors.NOT_FOUND, f"unknown model '{header.model}'")
             return
         key = (header.model, version)
         if not reg.version_known(*key):
@@ -131,6 +131,13 @@ class Dispatcher:
             )
             return
         item = Pending(frontend, rid, key, header.deadline_ns, header.flags, header_frame, payload)
+        if header.hedge_of:
+            # A hedge is worth sending only to another worker with credit now; never queued.
+            first = self.leases.get((frontend, header.hedge_of))
+            item.avoid = first.worker if first is not None else None
+            if not self._send(item):
+                self._fail(frontend, rid, errors.UNAVAILABLE, "no other worker free for a hedge")
+            return
         if self.queues.depth(key) == 0 and self._send(item):
             return
         if not self.queues.push(item):
@@ -296,7 +303,7 @@ class Dispatcher:
 
     # ---- internals ----------------------------------------------------------------------
     def _send(self, item: Pending) -> bool:
-        worker = self.registry.pick(item.key)
+        worker = self.registry.pick(item.key, item.avoid)
         if worker is None:
             return False
         model = item.key[0]
@@ -334,16 +341,22 @@ class Dispatcher:
                         "deadline passed while queued in the broker",
                     )
                     continue
-                self._send(item)
+                if not self._send(item):  # only a requeued hedge avoiding this worker
+                    self.queues.push(item, front=True)
+                    break
 
     def _worker_lost(self, worker: PeerId, why: str) -> None:
         state = self.registry.remove(worker)
         if state is None:
             return
         logger.warning("worker %s %s; requeueing its work", worker.hex(), why)
-        for rkey, item in list(self.leases.items()):
-            if item.worker == worker:
-                self._lease_lost(rkey, item)
+        waiting = [
+            item
+            for rkey, item in list(self.leases.items())
+            if item.worker == worker and self._lease_lost(rkey, item)
+        ]
+        for item in reversed(waiting):  # back to the front, in their original order
+            self.queues.push(item, front=True)
         self._fail_unservable()
         self._broadcast_catalog()
         for w in list(self.registry.workers):
@@ -361,7 +374,9 @@ class Dispatcher:
                         f"no live worker serves model '{key[0]}' version '{key[1]}'",
                     )
 
-    def _lease_lost(self, rkey: RequestKey, item: Pending) -> None:
+    def _lease_lost(self, rkey: RequestKey, item: Pending) -> bool:
+        """Requeue or fail a request whose worker is gone; True when it must wait in the
+        queue (the caller puts it back at the front)."""
         del self.leases[rkey]
         if item.worker is not None:
             self._release(item.worker, item)
@@ -369,16 +384,24 @@ class Dispatcher:
         may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT
         if item.attempts < 2 and not may_have_run and self.registry.servers(item.key):
             self.counters.requeued += 1
-            if not self._send(item):
-                self.queues.push(item, front=True)
-            return
+            return not self._send(item)
         self.counters.failed_worker_lost += 1
+        if may_have_run:
+            # It may have run and the model must not run twice: the caller decides.
+            self._fail(
+                item.frontend,
+                item.request_id,
+                errors.ABORTED,
+                "the worker running this non-idempotent request was lost; it may have run",
+            )
+            return False
         self._fail(
             item.frontend,
             item.request_id,
             errors.UNAVAILABLE,
             "the worker serving this request was lost",
         )
+        return False
 
     def reject(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
         """Answer a request with an error without queueing it."""

@@ -26,6 +26,7 @@ class Pending:
     attempts: int = 0  # times sent to a worker
     acked: bool = False  # a worker said it started (put it in a batch)
     worker: PeerId | None = None
+    avoid: PeerId | None = None  # a hedge never goes to its first copy's worker
 
 
 class ModelQueues:

@@ -100,12 +100,12 @@ class Registry:
     def servers(self, key: ModelKey) -> list[WorkerState]:
         return [w for w in self.workers.values() if key in w.versions]
 
-    def pick(self, key: ModelKey) -> WorkerState | None:
+    def pick(self, key: ModelKey, avoid: PeerId | None = None) -> WorkerState | None:
         """Least-loaded live worker serving ``key`` that still has credit for the model."""
         best: WorkerState | None = None
         best_load = 2.0
         for w in self.workers.values():
-            if key in w.versions and w.credit(key[0]) > 0:
+            if key in w.versions and w.credit(key[0]) > 0 and w.identity != avoid:
                 load = w.load(key[0])
                 if load < best_load:
                     best, best_load = w, load

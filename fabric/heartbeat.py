@@ -43,7 +43,7 @@ class Backoff:
     attempt: int = 0
 
     def next_delay_s(self) -> float:
-        delay = min(self.cap_s, self.base_s * (2**self.attempt))
+        delay = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 32)))
         self.attempt += 1
         return random.uniform(0, delay)
 

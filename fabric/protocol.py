@@ -86,6 +86,7 @@ class RequestHeader(msgspec.Struct, array_like=True, gc=False):
     deadline_ns: int  # absolute, time.time_ns(); 0 = no deadline
     trace: str = ""  # W3C traceparent, "" when not traced
     flags: int = 0
+    hedge_of: RequestId = 0  # a hedge: the id of the first copy, whose worker it must avoid
 
 
 class ReplyHeader(msgspec.Struct, array_like=True, gc=False):

@@ -70,6 +70,13 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
         default=int(_env("FRONTEND_MAX_RETRIES", d.max_retries)),
         help="retries of UNAVAILABLE failures [FRONTEND_MAX_RETRIES]",
     )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=int(_env("FRONTEND_MAX_IN_FLIGHT", d.max_in_flight)),
+        help="requests this frontend holds at once; more get RESOURCE_EXHAUSTED "
+        "[FRONTEND_MAX_IN_FLIGHT]",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -85,6 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
         max_message_bytes=a.max_message_bytes,
         default_timeout_s=a.default_timeout_s,
         max_retries=a.max_retries,
+        max_in_flight=a.max_in_flight,
     )
 
 

@@ -17,6 +17,7 @@ class FrontendConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     default_timeout_s: float = 60.0
     max_retries: int = 2
+    max_in_flight: int = 20_000
     retry_budget_ratio: float = 0.1
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"

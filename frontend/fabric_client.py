@@ -146,12 +146,19 @@ class FabricClient:
         trace: str = "",
         flags: int = 0,
         avoid: BrokerLink | None = None,
+        hedge_of: int = 0,
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
         when no broker can take it."""
-        link = self._choose(model, avoid)
+        if hedge_of:  # the hedge must reach the broker that knows the first copy's worker
+            entry = self._futures.get(hedge_of)
+            link = entry[1] if entry is not None else self._choose(model, avoid)
+        else:
+            link = self._choose(model, avoid)
         request_id = next(self._ids)
-        header = encode_header(RequestHeader(request_id, model, version, deadline_ns, trace, flags))
+        header = encode_header(
+            RequestHeader(request_id, model, version, deadline_ns, trace, flags, hedge_of)
+        )
         try:
             link.socket.send_multipart(
                 [PROTOCOL_TAG, _REQUEST, header, payload], zmq.NOBLOCK, copy=len(payload) < 65536

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fabric import errors
-from fabric.deadlines import NO_DEADLINE
 from fabric.errors import RequestError
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
+from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
 from .status import grpc_code
@@ -44,6 +44,11 @@ class InferenceService:
         self.version = version
         self.retry_policy = RetryPolicy(max_retries=config.max_retries)
         self.retry_budget = RetryBudget(ratio=config.retry_budget_ratio)
+        self.in_flight = 0
+        self.counters = {"retries": 0, "hedges": 0, "rejected": 0}
+        self._latency: dict[str, LatencyTracker] = {}
+        self._policies: dict[str, ModelPolicy] = {}
+        self._policies_version = -1
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -150,53 +155,68 @@ class InferenceService:
             raise  # unreachable: abort raises
 
     # ---- inference --------------------------------------------------------------------
-    def _deadline_ns(self, context: grpc.aio.ServicerContext | None) -> tuple[int, float]:
-        """The absolute wire deadline and the seconds until it: the caller's, capped by ours."""
-        timeout = self.config.default_timeout_s
-        remaining = context.time_remaining() if context is not None else None
-        if remaining is not None:
-            timeout = min(timeout, remaining)
-        if timeout <= 0:
-            return NO_DEADLINE, 0.0
-        return time.time_ns() + int(timeout * 1e9), timeout
+    def _policy(self, model: str) -> ModelPolicy:
+        if self._policies_version != self.client.catalog_version:
+            latest: dict[str, tuple[str, bytes]] = {}
+            for (name, version), (entry, _) in self.client.models().items():
+                if name not in latest or _version_key(version) > _version_key(latest[name][0]):
+                    latest[name] = (version, entry.config)
+            self._policies = {
+                name: policy_from_config(mc.ModelConfig.FromString(config))
+                for name, (_, config) in latest.items()
+            }
+            self._policies_version = self.client.catalog_version
+        return self._policies.get(model, DEFAULT_POLICY)
 
-    async def infer(
-        self, route: RequestRoute, payload: bytes, deadline_ns: int, timeout_s: float
-    ) -> Reply:
-        """One request through the fabric, retried within its deadline and the retry budget."""
+    async def infer(self, route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
+        """One request through the fabric: admission, deadline, retries within the deadline
+        and the retry budget, hedging where the model asks for it."""
         if not route.model:
             return Reply(errors.INVALID_ARGUMENT, "model_name is required", None)
+        policy = self._policy(route.model)
+        timeout_s = policy.default_timeout_s or self.config.default_timeout_s
+        if remaining_s is not None:
+            timeout_s = min(timeout_s, remaining_s)
         if timeout_s <= 0:
             return Reply(errors.DEADLINE_EXCEEDED, "deadline passed before dispatch", None)
-        give_up = time.monotonic() + timeout_s
+        if self.in_flight >= self.config.max_in_flight:
+            self.counters["rejected"] += 1
+            return Reply(
+                errors.RESOURCE_EXHAUSTED,
+                f"frontend at capacity ({self.config.max_in_flight} requests in flight)",
+                None,
+            )
+        self.in_flight += 1
+        try:
+            return await self._attempts(route, payload, policy, timeout_s)
+        finally:
+            self.in_flight -= 1
+
+    async def _attempts(
+        self, route: RequestRoute, payload: bytes, policy: ModelPolicy, timeout_s: float
+    ) -> Reply:
+        start = time.monotonic()
+        give_up = start + timeout_s
+        deadline_ns = time.time_ns() + int(timeout_s * 1e9)
+        tracker = self._latency.get(route.model)
+        if tracker is None:
+            tracker = self._latency[route.model] = LatencyTracker()
         self.retry_budget.on_request()
         attempt = 0
-        avoid = None
         while True:
-            request_id = 0
-            try:
-                request_id, fut, avoid = self.client.submit(
-                    route.model, route.version, deadline_ns, payload, avoid=avoid
-                )
-                reply = await asyncio.wait_for(fut, timeout=max(0.0, give_up - time.monotonic()))
-            except RequestError as exc:
-                reply = Reply(exc.code, exc.message, None)
-            except TimeoutError:
-                self.client.cancel(request_id)
-                return Reply(
-                    errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None
-                )
-            except asyncio.CancelledError:
-                self.client.cancel(request_id)
-                raise
+            reply = await self._attempt(route, payload, policy, deadline_ns, give_up, tracker)
+            if reply.status == errors.OK:
+                tracker.observe(time.monotonic() - start)
+                return reply
             remaining = give_up - time.monotonic()
             if not self.retry_policy.should_retry(reply.status, attempt, remaining):
                 return reply
             if not self.retry_budget.try_spend():
                 return reply
             attempt += 1
+            self.counters["retries"] += 1
             logger.debug(
-                "retrying %s/%s after %s (attempt %d)",
+                "retrying %s id=%r after %s (attempt %d)",
                 route.model,
                 route.id,
                 reply.message,
@@ -204,13 +224,72 @@ class InferenceService:
             )
             await asyncio.sleep(self.retry_policy.backoff_s(attempt, remaining))
 
+    async def _attempt(
+        self,
+        route: RequestRoute,
+        payload: bytes,
+        policy: ModelPolicy,
+        deadline_ns: int,
+        give_up: float,
+        tracker: LatencyTracker,
+    ) -> Reply:
+        """One try, plus a hedged copy when the first is slow; the first good reply wins."""
+        client = self.client
+        try:
+            first_id, first, _ = client.submit(
+                route.model, route.version, deadline_ns, payload, flags=policy.flags
+            )
+        except RequestError as exc:
+            return Reply(exc.code, exc.message, None)
+        live = {first: first_id}
+        try:
+            hedge_s = tracker.hedge_delay_s(policy)
+            if hedge_s is not None and hedge_s < give_up - time.monotonic():
+                done, _ = await asyncio.wait([first], timeout=hedge_s)
+                if not done and self.retry_budget.try_spend():
+                    try:
+                        hedge_id, hedge, _ = client.submit(
+                            route.model,
+                            route.version,
+                            deadline_ns,
+                            payload,
+                            flags=policy.flags,
+                            hedge_of=first_id,
+                        )
+                        live[hedge] = hedge_id
+                        self.counters["hedges"] += 1
+                    except RequestError:
+                        pass
+            failed: Reply | None = None
+            while live:
+                done, _ = await asyncio.wait(
+                    list(live),
+                    timeout=max(0.0, give_up - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    return Reply(
+                        errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None
+                    )
+                for fut in done:
+                    del live[fut]
+                    reply = fut.result()
+                    if reply.status == errors.OK:
+                        return reply
+                    if failed is None or fut is first:
+                        failed = reply
+            assert failed is not None
+            return failed
+        finally:
+            for request_id in live.values():
+                client.cancel(request_id)
+
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             route = scan_request(request)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
-        deadline_ns, timeout_s = self._deadline_ns(context)
-        reply = await self.infer(route, request, deadline_ns, timeout_s)
+        reply = await self.infer(route, request, context.time_remaining())
         if reply.status != errors.OK or reply.payload is None:
             await context.abort(grpc_code(reply.status), reply.message or reply.status)
         return reply.payload  # type: ignore[return-value]
@@ -228,8 +307,7 @@ class InferenceService:
             except RequestError as exc:
                 await done.put(stream_error(exc.message, b""))
                 return
-            deadline_ns, timeout_s = self._deadline_ns(None)
-            reply = await self.infer(route, request, deadline_ns, timeout_s)
+            reply = await self.infer(route, request, None)
             if reply.status == errors.OK and reply.payload is not None:
                 await done.put(stream_response(reply.payload))
             else:

@@ -14,6 +14,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     errors.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     errors.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ABORTED: grpc.StatusCode.ABORTED,
     errors.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     errors.INTERNAL: grpc.StatusCode.INTERNAL,
     errors.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,

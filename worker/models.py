@@ -24,7 +24,7 @@ from protos import grpc_service_pb2 as pb
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .repository import ModelSource, scan_model
-from .runtime import ModelInstance, SendReply
+from .runtime import ModelInstance, SendAck, SendReply
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,13 @@ class ModelTable:
         device: str,
         send_reply: SendReply,
         min_credit: int,
+        send_ack: SendAck | None = None,
         drain_timeout_s: float = 30.0,
     ) -> None:
         self.repository = Path(repository)
         self.device = device
         self._send_reply = send_reply
+        self._send_ack = send_ack
         self._min_credit = min_credit
         self._drain_timeout_s = drain_timeout_s
         self.served: dict[Key, ServedVersion] = {}
@@ -196,7 +198,8 @@ class ModelTable:
         )
         reply = self._reply_for(served)
         served.instances = [
-            ModelInstance(m, i, reply, served.stats, served.inbox) for i, m in enumerate(models)
+            ModelInstance(m, i, reply, served.stats, served.inbox, self._send_ack)
+            for i, m in enumerate(models)
         ]
         for inst in served.instances:
             inst.start()

@@ -21,7 +21,7 @@ import numpy as np
 from fabric import errors
 from fabric.deadlines import to_monotonic
 from fabric.errors import RequestError
-from fabric.protocol import PeerId, RequestHeader
+from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
 
 from .batcher import Batcher, BatchPolicy, Waiting
 from .codec import DecodedRequest, batch_signature, decode_request, encode_response
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # (frontend identity, request id, status, message, ModelInferResponse bytes or None)
 SendReply = Callable[[PeerId, int, str, str, bytes | None], None]
+# (frontend identity, request id): the request joined a batch that is about to run
+SendAck = Callable[[PeerId, int], None]
 
 
 @dataclass(slots=True)
@@ -67,6 +69,7 @@ class ModelInstance:
         send_reply: SendReply,
         stats: ModelStats,
         queue_in: queue.SimpleQueue[object],
+        send_ack: SendAck | None = None,
     ) -> None:
         spec = model.spec
         db = spec.dynamic_batching
@@ -74,6 +77,7 @@ class ModelInstance:
         self.name = f"model-{spec.name}-v{model.version}-{index}"
         self.inbox = queue_in
         self._send_reply = send_reply
+        self._send_ack = send_ack
         self._stats = stats
         self.batcher: Batcher[Ready] = Batcher(
             BatchPolicy(
@@ -112,7 +116,8 @@ class ModelInstance:
                 continue
             while True:
                 if item is _STOP:
-                    stopping = True
+                    stopping = True  # one stop per instance on a shared inbox: take only ours
+                    break
                 else:
                     try:
                         self._accept(item)
@@ -157,6 +162,12 @@ class ModelInstance:
 
     def _execute(self, batch: list[Waiting[Ready]]) -> None:
         start = time.monotonic()
+        if self._send_ack is not None:
+            # Non-idempotent requests tell the broker they may now have run.
+            for w in batch:
+                inbound = w.item.inbound
+                if inbound.header.flags & FLAG_NON_IDEMPOTENT:
+                    self._send_ack(inbound.frontend, inbound.header.request_id)
         requests = [w.item.request for w in batch]
         spec = self.model.spec
         rows = sum(r.batch_size for r in requests)

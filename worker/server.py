@@ -55,6 +55,7 @@ _READY = TYPE_FRAME[MsgType.READY]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
+_ACK = TYPE_FRAME[MsgType.ACK]
 _ANNOUNCE = b"announce"
 _RECV_BATCH = 256
 
@@ -85,7 +86,11 @@ class WorkerServer:
         self.inproc.bind(self.inproc_endpoint)
         self.broker: zmq.Socket[bytes] | None = None
         self.models = ModelTable(
-            config.model_repository, self.device, self._send_reply, config.min_credit
+            config.model_repository,
+            self.device,
+            self._send_reply,
+            config.min_credit,
+            send_ack=self._send_ack,
         )
         self.state = State.RUNNING
         self._local = threading.local()
@@ -119,6 +124,9 @@ class WorkerServer:
         header = msgspec.msgpack.encode(ReplyHeader(request_id, status, message))
         frames = [_REPLY, header, frontend] if body is None else [_REPLY, header, frontend, body]
         self._push(frames)
+
+    def _send_ack(self, frontend: PeerId, request_id: int) -> None:
+        self._push([_ACK, msgspec.msgpack.encode(CancelHeader(request_id)), frontend])
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:

@@ -202,12 +202,6 @@ def test_request_without_any_worker_is_unavailable(h: Harness) -> None:
     assert h.sent() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with no worker connected, a request naming a version ('1') is answered "
-    "NOT_FOUND ('unknown version') instead of UNAVAILABLE, while the same request with "
-    "version '' gets UNAVAILABLE; the frontend does not retry NOT_FOUND",
-)
 def test_request_naming_a_version_without_any_worker_is_unavailable(h: Harness) -> None:
     rid = h.request("m", "1")
     h.one_error(rid, errors.UNAVAILABLE)
@@ -578,12 +572,6 @@ def test_requeued_request_waits_for_credit_ahead_of_the_queue(h: Harness) -> Non
     assert sent_ids(h.sent()) == [(survivor, c)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: requeued requests that must wait are each pushed to the queue front "
-    "(_lease_lost → queues.push(front=True)), so several leases lost at once come back "
-    "in reverse order",
-)
 def test_requeued_requests_keep_their_order(h: Harness) -> None:
     h.announce(W1, ("m", "1", 3))
     ids = [h.request() for _ in range(3)]

@@ -322,13 +322,6 @@ def test_backoff_delays_stay_within_bounds(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(set(delays)) > 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: Backoff.next_delay_s computes base_s * 2**attempt as a float before capping; "
-    "from attempt 1024 on it raises OverflowError (the worker's reconnect loop never resets "
-    "while the broker is down, so a long outage kills the worker)",
-)
 def test_backoff_survives_a_long_outage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heartbeat, "random", random.Random(99))
     backoff = Backoff(base_s=0.5, cap_s=8.0)
