@@ -210,13 +210,20 @@ def run_load(
         for p in procs:
             p.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for _ in procs:
+        ready = 0
+        while ready < len(procs):
             try:
-                kind, info = ready_q.get(timeout=max(0.1, deadline - time.monotonic()))
+                kind, info = ready_q.get(timeout=0.25)
             except queue_mod.Empty:
-                raise RuntimeError("load generator children did not become ready") from None
+                dead = [p.exitcode for p in procs if p.exitcode is not None]
+                if dead:
+                    raise RuntimeError(f"load generator child exited with {dead[0]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("load generator children did not become ready") from None
+                continue
             if kind != "ready":
                 raise RuntimeError(f"load generator child failed: {info}")
+            ready += 1
         start_at.value = time.monotonic() + 0.05
         start_evt.set()
         t_start = start_at.value + warmup

@@ -88,6 +88,30 @@ def tree_cpu_s(pid: int, kids: dict[int, list[int]] | None = None) -> float:
     return total
 
 
+def tree_wakeups(pid: int, kids: dict[int, list[int]]) -> int:
+    """Voluntary context switches (sleeps that ended in a wake-up) of every thread in the tree."""
+    total, stack, seen = 0, [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            tids = []
+        for tid in tids:
+            try:
+                text = Path(f"/proc/{p}/task/{tid}/status").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        stack.extend(kids.get(p, ()))
+    return total
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
     vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -273,6 +297,7 @@ def measure(
             "t": time.monotonic(),
             "busy": machine_busy_s(),
             "cpu": {p.name: tree_cpu_s(p.pid, kids) for p in procs},
+            "wakeups": {p.name: tree_wakeups(p.pid, kids) for p in procs},
             "client": sum(tree_cpu_s(pid, kids) for pid in client_pids),
             "self": tree_cpu_s(os.getpid(), {}),
             "stats": batch_snapshot(stats_url) if stats_url else None,
@@ -307,12 +332,29 @@ def measure(
         rec["cpu_s_per_1k"] = {name: per_k(s) for name, s in cpu.items()}
         rec["client_cpu_s_per_1k"] = per_k(client)
         rec["cpu_util"] = {name: s / window for name, s in cpu.items()}
+        wakeups = {name: b["wakeups"][name] - a["wakeups"][name] for name in a["wakeups"]}
+        rec["wakeups_per_req"] = {
+            name: (n / res.requests if res.requests else None) for name, n in wakeups.items()
+        }
         rec["client_cpu_util"] = client / window
         # CPU used during the window by processes this run did not start: the noise gauge.
         rec["foreign_cpu_util"] = max(0.0, (b["busy"] - a["busy"]) - ours) / window
         rec["mean_batch"], rec["batch_sizes"] = mean_batch(a["stats"], b["stats"])
     rec["dead"] = {p.name: p.popen.returncode for p in procs if not p.alive()}
     return rec
+
+
+def idle_cpu(procs: list[Proc], seconds: float) -> dict[str, float]:
+    """Each process's CPU use (fraction of one core) while nothing is sent: polling, heartbeats."""
+    if seconds <= 0:
+        return {}
+    kids = _children_map()
+    before = {p.name: tree_cpu_s(p.pid, kids) for p in procs}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    kids = _children_map()
+    window = time.monotonic() - t0
+    return {p.name: (tree_cpu_s(p.pid, kids) - before[p.name]) / window for p in procs}
 
 
 def _loadavg() -> float:
@@ -336,6 +378,7 @@ def run_bare(args, log_dir: Path, rnd: int) -> list[dict]:
         wait_ready(url, procs)
         for c in args.concurrency:
             out.append(measure("bare", url, procs, c, args, None))
+        out.append({"system": "bare", "idle_cpu_util": idle_cpu(procs, args.idle_seconds)})
     except StackError as exc:
         out.append({"system": "bare", "error": str(exc)})
     finally:
@@ -384,6 +427,8 @@ def run_ours(args, log_dir: Path, rnd: int, repo: Path) -> tuple[list[dict], dic
                     str(repo),
                     "--device",
                     "cpu",
+                    "--torch-threads",
+                    "1",
                     *shlex.split(args.worker_args),
                 ],
                 d,
@@ -412,6 +457,8 @@ def run_ours(args, log_dir: Path, rnd: int, repo: Path) -> tuple[list[dict], dic
         info["ready_s"] = time.monotonic() - t0
         info["sanity_error"] = sanity_check(url)
         info["statistics"] = batch_snapshot(url) is not None
+        time.sleep(1.0)  # let start-up work (warm-up, announcements) settle first
+        info["idle_cpu_util"] = idle_cpu(procs, args.idle_seconds)
         for c in args.concurrency:
             out.append(measure("ours", url, procs, c, args, url))
     except StackError as exc:
@@ -497,6 +544,9 @@ def summarize(rounds: list[dict], concurrencies: list[int]) -> list[dict]:
                         n: _median([r.get("cpu_s_per_1k", {}).get(n) for r in ok]) for n in names
                     },
                     "client_cpu_s_per_1k": _median([r.get("client_cpu_s_per_1k") for r in ok]),
+                    "wakeups_per_req": {
+                        n: _median([r.get("wakeups_per_req", {}).get(n) for r in ok]) for n in names
+                    },
                     "foreign_cpu_util": _median([r.get("foreign_cpu_util") for r in ok]),
                     "mean_batch": _median([r.get("mean_batch") for r in ok]),
                 }
@@ -527,17 +577,22 @@ def to_markdown(report: dict) -> str:
         "the ratios, not the absolute numbers, and see 'other CPU' for how busy it was otherwise.",
         "",
         "| system | conc. | req/s | p50 ms | p90 ms | p99 ms | errors | req/s vs bare "
-        "| p50 vs bare | CPU s per 1k req (per tier) | client CPU s/1k | other CPU | mean batch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| p50 vs bare | CPU s per 1k req (per tier) | wake-ups/req (per tier) | client CPU s/1k "
+        "| other CPU | mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in report["summary"]:
         if not r["rounds"]:
-            lines.append(f"| {r['system']} | {r['concurrency']} | failed | | | | | | | | | | |")
+            lines.append(f"| {r['system']} | {r['concurrency']} | failed | | | | | | | | | | | |")
             continue
         cpu = r["cpu_s_per_1k"]
         cpu_txt = " · ".join(f"{n} {_f(v, '.3f')}" for n, v in cpu.items())
         if len(cpu) > 1 and all(v is not None for v in cpu.values()):
             cpu_txt += f" (Σ {sum(cpu.values()):.3f})"
+        wake = r["wakeups_per_req"]
+        wake_txt = " · ".join(f"{n} {_f(v, '.1f')}" for n, v in wake.items())
+        if len(wake) > 1 and all(v is not None for v in wake.values()):
+            wake_txt += f" (Σ {sum(wake.values()):.1f})"
         ratio = "1 (ref)" if r["system"] == "bare" else _f(r["throughput_vs_bare"], ".2f") + "x"
         p50r = (
             "1 (ref)"
@@ -549,15 +604,30 @@ def to_markdown(report: dict) -> str:
             f"| {r['system']} | {r['concurrency']} | {_f(r['throughput'], ',.0f')} "
             f"| {_f(r['p50_ms'], '.2f')} | {_f(r['p90_ms'], '.2f')} | {_f(r['p99_ms'], '.2f')} "
             f"| {r['errors']} | {ratio} | {p50r} | {cpu_txt} "
+            f"| {wake_txt} "
             f"| {_f(r['client_cpu_s_per_1k'], '.3f')} | {other}% "
             f"| {_f(r['mean_batch'], '.2f')} |"
         )
     lines += [
         "",
         "CPU s per 1k req = CPU ms per request (utime+stime over the measured window).",
+        "wake-ups/req = voluntary context switches per request, per server process (all threads).",
         "'other CPU' = CPU (% of one core) used during the window by processes this run did "
         "not start.",
     ]
+    idle: dict[str, list[float]] = {}
+    for rnd in report["rounds"]:
+        samples = [r.get("idle_cpu_util") for r in rnd["results"]]
+        samples.append(rnd.get("ours", {}).get("idle_cpu_util"))
+        for sample in samples:
+            for name, util in (sample or {}).items():
+                idle.setdefault(name, []).append(util)
+    if idle:
+        lines.append(
+            "Idle CPU (% of one core, stack up, nothing sent; median over rounds): "
+            + ", ".join(f"{n} {_median(v) * 100:.1f}%" for n, v in idle.items())
+            + "."
+        )
     failures = [(r["system"], r["concurrency"], e) for r in report["summary"] for e in r["failed"]]
     failures += [
         (res["system"], "-", res["error"])
@@ -608,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--inprocess-seconds", type=float, default=0.5)
+    parser.add_argument(
+        "--idle-seconds", type=float, default=3.0, help="sample idle CPU this long (0 = off)"
+    )
     parser.add_argument("--skip-ours", action="store_true", help="baselines only")
     parser.add_argument("--broker-args", default="", help="extra broker arguments")
     parser.add_argument("--worker-args", default="", help="extra worker arguments")
