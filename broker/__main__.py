@@ -71,6 +71,17 @@ def parse_args(argv: Sequence[str] | None = None) -> BrokerConfig:
         default=_env("BROKER_METRICS_HOST", d.metrics_host),
         help="Prometheus bind address [BROKER_METRICS_HOST]",
     )
+    p.add_argument(
+        "--curve-secret-cert",
+        default=_env("BROKER_CURVE_SECRET_CERT", d.curve_secret_cert),
+        help="broker's CURVE .key_secret file; turns on encryption [BROKER_CURVE_SECRET_CERT]",
+    )
+    p.add_argument(
+        "--curve-clients-dir",
+        default=_env("BROKER_CURVE_CLIENTS_DIR", d.curve_clients_dir),
+        help="directory of allowed client .key files; empty = any client "
+        "[BROKER_CURVE_CLIENTS_DIR]",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -85,6 +96,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BrokerConfig:
         max_message_bytes=a.max_message_bytes,
         metrics_port=a.metrics_port,
         metrics_host=a.metrics_host,
+        curve_secret_cert=a.curve_secret_cert,
+        curve_clients_dir=a.curve_clients_dir,
     )
 
 

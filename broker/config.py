@@ -18,3 +18,5 @@ class BrokerConfig:
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str = "127.0.0.1"
     drain_grace_s: float = 5.0
+    curve_secret_cert: str = ""  # broker's .key_secret: turns CURVE on
+    curve_clients_dir: str = ""  # allowed client public keys; "" = any client

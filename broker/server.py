@@ -15,6 +15,7 @@ from typing import TypeVar
 import zmq
 
 from fabric import errors
+from fabric.curve import CurveServer
 from fabric.protocol import (
     FRAME_TYPE,
     PROTOCOL_TAG,
@@ -52,10 +53,18 @@ class BrokerServer:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.frontends = make_socket(
-            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes
+        curve = (
+            CurveServer.load(config.curve_secret_cert, config.curve_clients_dir)
+            if config.curve_secret_cert
+            else None
         )
-        self.workers = make_socket(self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes)
+        self._auth = curve.start_authenticator(self.ctx) if curve is not None else None
+        self.frontends = make_socket(
+            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes, security=curve
+        )
+        self.workers = make_socket(
+            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes, security=curve
+        )
         self.dispatcher = Dispatcher(
             max_queued=config.max_queued,
             heartbeat_interval_s=config.heartbeat_interval_s,
@@ -121,6 +130,8 @@ class BrokerServer:
         self.state = State.STOPPED
         self.frontends.close(linger=0)
         self.workers.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self.ctx.term()
         logger.info("[shutdown] broker: stopped")
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import zmq
 
 DEFAULT_HWM = 100_000
 """Messages queued per peer before sends fail with EAGAIN (then we answer RESOURCE_EXHAUSTED)."""
 DEFAULT_LINGER_MS = 0
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+class SocketSecurity(Protocol):
+    def apply(self, sock: zmq.Socket[bytes]) -> None: ...
 
 
 def make_socket(
@@ -18,8 +24,11 @@ def make_socket(
     linger_ms: int = DEFAULT_LINGER_MS,
     identity: bytes | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    security: SocketSecurity | None = None,
 ) -> zmq.Socket[bytes]:
     sock = ctx.socket(kind)
+    if security is not None:  # before bind/connect: CURVE applies to the handshake
+        security.apply(sock)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, linger_ms)

@@ -77,6 +77,32 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
         help="requests this frontend holds at once; more get RESOURCE_EXHAUSTED "
         "[FRONTEND_MAX_IN_FLIGHT]",
     )
+    p.add_argument(
+        "--tls-cert-file",
+        default=_env("FRONTEND_TLS_CERT_FILE", d.tls_cert_file),
+        help="PEM certificate chain; with --tls-key-file serves TLS [FRONTEND_TLS_CERT_FILE]",
+    )
+    p.add_argument(
+        "--tls-key-file",
+        default=_env("FRONTEND_TLS_KEY_FILE", d.tls_key_file),
+        help="PEM private key [FRONTEND_TLS_KEY_FILE]",
+    )
+    p.add_argument(
+        "--tls-client-ca-file",
+        default=_env("FRONTEND_TLS_CLIENT_CA_FILE", d.tls_client_ca_file),
+        help="PEM CA; when set, clients must present a certificate it signed "
+        "(mTLS) [FRONTEND_TLS_CLIENT_CA_FILE]",
+    )
+    p.add_argument(
+        "--curve-server-key",
+        default=_env("FABRIC_CURVE_SERVER_KEY", d.curve_server_key),
+        help="broker's CURVE public .key file [FABRIC_CURVE_SERVER_KEY]",
+    )
+    p.add_argument(
+        "--curve-client-cert",
+        default=_env("FABRIC_CURVE_CLIENT_CERT", d.curve_client_cert),
+        help="this process's CURVE .key_secret file [FABRIC_CURVE_CLIENT_CERT]",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -93,6 +119,11 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
         default_timeout_s=a.default_timeout_s,
         max_retries=a.max_retries,
         max_in_flight=a.max_in_flight,
+        tls_cert_file=a.tls_cert_file,
+        tls_key_file=a.tls_key_file,
+        tls_client_ca_file=a.tls_client_ca_file,
+        curve_server_key=a.curve_server_key,
+        curve_client_cert=a.curve_client_cert,
     )
 
 

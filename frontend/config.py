@@ -24,3 +24,8 @@ class FrontendConfig:
     shutdown_grace_s: float = 5.0
     control_timeout_s: float = 120.0
     server_name: str = "fabricserve"
+    tls_cert_file: str = ""  # PEM; with tls_key_file turns TLS on
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # PEM CA: clients must present a certificate it signed (mTLS)
+    curve_server_key: str = ""  # broker's CURVE .key file: turns CURVE on
+    curve_client_cert: str = ""  # this frontend's .key_secret (when the broker allow-lists)

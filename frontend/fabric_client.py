@@ -39,7 +39,7 @@ from fabric.protocol import (
     decode_header,
     encode_header,
 )
-from fabric.sockets import make_socket
+from fabric.sockets import SocketSecurity, make_socket
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class FabricClient:
         heartbeat_interval_s: float,
         heartbeat_liveness: int,
         max_message_bytes: int,
+        security: SocketSecurity | None = None,
     ) -> None:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         identity = b"fe-" + os.urandom(6)
@@ -93,7 +94,11 @@ class FabricClient:
             BrokerLink(
                 ep,
                 make_socket(
-                    self._ctx, zmq.DEALER, identity=identity, max_message_bytes=max_message_bytes
+                    self._ctx,
+                    zmq.DEALER,
+                    identity=identity,
+                    max_message_bytes=max_message_bytes,
+                    security=security,
                 ),
             )
             for ep in endpoints

@@ -10,11 +10,13 @@ import asyncio
 import enum
 import logging
 from importlib import metadata
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fabric.curve import CurveClient
 from protos import grpc_service_pb2 as pb
 
 from .config import FrontendConfig
@@ -79,6 +81,22 @@ def package_version() -> str:
         return "0.0.0"
 
 
+def server_credentials(config: FrontendConfig) -> grpc.ServerCredentials | None:
+    """TLS when a certificate and key are configured; mTLS when a client CA is too."""
+    if not config.tls_cert_file and not config.tls_key_file:
+        if config.tls_client_ca_file:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        return None
+    if not (config.tls_cert_file and config.tls_key_file):
+        raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
+    key = Path(config.tls_key_file).read_bytes()
+    cert = Path(config.tls_cert_file).read_bytes()
+    ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
 class FrontendServer:
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
@@ -87,6 +105,11 @@ class FrontendServer:
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
             max_message_bytes=config.max_message_bytes + 4096,
+            security=(
+                CurveClient.load(config.curve_server_key, config.curve_client_cert)
+                if config.curve_server_key
+                else None
+            ),
         )
         self.service = InferenceService(config, self.client, package_version())
         self.health = health.aio.HealthServicer()
@@ -110,7 +133,12 @@ class FrontendServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        credentials = server_credentials(self.config)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise RuntimeError(f"cannot bind {self.config.host}:{self.config.port}")
         await self.client.start()

@@ -71,6 +71,16 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         help="rescan the repository this often, 0 = only explicit load/unload "
         "[WORKER_POLL_INTERVAL_S]",
     )
+    p.add_argument(
+        "--curve-server-key",
+        default=_env("FABRIC_CURVE_SERVER_KEY", d.curve_server_key),
+        help="broker's CURVE public .key file [FABRIC_CURVE_SERVER_KEY]",
+    )
+    p.add_argument(
+        "--curve-client-cert",
+        default=_env("FABRIC_CURVE_CLIENT_CERT", d.curve_client_cert),
+        help="this process's CURVE .key_secret file [FABRIC_CURVE_CLIENT_CERT]",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -85,6 +95,8 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         max_message_bytes=a.max_message_bytes,
         torch_threads=a.torch_threads,
         poll_interval_s=a.poll_interval_s,
+        curve_server_key=a.curve_server_key,
+        curve_client_cert=a.curve_client_cert,
     )
 
 

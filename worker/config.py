@@ -19,3 +19,5 @@ class WorkerConfig:
     torch_threads: int = 0  # 0 = torch's default
     drain_grace_s: float = 10.0
     poll_interval_s: float = 0.0  # 0 = only explicit load/unload
+    curve_server_key: str = ""  # broker's CURVE .key file: turns CURVE on
+    curve_client_cert: str = ""  # this worker's .key_secret (when the broker allow-lists)

@@ -22,6 +22,7 @@ import msgspec
 import zmq
 
 from fabric import errors
+from fabric.curve import CurveClient
 from fabric.errors import RequestError
 from fabric.heartbeat import Backoff
 from fabric.protocol import (
@@ -85,6 +86,11 @@ class WorkerServer:
         self.inproc = make_socket(self.ctx, zmq.PULL)
         self.inproc.bind(self.inproc_endpoint)
         self.broker: zmq.Socket[bytes] | None = None
+        self._curve = (
+            CurveClient.load(config.curve_server_key, config.curve_client_cert)
+            if config.curve_server_key
+            else None
+        )
         self.models = ModelTable(
             config.model_repository,
             self.device,
@@ -173,6 +179,7 @@ class WorkerServer:
             zmq.DEALER,
             identity=self.identity,
             max_message_bytes=self.config.max_message_bytes,
+            security=self._curve,
         )
         sock.connect(self.config.broker)
         self.broker = sock
