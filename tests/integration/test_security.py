@@ -37,7 +37,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("openssl is needed to make test certificates")
     d = tmp_path_factory.mktemp("pki")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-subj", "/CN=test-ca")  # fmt: skip
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
+             "-subj", "/CN=test-ca")  # fmt: skip
     _make_ca_and_cert(d, "server")
     _make_ca_and_cert(d, "client")
     return d
