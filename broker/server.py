@@ -19,6 +19,7 @@ from fabric.curve import CurveServer
 from fabric.protocol import (
     FRAME_TYPE,
     PROTOCOL_TAG,
+    TYPE_FRAME,
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
@@ -26,10 +27,13 @@ from fabric.protocol import (
     HeartbeatHeader,
     MalformedMessage,
     MsgType,
+    PeerId,
     ReadyHeader,
     ReplyHeader,
     RequestHeader,
+    coalesce,
     decode_header,
+    unpack_batch,
 )
 from fabric.sockets import make_socket
 
@@ -39,6 +43,7 @@ from .metrics import BrokerMetrics
 
 logger = logging.getLogger(__name__)
 
+_BATCH = TYPE_FRAME[MsgType.BATCH]
 MAX_BATCH_RECV = 512
 """Messages read from one socket per wake-up before looking at the other one."""
 
@@ -155,6 +160,12 @@ class BrokerServer:
         if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
         peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
+        if msg_type is MsgType.BATCH:
+            for sub in unpack_batch(frames[3]):
+                if sub[0] == _BATCH:
+                    raise MalformedMessage("nested BATCH")
+                self._on_frontend([peer, PROTOCOL_TAG, *sub])
+            return
         d = self.dispatcher
         if msg_type is MsgType.REQUEST:
             if len(frames) != 5:
@@ -181,6 +192,12 @@ class BrokerServer:
         if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
         peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
+        if msg_type is MsgType.BATCH:
+            for sub in unpack_batch(frames[3]):
+                if sub[0] == _BATCH:
+                    raise MalformedMessage("nested BATCH")
+                self._on_worker([peer, PROTOCOL_TAG, *sub])
+            return
         d = self.dispatcher
         if msg_type is MsgType.READY:
             ready = _typed(decode_header(MsgType.READY, frames[3]), ReadyHeader)
@@ -220,20 +237,23 @@ class BrokerServer:
             self._send_all(self.frontends, d.to_frontends, "frontend")
 
     def _send_all(self, sock: zmq.Socket[bytes], outbox: Outbox, side: str) -> None:
-        batch = outbox[:]
+        by_peer: dict[PeerId, list[list[Frame]]] = {}
+        for peer, message in outbox:
+            by_peer.setdefault(peer, []).append(message)
         outbox.clear()
-        for peer, frames in batch:
+        for peer, messages in by_peer.items():
+            frames = coalesce(messages)
             try:
                 sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self.dispatcher.counters.dropped_replies += 1
+                self.dispatcher.counters.dropped_replies += len(messages)
                 logger.warning(
                     "%s %s is not reading (queue full); message dropped", side, peer.hex()
                 )
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
-                self.dispatcher.counters.dropped_replies += 1
+                self.dispatcher.counters.dropped_replies += len(messages)
                 logger.debug("%s %s is gone; message dropped", side, peer.hex())
 
 

@@ -30,6 +30,12 @@ Per type (F = frontend, B = broker, W = worker):
 | CONTROL_REPLY | W→B       | ControlReplyHeader| [frontend identity]                    |
 | CONTROL_REPLY | B→F       | ControlReplyHeader| [] (one body per worker that answered) |
 
+BATCH (any direction) carries several messages for the same peer in one ZeroMQ message:
+``[PROTOCOL_TAG, BATCH, body]`` where body is msgpack of a list of messages, each the list
+of its frames after the tag (``[type, header, *payload]``). Under load each tier coalesces
+what it has for a peer per wake-up, so a ZeroMQ send (and the wake-ups behind it) serves
+many requests; a lone message is sent as itself.
+
 CONTROL carries repository and statistics operations (``op``: "statistics", "load",
 "unload"); the broker fans it out to every live worker and answers the frontend once all of
 them replied or the control timeout passed.
@@ -69,6 +75,7 @@ class MsgType(enum.IntEnum):
     ACK = 8
     CONTROL = 9
     CONTROL_REPLY = 10
+    BATCH = 11
 
 
 # Single-byte frames, precomputed so the hot path never builds them.
@@ -182,13 +189,38 @@ def decode(frames: Sequence[Frame]) -> tuple[MsgType, msgspec.Struct, Sequence[F
     if len(frames) < 3 or bytes(frames[0]) != PROTOCOL_TAG:
         raise MalformedMessage(f"bad protocol tag or too few frames ({len(frames)})")
     msg_type = FRAME_TYPE.get(bytes(frames[1]))
-    if msg_type is None:
+    if msg_type is None or msg_type is MsgType.BATCH:
         raise MalformedMessage(f"unknown message type {bytes(frames[1])!r}")
     try:
         header = _decoders[msg_type].decode(frames[2])
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"bad {msg_type.name} header: {exc}") from exc
     return msg_type, header, frames[3:]
+
+
+_batch_decoder = msgspec.msgpack.Decoder(list[list[bytes]])
+
+
+def pack_batch(messages: Sequence[Sequence[Frame]]) -> list[Frame]:
+    """One message carrying ``messages`` (each its frames after the tag). Thread-safe."""
+    return [PROTOCOL_TAG, TYPE_FRAME[MsgType.BATCH], msgspec.msgpack.encode(messages)]
+
+
+def unpack_batch(body: Frame) -> list[list[bytes]]:
+    try:
+        messages = _batch_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"bad BATCH body: {exc}") from exc
+    if any(len(m) < 2 for m in messages):
+        raise MalformedMessage("BATCH holds a message without type and header")
+    return messages
+
+
+def coalesce(messages: Sequence[Sequence[Frame]]) -> list[Frame]:
+    """Frames to send for ``messages`` bound for one peer (each starting with the tag)."""
+    if len(messages) == 1:
+        return list(messages[0])
+    return pack_batch([m[1:] for m in messages])
 
 
 def decode_header(msg_type: MsgType, data: Frame) -> msgspec.Struct:

@@ -36,8 +36,10 @@ from fabric.protocol import (
     MsgType,
     ReplyHeader,
     RequestHeader,
+    coalesce,
     decode_header,
     encode_header,
+    unpack_batch,
 )
 from fabric.sockets import SocketSecurity, make_socket
 
@@ -48,6 +50,8 @@ _CANCEL = TYPE_FRAME[MsgType.CANCEL]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _CONTROL = TYPE_FRAME[MsgType.CONTROL]
+_BATCH = TYPE_FRAME[MsgType.BATCH]
+_ZERO_COPY_BYTES = 256 * 1024
 _RECV_BATCH = 256
 
 
@@ -73,6 +77,8 @@ class BrokerLink:
     last_seen: float = float("-inf")
     catalog: CatalogHeader | None = None
     waiting: set[int] = field(default_factory=set)
+    # Messages sent this event-loop turn, flushed as one BATCH: (frames, request id or 0).
+    outbox: list[tuple[list[Frame], int]] = field(default_factory=list)
 
     def alive(self, now: float, ttl_s: float) -> bool:
         return now - self.last_seen < ttl_s
@@ -112,6 +118,7 @@ class FabricClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._drain_scheduled = False
+        self._flush_scheduled = False
         self.catalog_version = 0  # bumps whenever any broker's catalog or liveness changes
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -164,19 +171,11 @@ class FabricClient:
         header = encode_header(
             RequestHeader(request_id, model, version, deadline_ns, trace, flags, hedge_of)
         )
-        try:
-            link.socket.send_multipart(
-                [PROTOCOL_TAG, _REQUEST, header, payload], zmq.NOBLOCK, copy=len(payload) < 65536
-            )
-        except zmq.Again:
-            raise RequestError(
-                errors.RESOURCE_EXHAUSTED, f"too many requests queued for broker {link.endpoint}"
-            ) from None
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)
         link.waiting.add(request_id)
-        self._after_send(link)
+        self._enqueue(link, [PROTOCOL_TAG, _REQUEST, header, payload], request_id)
         return request_id, fut, link
 
     async def control(
@@ -222,12 +221,46 @@ class FabricClient:
         link.waiting.discard(request_id)
         if not fut.done():
             fut.cancel()
-        try:
-            link.socket.send_multipart(
-                [PROTOCOL_TAG, _CANCEL, encode_header(CancelHeader(request_id))], zmq.NOBLOCK
-            )
-        except zmq.ZMQError:
-            logger.debug("cancel of %d not sent to %s", request_id, link.endpoint)
+        self._enqueue(link, [PROTOCOL_TAG, _CANCEL, encode_header(CancelHeader(request_id))])
+
+    def _enqueue(self, link: BrokerLink, frames: list[Frame], request_id: int = 0) -> None:
+        """Send at the end of this event-loop turn, together with whatever else is sent."""
+        link.outbox.append((frames, request_id))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for link in self._links:
+            if not link.outbox:
+                continue
+            items, link.outbox = link.outbox, []
+            frames = coalesce([f for f, _ in items])
+            size = sum(len(f) for f in frames)
+            try:
+                link.socket.send_multipart(frames, zmq.NOBLOCK, copy=size < _ZERO_COPY_BYTES)
+            except zmq.ZMQError as exc:
+                alive = link.alive(time.monotonic(), self._ttl_s)
+                status = errors.RESOURCE_EXHAUSTED if alive else errors.UNAVAILABLE
+                why = (
+                    f"too many requests queued for broker {link.endpoint}"
+                    if alive
+                    else f"broker {link.endpoint} is not connected ({exc})"
+                )
+                for _, request_id in items:
+                    self._resolve(request_id, Reply(status, why, None))
+            self._after_send(link)
+
+    def _resolve(self, request_id: int, reply: Reply) -> None:
+        entry = self._futures.pop(request_id, None)
+        if entry is None:
+            return
+        fut, link = entry
+        link.waiting.discard(request_id)
+        if not fut.done():
+            fut.set_result(reply)
 
     def _choose(self, model: str, avoid: BrokerLink | None) -> BrokerLink:
         now = time.monotonic()
@@ -285,7 +318,7 @@ class FabricClient:
         while True:
             for _ in range(_RECV_BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     return
                 except zmq.ZMQError:
@@ -300,12 +333,18 @@ class FabricClient:
             if not _readable(sock):
                 return
 
-    def _handle(self, link: BrokerLink, frames: list[zmq.Frame]) -> None:
-        if len(frames) < 3 or frames[0].bytes != PROTOCOL_TAG:
+    def _handle(self, link: BrokerLink, frames: list[bytes]) -> None:
+        if len(frames) < 3 or frames[0] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
-        msg_type = FRAME_TYPE.get(frames[1].bytes)
+        msg_type = FRAME_TYPE.get(frames[1])
+        if msg_type is MsgType.BATCH:
+            for sub in unpack_batch(frames[2]):
+                if sub[0] == _BATCH:
+                    raise MalformedMessage("nested BATCH")
+                self._handle(link, [PROTOCOL_TAG, *sub])
+            return
         if msg_type is MsgType.REPLY:
-            header = decode_header(MsgType.REPLY, frames[2].buffer)
+            header = decode_header(MsgType.REPLY, frames[2])
             assert isinstance(header, ReplyHeader)
             entry = self._futures.pop(header.request_id, None)
             if entry is None:
@@ -313,23 +352,23 @@ class FabricClient:
             fut, owner = entry
             owner.waiting.discard(header.request_id)
             if not fut.done():
-                payload = frames[3].bytes if len(frames) > 3 else None
+                payload = frames[3] if len(frames) > 3 else None
                 fut.set_result(Reply(header.status, header.message, payload))
         elif msg_type is MsgType.CONTROL_REPLY:
-            control = decode_header(MsgType.CONTROL_REPLY, frames[2].buffer)
+            control = decode_header(MsgType.CONTROL_REPLY, frames[2])
             assert isinstance(control, ControlReplyHeader)
             waiter = self._controls.pop(control.request_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(control)
         elif msg_type is MsgType.CATALOG:
-            catalog = decode_header(MsgType.CATALOG, frames[2].buffer)
+            catalog = decode_header(MsgType.CATALOG, frames[2])
             assert isinstance(catalog, CatalogHeader)
             link.catalog = catalog
             self.catalog_version += 1
         elif msg_type is MsgType.HEARTBEAT:
             pass
         else:
-            raise MalformedMessage(f"unexpected message type {frames[1].bytes!r}")
+            raise MalformedMessage(f"unexpected message type {frames[1]!r}")
 
     async def _heartbeat(self) -> None:
         was_alive = {id(link): False for link in self._links}

@@ -37,6 +37,14 @@ def _version_key(v: str) -> tuple[int, int | str]:
     return (0, int(v)) if v.isdigit() else (1, v)
 
 
+_DEADLINE_REPLY = Reply(errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None)
+
+
+def _expire(fut: asyncio.Future[Reply]) -> None:
+    if not fut.done():
+        fut.set_result(_DEADLINE_REPLY)
+
+
 class InferenceService:
     def __init__(self, config: FrontendConfig, client: FabricClient, version: str) -> None:
         self.config = config
@@ -241,10 +249,20 @@ class InferenceService:
             )
         except RequestError as exc:
             return Reply(exc.code, exc.message, None)
+        hedge_s = tracker.hedge_delay_s(policy)
+        if hedge_s is None:
+            # The common path: one future, one timer handle; no asyncio.wait machinery.
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, give_up - time.monotonic()), _expire, first
+            )
+            try:
+                return await first
+            finally:
+                timer.cancel()
+                client.cancel(first_id)  # no-op once its reply arrived
         live = {first: first_id}
         try:
-            hedge_s = tracker.hedge_delay_s(policy)
-            if hedge_s is not None and hedge_s < give_up - time.monotonic():
+            if hedge_s < give_up - time.monotonic():
                 done, _ = await asyncio.wait([first], timeout=hedge_s)
                 if not done and self.retry_budget.try_spend():
                     try:
@@ -268,9 +286,7 @@ class InferenceService:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not done:
-                    return Reply(
-                        errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None
-                    )
+                    return _DEADLINE_REPLY
                 for fut in done:
                     del live[fut]
                     reply = fut.result()

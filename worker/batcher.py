@@ -50,6 +50,16 @@ class Batcher(Generic[T]):
     def __len__(self) -> int:
         return len(self._waiting)
 
+    @property
+    def rows(self) -> int:
+        return sum(w.rows for w in self._waiting)
+
+    @property
+    def mixed(self) -> bool:
+        """True when requests that cannot share a batch are waiting together."""
+        first = self._waiting[0].signature if self._waiting else None
+        return any(w.signature != first for w in self._waiting)
+
     def add(self, w: Waiting[T]) -> None:
         self._waiting.append(w)
 

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from protos import grpc_service_pb2 as pb
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .repository import ModelSource, scan_model
-from .runtime import ModelInstance, SendAck, SendReply
+from .runtime import CancelBoard, ModelInstance, SendAck, SendReply
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class ServedVersion:
     stats: ModelStats
     capacity: int
     instances: list[ModelInstance] = field(default_factory=list)
+    cancelled: CancelBoard = field(default_factory=CancelBoard)
     pending: int = 0  # requests handed to the instances and not yet answered
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -76,12 +78,14 @@ class ModelTable:
         send_reply: SendReply,
         min_credit: int,
         send_ack: SendAck | None = None,
+        flush: Callable[[], None] | None = None,
         drain_timeout_s: float = 30.0,
     ) -> None:
         self.repository = Path(repository)
         self.device = device
         self._send_reply = send_reply
         self._send_ack = send_ack
+        self._flush = flush
         self._min_credit = min_credit
         self._drain_timeout_s = drain_timeout_s
         self.served: dict[Key, ServedVersion] = {}
@@ -117,27 +121,34 @@ class ModelTable:
                     logger.error("%s", exc.message)
 
     def load(self, name: str, version: str = "") -> list[str]:
-        """Load ``version`` of ``name`` (or the versions its policy selects, unloading the
-        others). Returns the versions served afterwards. Raises RequestError."""
+        """Load ``version`` of ``name`` (or the versions its policy selects, then unload the
+        others). A version whose config changed on disk is loaded anew and swapped in. When
+        a load fails, what was served before stays served. Raises RequestError."""
         source = self._source(name)
-        wanted = [version] if version else [str(v) for v in source.versions]
+        if version and not version.isdigit():
+            raise RequestError(errors.INVALID_ARGUMENT, f"version '{version}' is not a number")
         if version and int(version) not in source.available_versions:
             raise RequestError(errors.NOT_FOUND, f"model '{name}' has no version {version}")
+        wanted = [version] if version else [str(v) for v in source.versions]
         failures = []
         for v in wanted:
-            if (name, v) in self.served:
+            current = self.served.get((name, v))
+            if current is not None and current.model.spec == source.spec:
                 continue
             try:
-                self._start(source, v)
+                self._start(source, v)  # replaces ``current`` once the new one is warm
             except ModelLoadError as exc:
                 logger.error("%s", exc)
                 self.load_errors[f"{name}:{v}"] = str(exc)
                 failures.append(str(exc))
+                continue
+            if current is not None:
+                self._retire(current, (name, v))
+        if failures:
+            raise RequestError(errors.INTERNAL, "; ".join(failures))
         if not version:
             for key in [k for k in self.served if k[0] == name and k[1] not in wanted]:
                 self._stop(key)
-        if failures:
-            raise RequestError(errors.INTERNAL, "; ".join(failures))
         return sorted((v for n, v in self.served if n == name), key=_version_key)
 
     def unload(self, name: str, version: str = "") -> None:
@@ -182,13 +193,17 @@ class ModelTable:
     def _start(self, source: ModelSource, version: str) -> None:
         spec = source.spec
         count = max(1, spec.instance_count)
-        models = [load_model(source, version, self.device) for _ in range(count)]
+        models: list[LoadedModel] = []
         try:
+            for _ in range(count):
+                models.append(load_model(source, version, self.device))
             for m in models:
                 warm_up(m)
         except Exception as exc:
             for m in models:
                 m.close()
+            if isinstance(exc, ModelLoadError):
+                raise
             raise ModelLoadError(spec.name, version, f"warm-up failed: {exc}") from exc
         served = ServedVersion(
             models[0],
@@ -198,10 +213,20 @@ class ModelTable:
         )
         reply = self._reply_for(served)
         served.instances = [
-            ModelInstance(m, i, reply, served.stats, served.inbox, self._send_ack)
+            ModelInstance(
+                m,
+                i,
+                reply,
+                served.stats,
+                served.inbox,
+                self._send_ack,
+                self._flush,
+                served.cancelled,
+            )
             for i, m in enumerate(models)
         ]
         for inst in served.instances:
+            inst.shares_inbox = len(served.instances) > 1
             inst.start()
         self.served = {**self.served, (spec.name, version): served}
         self._refresh_latest()
@@ -220,6 +245,10 @@ class ModelTable:
             return
         self.served = {k: v for k, v in self.served.items() if k != key}
         self._refresh_latest()
+        self._retire(served, key, drain)
+
+    def _retire(self, served: ServedVersion, key: Key, drain: bool = True) -> None:
+        """Stop a version no longer in ``served`` once what it holds is answered."""
         give_up = time.monotonic() + self._drain_timeout_s
         while drain and served.pending > 0 and time.monotonic() < give_up:
             time.sleep(0.01)

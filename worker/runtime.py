@@ -57,6 +57,38 @@ class Ready:
 
 
 _STOP = object()
+CANCEL_MEMORY_S = 120.0
+"""How long a cancellation is remembered for a request this worker has not seen (yet)."""
+
+
+class CancelBoard:
+    """Requests cancelled before they ran, shared by a model version's instances.
+
+    The I/O thread adds keys; an instance takes a key when it meets the request (arriving or
+    about to join a batch). Keys of requests that finished before their cancel arrived are
+    forgotten after ``CANCEL_MEMORY_S``. Set and dict operations are atomic under the GIL.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[PeerId, int], float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def add(self, key: tuple[PeerId, int]) -> None:
+        now = time.monotonic()
+        self._keys[key] = now
+        if len(self._keys) > 4096:
+            for k, t in list(self._keys.items()):
+                if now - t > CANCEL_MEMORY_S:
+                    self._keys.pop(k, None)
+
+    def take(self, key: tuple[PeerId, int]) -> bool:
+        return self._keys.pop(key, None) is not None
+
+
+def _no_flush() -> None:
+    """Replies are sent as they are made when the owner does not buffer them."""
 
 
 class ModelInstance:
@@ -70,6 +102,8 @@ class ModelInstance:
         stats: ModelStats,
         queue_in: queue.SimpleQueue[object],
         send_ack: SendAck | None = None,
+        flush: Callable[[], None] | None = None,
+        cancelled: CancelBoard | None = None,
     ) -> None:
         spec = model.spec
         db = spec.dynamic_batching
@@ -78,6 +112,8 @@ class ModelInstance:
         self.inbox = queue_in
         self._send_reply = send_reply
         self._send_ack = send_ack
+        self._flush = flush or _no_flush
+        self.cancelled = cancelled if cancelled is not None else CancelBoard()
         self._stats = stats
         self.batcher: Batcher[Ready] = Batcher(
             BatchPolicy(
@@ -88,6 +124,9 @@ class ModelInstance:
             ),
             time.monotonic,
         )
+        self._max_rows = self.batcher.policy.max_rows
+        self._stopping = False
+        self.shares_inbox = False  # set by the owner when other instances read the same inbox
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self.busy = False
 
@@ -102,44 +141,80 @@ class ModelInstance:
 
     # ---- loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        stopping = False
+        self._stopping = False
         while True:
+            self._top_up()
+            for w in self.batcher.expire():
+                self._expired(w.item.inbound)
             batch, wait_s = self.batcher.next_batch(idle=True)
+            batch = self._drop_cancelled(batch)
+            self._flush()  # replies to requests refused while accepting
             if batch:
                 self._execute(batch)
+                self._flush()
                 continue
-            if stopping:
+            if self._stopping:
                 return
             try:
                 item = self.inbox.get(timeout=wait_s) if wait_s is not None else self.inbox.get()
             except queue.Empty:
                 continue
-            while True:
-                if item is _STOP:
-                    stopping = True  # one stop per instance on a shared inbox: take only ours
-                    break
-                else:
-                    try:
-                        self._accept(item)
-                    except Exception:
-                        logger.exception("%s: error accepting a request", self.name)
-                try:
-                    item = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-            for w in self.batcher.expire():
-                self._expired(w.item.inbound)
+            self._take(item)
+
+    def _top_up(self) -> None:
+        """Take waiting requests until a full batch is here, or work for a second batch;
+        leave the rest to the other instances of the model, which share the inbox."""
+        while (
+            not self._stopping
+            and self.batcher.rows < self._max_rows
+            and not (self.shares_inbox and self.batcher.mixed)
+        ):
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._take(item)
+
+    def _take(self, item: object) -> None:
+        if item is _STOP:
+            self._stopping = True  # one stop per instance on a shared inbox: take only ours
+            return
+        try:
+            self._accept(item)
+        except Exception:
+            logger.exception("%s: error accepting a request", self.name)
+
+    def _drop_cancelled(self, batch: list[Waiting[Ready]]) -> list[Waiting[Ready]]:
+        """Requests cancelled before their batch starts get CANCELLED instead of running."""
+        if not batch or not self.cancelled:
+            return batch
+        kept = []
+        for w in batch:
+            if self.cancelled.take(w.key):  # type: ignore[arg-type]
+                self._cancelled(w.item.inbound)
+            else:
+                kept.append(w)
+        return kept
+
+    def _cancelled(self, inbound: Inbound) -> None:
+        self._stats.record_cancelled()
+        logger.debug(
+            "%s: request %d cancelled before its batch", self.name, inbound.header.request_id
+        )
+        self._fail(inbound, errors.CANCELLED, "cancelled before its batch started")
 
     def _accept(self, item: object) -> None:
         if isinstance(item, Cancel):
-            dropped = self.batcher.cancel((item.frontend, item.request_id))
-            if dropped is not None:
-                self._stats.record_cancelled()
-                logger.debug(
-                    "%s: request %d cancelled before its batch", self.name, item.request_id
-                )
+            key = (item.frontend, item.request_id)
+            self.cancelled.add(key)
+            dropped = self.batcher.cancel(key)
+            if dropped is not None and self.cancelled.take(key):
+                self._cancelled(dropped.item.inbound)
             return
         assert isinstance(item, Inbound)
+        if self.cancelled and self.cancelled.take((item.frontend, item.header.request_id)):
+            self._cancelled(item)
+            return
         deadline_s = to_monotonic(item.header.deadline_ns)
         if deadline_s is not None and deadline_s <= time.monotonic():
             self._expired(item)
@@ -164,10 +239,14 @@ class ModelInstance:
         start = time.monotonic()
         if self._send_ack is not None:
             # Non-idempotent requests tell the broker they may now have run.
+            acked = False
             for w in batch:
                 inbound = w.item.inbound
                 if inbound.header.flags & FLAG_NON_IDEMPOTENT:
                     self._send_ack(inbound.frontend, inbound.header.request_id)
+                    acked = True
+            if acked:
+                self._flush()  # the broker must know before the model runs
         requests = [w.item.request for w in batch]
         spec = self.model.spec
         rows = sum(r.batch_size for r in requests)

@@ -42,12 +42,14 @@ from fabric.protocol import (
     RequestHeader,
     decode_header,
     encode_header,
+    pack_batch,
+    unpack_batch,
 )
 from fabric.sockets import make_socket
 
 from .config import WorkerConfig
 from .models import ModelTable
-from .runtime import Cancel, Inbound
+from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
 _ACK = TYPE_FRAME[MsgType.ACK]
 _ANNOUNCE = b"announce"
+_GROUP = b"group"  # inproc: several messages from one thread, msgpack list of frame lists
+_BATCH = TYPE_FRAME[MsgType.BATCH]
 _RECV_BATCH = 256
 
 
@@ -97,6 +101,7 @@ class WorkerServer:
             self._send_reply,
             config.min_credit,
             send_ack=self._send_ack,
+            flush=self._flush,
         )
         self.state = State.RUNNING
         self._local = threading.local()
@@ -126,13 +131,30 @@ class WorkerServer:
     def _send_reply(
         self, frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
     ) -> None:
-        """Called on compute threads, once per request."""
+        """Called once per request, on the thread that ran it; sent at its next ``_flush``."""
         header = msgspec.msgpack.encode(ReplyHeader(request_id, status, message))
         frames = [_REPLY, header, frontend] if body is None else [_REPLY, header, frontend, body]
-        self._push(frames)
+        self._pending().append(frames)
+
+    def _pending(self) -> list[list[bytes]]:
+        pending: list[list[bytes]] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        return pending
+
+    def _flush(self) -> None:
+        """Hand this thread's buffered messages to the I/O loop as one inproc message."""
+        pending = self._pending()
+        if not pending:
+            return
+        if len(pending) == 1:
+            self._push(pending[0])
+        else:
+            self._push([_GROUP, msgspec.msgpack.encode(pending)])
+        pending.clear()
 
     def _send_ack(self, frontend: PeerId, request_id: int) -> None:
-        self._push([_ACK, msgspec.msgpack.encode(CancelHeader(request_id)), frontend])
+        self._pending().append([_ACK, msgspec.msgpack.encode(CancelHeader(request_id)), frontend])
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -190,7 +212,7 @@ class WorkerServer:
         models = self.models.announcements() if self.state is State.RUNNING else []
         self._send([PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))])
 
-    def _send(self, frames: Sequence[bytes | zmq.Frame]) -> bool:
+    def _send(self, frames: Sequence[bytes | memoryview | zmq.Frame]) -> bool:
         """Send to the broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
         if self.broker is None:
@@ -256,22 +278,30 @@ class WorkerServer:
             self.close()
 
     def _forward(self, sock: zmq.Socket[bytes]) -> None:
+        """Everything the other threads handed over since the last wake-up, in one send."""
+        messages: list[list[bytes]] = []
         for _ in range(_RECV_BATCH):
             try:
-                frames = self.inproc.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self.inproc.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            if frames[0].bytes == _ANNOUNCE:
+                break
+            if frames[0] == _ANNOUNCE:
                 self._announce()
-                continue
-            if not self._send([PROTOCOL_TAG, *frames]):
-                logger.warning("broker unreachable or not reading; reply dropped")
+            elif frames[0] == _GROUP:
+                messages.extend(unpack_batch(frames[1]))
+            else:
+                messages.append(frames)
+        if not messages:
+            return
+        out = [PROTOCOL_TAG, *messages[0]] if len(messages) == 1 else pack_batch(messages)
+        if not self._send(out):
+            logger.warning("broker unreachable or not reading; %d replies dropped", len(messages))
 
     def _drain_broker(self, sock: zmq.Socket[bytes]) -> bool:
         heard = False
         for _ in range(_RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             heard = True
@@ -283,25 +313,31 @@ class WorkerServer:
                 logger.exception("error handling a broker message")
         return heard
 
-    def _handle(self, frames: list[zmq.Frame]) -> None:
-        if len(frames) < 3 or frames[0].bytes != PROTOCOL_TAG:
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 3 or frames[0] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
-        msg_type = FRAME_TYPE.get(frames[1].bytes)
+        msg_type = FRAME_TYPE.get(frames[1])
+        if msg_type is MsgType.BATCH:
+            for sub in unpack_batch(frames[2]):
+                if sub[0] == _BATCH:
+                    raise MalformedMessage("nested BATCH")
+                self._handle([PROTOCOL_TAG, *sub])
+            return
         if msg_type is MsgType.REQUEST:
             if len(frames) != 5:
                 raise MalformedMessage("REQUEST needs frontend identity and one payload")
-            header = decode_header(MsgType.REQUEST, frames[2].buffer)
+            header = decode_header(MsgType.REQUEST, frames[2])
             assert isinstance(header, RequestHeader)
-            self._on_request(header, frames[3].bytes, frames[4].buffer)
+            self._on_request(header, frames[3], frames[4])
         elif msg_type is MsgType.CANCEL:
-            cancel = decode_header(MsgType.CANCEL, frames[2].buffer)
+            cancel = decode_header(MsgType.CANCEL, frames[2])
             assert isinstance(cancel, CancelHeader)
             for served in self.models.served.values():
-                served.inbox.put(Cancel(frames[3].bytes, cancel.request_id))
+                served.cancelled.add((frames[3], cancel.request_id))
         elif msg_type is MsgType.CONTROL:
-            control = decode_header(MsgType.CONTROL, frames[2].buffer)
+            control = decode_header(MsgType.CONTROL, frames[2])
             assert isinstance(control, ControlHeader)
-            frontend = frames[3].bytes
+            frontend = frames[3]
             if control.op not in CONTROL_OPS:
                 raise MalformedMessage(f"unknown control op {control.op!r}")
             self._control.put(lambda: self._run_control(control, frontend))
@@ -311,9 +347,9 @@ class WorkerServer:
         elif msg_type is MsgType.HEARTBEAT:
             pass
         else:
-            raise MalformedMessage(f"unexpected message type {frames[1].bytes!r}")
+            raise MalformedMessage(f"unexpected message type {frames[1]!r}")
 
-    def _on_request(self, header: RequestHeader, frontend: PeerId, payload: memoryview) -> None:
+    def _on_request(self, header: RequestHeader, frontend: PeerId, payload: bytes) -> None:
         version = header.version or self.models.latest.get(header.model, "")
         served = self.models.served.get((header.model, version))
         if served is None:
@@ -324,6 +360,7 @@ class WorkerServer:
                 f"model '{header.model}' version '{version}' is not loaded here",
                 None,
             )
+            self._flush()
             return
         served.enter()
         served.inbox.put(Inbound(header, frontend, payload, time.monotonic()))

@@ -266,12 +266,6 @@ def test_unload_of_an_idle_model_with_two_instances_is_prompt(
     assert not any(thread_alive(inst.name) for inst in served.instances)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/models: a request cancelled before its batch never gets a reply, so the "
-    "reply wrapper never calls ServedVersion.leave(): pending() stays 1 forever and unload "
-    "or a draining shutdown waits its whole timeout",
-)
 def test_cancelled_request_leaves_nothing_pending(repo: Path, tables: list[Table]) -> None:
     write_model(repo, "m", "ragged", batching())
     t = table_for(repo, tables)
@@ -337,12 +331,6 @@ def test_broken_model_fails_with_a_clear_error_while_others_keep_serving(
     assert t.infer("good", ragged_x()).model_name == "good"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models: load(name) unloads the versions outside the policy even when the new "
-    "version failed to load, so a broken version 2 takes working version 1 down (Triton "
-    "keeps the loaded model when a reload fails)",
-)
 def test_broken_new_version_keeps_the_old_one_serving(repo: Path, tables: list[Table]) -> None:
     write_model(repo, "m", "ragged")
     t = table_for(repo, tables)
@@ -354,11 +342,6 @@ def test_broken_new_version_keeps_the_old_one_serving(repo: Path, tables: list[T
     assert t.served() == [("m", "1")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models: load(name) and poll() skip versions already served, so an edited "
-    "config.pbtxt (here a new max_batch_size) is never picked up until unload + load",
-)
 def test_load_picks_up_a_changed_config(repo: Path, tables: list[Table]) -> None:
     write_model(repo, "m", "ragged")
     t = table_for(repo, tables)
@@ -426,11 +409,6 @@ def test_unload_finalizes_every_instance(repo: Path, tables: list[Table]) -> Non
     assert (version_dir / "finalized").read_text() == "2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models: when instance 2 of 2 fails to load, instance 1 (already loaded) is "
-    "never closed, so its finalize() never runs and what it holds (GPU memory) leaks",
-)
 def test_failed_second_instance_releases_the_first(repo: Path, tables: list[Table]) -> None:
     version_dir = write_finalize_model(repo, fail_at=1)
     t = table_for(repo, tables)

@@ -263,6 +263,8 @@ class Harness:
         self.instances = [
             ModelInstance(model, i, self.replies, self.stats, self.inbox) for i in range(instances)
         ]
+        for inst in self.instances:  # as ModelTable does for a version's instances
+            inst.shares_inbox = instances > 1
         self.started = False
 
     def start(self) -> Harness:
@@ -533,12 +535,6 @@ def test_deadline_passing_while_queued_behind_a_batch(
     assert harness.stats.expired == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime: after a batch, the loop cuts the next batch from requests already in the "
-    "batcher without calling Batcher.expire(), so a request whose deadline passed while an "
-    "earlier batch ran is executed and answered OK instead of DEADLINE_EXCEEDED",
-)
 def test_deadline_passing_in_the_batcher_behind_an_earlier_batch(
     harness: Harness, ragged: tuple[LoadedModel, Probe]
 ) -> None:
@@ -580,12 +576,6 @@ def test_cancel_before_the_batch_means_no_execution(
     assert harness.stats.success.count == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime: a request cancelled before its batch gets no reply at all, so "
-    "ServedVersion.pending never goes back down (unload waits drain_timeout_s) and the "
-    "broker, which releases a worker's in-flight credit only on a reply, leaks that credit",
-)
 def test_cancelled_request_still_gets_exactly_one_reply(
     harness: Harness, ragged: tuple[LoadedModel, Probe]
 ) -> None:
@@ -704,12 +694,6 @@ def test_two_instances_share_the_work_of_one_queue(tmp_path: Path) -> None:
         h.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime: an instance drains the whole shared queue into its own batcher, so a "
-    "burst bigger than one batch runs serially on that instance while the other instances "
-    "of the model sit idle (and a Cancel for those requests may be taken by another instance)",
-)
 def test_a_burst_is_shared_between_instances(tmp_path: Path) -> None:
     model = load_model(scan_model(write_model(tmp_path, "m", "ragged", batching())), 1, "cpu")
     probe = Probe(model)
