@@ -2,7 +2,8 @@
 
 * ``demo_repo`` (session): the demo repository built by ``python -m worker.demo_models``.
 * ``model_repo`` (session): a copy of it plus the test models ``faulty`` (raises on negative
-  input) and ``sleepy`` (sleeps DELAY_MS milliseconds).
+  input), ``sleepy`` (sleeps DELAY_MS milliseconds, one instance, no dynamic batching) and
+  ``sleepy_pair`` (the same with two instances).
 * ``stack`` : a session-wide stack (broker, one worker, a default frontend and a frontend limited
   to ``SMALL_MAX_MESSAGE_BYTES``) for tests that only send requests. If a test leaves one of its
   processes dead, that test fails at teardown and the next test gets a fresh stack.
@@ -74,7 +75,6 @@ SLEEPY_CONFIG = """\
 name: "sleepy"
 backend: "python"
 max_batch_size: 8
-instance_group [ { count: 2, kind: KIND_CPU } ]
 input [
   {
     name: "DELAY_MS"
@@ -110,6 +110,11 @@ class Model:
 '''
 
 
+SLEEPY_PAIR_CONFIG = SLEEPY_CONFIG.replace('"sleepy"', '"sleepy_pair"') + (
+    "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
+)
+
+
 def write_python_model(repo: Path, name: str, config: str, source: str) -> None:
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
     (repo / name / "config.pbtxt").write_text(config)
@@ -141,6 +146,7 @@ def model_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     shutil.copytree(demo_repo, repo)
     write_python_model(repo, "faulty", FAULTY_CONFIG, FAULTY_MODEL)
     write_python_model(repo, "sleepy", SLEEPY_CONFIG, SLEEPY_MODEL)
+    write_python_model(repo, "sleepy_pair", SLEEPY_PAIR_CONFIG, SLEEPY_MODEL)
     return repo
 
 

@@ -32,7 +32,7 @@ POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 
 DEMO_MODELS = ("simple", "simple_string", "mlp")
-TEST_MODELS = ("faulty", "sleepy")
+TEST_MODELS = ("faulty", "sleepy", "sleepy_pair")
 """Written next to the demo models by the ``model_repo`` fixture (see conftest)."""
 ALL_MODELS = DEMO_MODELS + TEST_MODELS
 SMALL_MAX_MESSAGE_BYTES = 64 * 1024
@@ -199,7 +199,7 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_broker(self) -> Proc:
+    def start_broker(self, extra_args: Sequence[str] = ()) -> Proc:
         return self._spawn(
             "broker",
             [
@@ -208,6 +208,7 @@ class Stack:
                 "--worker-bind", self.broker_worker_addr,
                 "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S),
                 "--heartbeat-liveness", str(HEARTBEAT_LIVENESS),
+                *extra_args,
             ],
         )  # fmt: skip
 
@@ -228,7 +229,9 @@ class Stack:
             ],
         )  # fmt: skip
 
-    def start_frontend(self, max_message_bytes: int | None = None) -> Proc:
+    def start_frontend(
+        self, max_message_bytes: int | None = None, extra_args: Sequence[str] = ()
+    ) -> Proc:
         port = free_port()
         args = [
             "-m", "frontend",
@@ -239,7 +242,7 @@ class Stack:
         ]  # fmt: skip
         if max_message_bytes is not None:
             args += ["--max-message-bytes", str(max_message_bytes)]
-        return self._spawn("frontend", args, port)
+        return self._spawn("frontend", [*args, *extra_args], port)
 
     # -- clients and waiting --------------------------------------------------------------
 

@@ -87,7 +87,7 @@ IDLE_EXIT_WITHIN_S = 3.0
 @pytest.mark.timeout(120)
 def test_idle_worker_exits_promptly(make_stack: Callable[[], Stack]) -> None:
     """With nothing in flight there is nothing to drain: every model instance, including the
-    two instances of ``sleepy``, stops at once."""
+    two instances of ``sleepy_pair``, stops at once."""
     stack = running_stack(make_stack)
     worker = stack.workers[0]
     started = time.monotonic()

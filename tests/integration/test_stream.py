@@ -109,11 +109,11 @@ def test_stream_responses_out_of_order(stream: StreamClient) -> None:
 
 
 def test_stream_same_model_completes_by_delay(stream: StreamClient) -> None:
-    """``sleepy`` has two instances and no dynamic batching: 300 ms runs on one instance while
-    0 ms then 100 ms run on the other, so replies come back ordered by delay, not by sending."""
+    """``sleepy_pair`` has two instances and no dynamic batching: 300 ms runs on one instance
+    while 0 ms then 100 ms run on the other, so replies come back ordered by delay."""
     delays = {"d-300": 300, "d-0": 0, "d-100": 100}
     for request_id, delay in delays.items():
-        stream.send("sleepy", sleepy_inputs(delay), request_id)
+        stream.send("sleepy_pair", sleepy_inputs(delay), request_id)
     arrival = []
     got = {}
     for _ in delays:
