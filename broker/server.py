@@ -35,7 +35,7 @@ from fabric.protocol import (
     decode_header,
     unpack_batch,
 )
-from fabric.sockets import make_socket
+from fabric.sockets import make_socket, should_copy
 
 from .config import BrokerConfig
 from .dispatcher import Dispatcher, Outbox
@@ -144,17 +144,16 @@ class BrokerServer:
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Frame]], None]) -> None:
         for _ in range(MAX_BATCH_RECV):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            # Large payloads stay zero-copy; small frames become bytes for cheap comparison.
-            parts: list[Frame] = [f.buffer if len(f) > 1024 else f.bytes for f in frames]
+            parts: list[Frame] = list(frames)
             try:
                 handle(parts)
             except MalformedMessage as exc:
-                logger.warning("dropped malformed message from %s: %s", frames[0].bytes.hex(), exc)
+                logger.warning("dropped malformed message from %s: %s", frames[0].hex(), exc)
             except Exception:
-                logger.exception("error handling a message from %s", frames[0].bytes.hex())
+                logger.exception("error handling a message from %s", frames[0].hex())
 
     def _on_frontend(self, frames: list[Frame]) -> None:
         if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
@@ -244,7 +243,7 @@ class BrokerServer:
         for peer, messages in by_peer.items():
             frames = coalesce(messages)
             try:
-                sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+                sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=should_copy(frames))
             except zmq.Again:
                 self.dispatcher.counters.dropped_replies += len(messages)
                 logger.warning(

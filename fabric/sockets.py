@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import zmq
@@ -10,6 +11,13 @@ DEFAULT_HWM = 100_000
 """Messages queued per peer before sends fail with EAGAIN (then we answer RESOURCE_EXHAUSTED)."""
 DEFAULT_LINGER_MS = 0
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+ZERO_COPY_MIN_BYTES = 256 * 1024
+"""Below this a copying send is cheaper: zero-copy frames wake pyzmq's garbage-collector thread
+once per frame when libzmq releases them."""
+
+
+def should_copy(frames: Sequence[bytes | memoryview]) -> bool:
+    return sum(len(f) for f in frames) < ZERO_COPY_MIN_BYTES
 
 
 class SocketSecurity(Protocol):

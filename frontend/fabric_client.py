@@ -41,7 +41,7 @@ from fabric.protocol import (
     encode_header,
     unpack_batch,
 )
-from fabric.sockets import SocketSecurity, make_socket
+from fabric.sockets import SocketSecurity, make_socket, should_copy
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _CONTROL = TYPE_FRAME[MsgType.CONTROL]
 _BATCH = TYPE_FRAME[MsgType.BATCH]
-_ZERO_COPY_BYTES = 256 * 1024
 _RECV_BATCH = 256
 
 
@@ -238,9 +237,8 @@ class FabricClient:
                 continue
             items, link.outbox = link.outbox, []
             frames = coalesce([f for f, _ in items])
-            size = sum(len(f) for f in frames)
             try:
-                link.socket.send_multipart(frames, zmq.NOBLOCK, copy=size < _ZERO_COPY_BYTES)
+                link.socket.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
             except zmq.ZMQError as exc:
                 alive = link.alive(time.monotonic(), self._ttl_s)
                 status = errors.RESOURCE_EXHAUSTED if alive else errors.UNAVAILABLE

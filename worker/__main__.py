@@ -13,6 +13,8 @@ from .config import WorkerConfig
 
 logger = logging.getLogger("worker")
 
+GIL_SWITCH_INTERVAL_S = 0.0002
+
 
 def _env(name: str, default: object) -> str:
     return os.environ.get(name, str(default))
@@ -108,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
+    # The I/O thread and the compute threads share the GIL; torch releases it around every
+    # op and must get it back quickly, or a small model waits out the default 5 ms interval.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = WorkerServer(config)
     server.load_repository()
     stops = 0

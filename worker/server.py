@@ -45,7 +45,7 @@ from fabric.protocol import (
     pack_batch,
     unpack_batch,
 )
-from fabric.sockets import make_socket
+from fabric.sockets import make_socket, should_copy
 
 from .config import WorkerConfig
 from .models import ModelTable
@@ -126,7 +126,7 @@ class WorkerServer:
             sock = make_socket(self.ctx, zmq.PUSH)
             sock.connect(self.inproc_endpoint)
             self._local.push = sock
-        sock.send_multipart(frames, copy=len(frames[-1]) < 65536)
+        sock.send_multipart(frames, copy=should_copy(frames))
 
     def _send_reply(
         self, frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
@@ -212,13 +212,13 @@ class WorkerServer:
         models = self.models.announcements() if self.state is State.RUNNING else []
         self._send([PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))])
 
-    def _send(self, frames: Sequence[bytes | memoryview | zmq.Frame]) -> bool:
+    def _send(self, frames: Sequence[bytes | memoryview]) -> bool:
         """Send to the broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
         if self.broker is None:
             return False
         try:
-            self.broker.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self.broker.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
         except zmq.Again:
             return False
         return True
