@@ -140,6 +140,17 @@ class Dispatcher:
             return
         if self.queues.depth(key) == 0 and self._send(item):
             return
+        limit = reg.queue_limit(key)
+        if limit and self.queues.depth(key) >= limit:
+            self.counters.rejected_full += 1
+            self._fail(
+                frontend,
+                rid,
+                errors.RESOURCE_EXHAUSTED,
+                f"queue of model '{key[0]}' version '{key[1]}' is full ({limit} requests, "
+                "max_queue_size)",
+            )
+            return
         if not self.queues.push(item):
             self.counters.rejected_full += 1
             self._fail(

@@ -97,6 +97,11 @@ class Registry:
             return max(known, key=_version_order) if known else None
         return max(live, key=_version_order)
 
+    def queue_limit(self, key: ModelKey) -> int:
+        """The model's own queue bound as its workers announced it; 0 when it has none."""
+        limits = [w.versions[key].max_queued for w in self.workers.values() if key in w.versions]
+        return max(limits, default=0) if all(limits) else 0
+
     def servers(self, key: ModelKey) -> list[WorkerState]:
         return [w for w in self.workers.values() if key in w.versions]
 

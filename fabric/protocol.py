@@ -113,6 +113,7 @@ class ModelAnnouncement(msgspec.Struct, array_like=True, gc=False):
     version: str
     config: bytes
     capacity: int  # requests the worker will hold in flight for this model
+    max_queued: int = 0  # the model's own queue bound (max_queue_size); 0 = the broker's
 
 
 class ReadyHeader(msgspec.Struct, array_like=True, gc=False):

@@ -42,6 +42,7 @@ class ServedVersion:
     instances: list[ModelInstance] = field(default_factory=list)
     cancelled: CancelBoard = field(default_factory=CancelBoard)
     pending: int = 0  # requests handed to the instances and not yet answered
+    max_queued: int = 0  # dynamic_batching.default_queue_policy.max_queue_size; 0 = unbounded
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def enter(self) -> None:
@@ -95,7 +96,9 @@ class ModelTable:
     # ---- reads (any thread) ---------------------------------------------------------------
     def announcements(self) -> list[ModelAnnouncement]:
         return [
-            ModelAnnouncement(name, version, model_config_bytes(s.model.spec), s.capacity)
+            ModelAnnouncement(
+                name, version, model_config_bytes(s.model.spec), s.capacity, s.max_queued
+            )
             for (name, version), s in sorted(self.served.items())
         ]
 
@@ -211,6 +214,8 @@ class ModelTable:
             ModelStats(),
             max(self._min_credit, 2 * max(1, spec.max_batch_size) * count),
         )
+        if spec.dynamic_batching is not None:
+            served.max_queued = spec.dynamic_batching.max_queue_size
         reply = self._reply_for(served)
         served.instances = [
             ModelInstance(

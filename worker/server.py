@@ -362,6 +362,17 @@ class WorkerServer:
             )
             self._flush()
             return
+        if served.max_queued and served.pending >= served.max_queued:
+            self._send_reply(
+                frontend,
+                header.request_id,
+                errors.RESOURCE_EXHAUSTED,
+                f"model '{header.model}' queue is full ({served.max_queued} requests, "
+                "dynamic_batching.default_queue_policy.max_queue_size)",
+                None,
+            )
+            self._flush()
+            return
         served.enter()
         served.inbox.put(Inbound(header, frontend, payload, time.monotonic()))
 

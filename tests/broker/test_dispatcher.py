@@ -379,6 +379,19 @@ def test_queue_bound_answers_resource_exhausted() -> None:
     assert len(h.d.queues) == 2
 
 
+def test_model_queue_limit_from_max_queue_size() -> None:
+    h = Harness(max_queued=100)
+    h.d.on_ready(W1, [ModelAnnouncement("m", "1", b"cfg", 1, max_queued=2)])
+    ids = [h.request() for _ in range(3)]  # one in flight, two queued: the model's limit
+    assert sent_ids(h.sent()) == [(W1, ids[0])]
+    full = h.request()
+    h.one_error(full, errors.RESOURCE_EXHAUSTED)
+    assert len(h.d.queues) == 2
+    # A second worker of the same version without a limit lifts it.
+    h.d.on_ready(W2, [ModelAnnouncement("m", "1", b"cfg", 0)])
+    assert h.d.registry.queue_limit(("m", "1")) == 0
+
+
 # ---- deadlines ------------------------------------------------------------------------------
 
 
