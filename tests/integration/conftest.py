@@ -3,7 +3,8 @@
 * ``demo_repo`` (session): the demo repository built by ``python -m worker.demo_models``.
 * ``model_repo`` (session): a copy of it plus the test models ``faulty`` (raises on negative
   input), ``sleepy`` (sleeps DELAY_MS milliseconds, one instance, no dynamic batching) and
-  ``sleepy_pair`` (the same with two instances).
+  ``sleepy_pair`` (the same with two instances), ``echo`` (negates a variable-length FP32
+  vector, max_batch_size 0).
 * ``stack`` : a session-wide stack (broker, one worker, a default frontend and a frontend limited
   to ``SMALL_MAX_MESSAGE_BYTES``) for tests that only send requests. If a test leaves one of its
   processes dead, that test fails at teardown and the next test gets a fresh stack.
@@ -110,6 +111,28 @@ class Model:
 '''
 
 
+ECHO_CONFIG = """\
+name: "echo"
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+"""
+
+ECHO_MODEL = '''\
+"""Negates a variable-length FP32 vector (no batching): large payloads in both directions."""
+
+import numpy as np
+
+
+class Model:
+    def load(self, config, device):
+        pass
+
+    def execute(self, inputs):
+        return {"OUTPUT0": np.negative(inputs["INPUT0"]).astype(np.float32)}
+'''
+
 SLEEPY_PAIR_CONFIG = SLEEPY_CONFIG.replace('"sleepy"', '"sleepy_pair"') + (
     "instance_group [ { count: 2, kind: KIND_CPU } ]\n"
 )
@@ -147,6 +170,7 @@ def model_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     write_python_model(repo, "faulty", FAULTY_CONFIG, FAULTY_MODEL)
     write_python_model(repo, "sleepy", SLEEPY_CONFIG, SLEEPY_MODEL)
     write_python_model(repo, "sleepy_pair", SLEEPY_PAIR_CONFIG, SLEEPY_MODEL)
+    write_python_model(repo, "echo", ECHO_CONFIG, ECHO_MODEL)
     return repo
 
 

@@ -32,7 +32,7 @@ POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 
 DEMO_MODELS = ("simple", "simple_string", "mlp")
-TEST_MODELS = ("faulty", "sleepy", "sleepy_pair")
+TEST_MODELS = ("faulty", "sleepy", "sleepy_pair", "echo")
 """Written next to the demo models by the ``model_repo`` fixture (see conftest)."""
 ALL_MODELS = DEMO_MODELS + TEST_MODELS
 SMALL_MAX_MESSAGE_BYTES = 64 * 1024

@@ -243,3 +243,30 @@ def test_simple_property(
     a, b = data
     result = client.infer("simple", simple_inputs(a, b), client_timeout=30)
     assert_int_outputs(result, simple_expected(a, b))
+
+
+def echo_input(x: np.ndarray) -> list[grpcclient.InferInput]:
+    in0 = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+    in0.set_data_from_numpy(x)
+    return [in0]
+
+
+@pytest.mark.parametrize("length", [1, 1000, 4 * 1024 * 1024])
+def test_echo_variable_length_and_large_payload(
+    client: grpcclient.InferenceServerClient, length: int
+) -> None:
+    """A model without batching and a variable dim; the largest case is 16 MiB each way, well
+    under the default 64 MiB message limit."""
+    x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    result = client.infer("echo", echo_input(x), client_timeout=60)
+    out = result.as_numpy("OUTPUT0")
+    assert out is not None and out.shape == (length,)
+    np.testing.assert_array_equal(out, -x)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_request(client: grpcclient.InferenceServerClient, algorithm: str) -> None:
+    rng = np.random.default_rng(400)
+    a, b = rand_int32(rng, 4), rand_int32(rng, 4)
+    result = client.infer("simple", simple_inputs(a, b), compression_algorithm=algorithm)
+    assert_int_outputs(result, simple_expected(a, b))

@@ -72,6 +72,8 @@ EXPECTED_TENSORS = {
         [("OUTPUT0", "FP32", [-1, MLP_DIM])],
     ),
     "faulty": ([("INPUT0", "INT32", [-1, 4])], [("OUTPUT0", "INT32", [-1, 4])]),
+    # max_batch_size 0: no batch dimension is prepended to the variable-length dim.
+    "echo": ([("INPUT0", "FP32", [-1])], [("OUTPUT0", "FP32", [-1])]),
 }
 
 
@@ -93,6 +95,7 @@ EXPECTED_CONFIG = {
         [("INPUT0", "TYPE_STRING", [SIMPLE_DIM]), ("INPUT1", "TYPE_STRING", [SIMPLE_DIM])],
     ),
     "mlp": (64, [("INPUT0", "TYPE_FP32", [MLP_DIM])]),
+    "echo": (0, [("INPUT0", "TYPE_FP32", [-1])]),
 }
 
 
@@ -106,7 +109,7 @@ def test_model_config(client: grpcclient.InferenceServerClient, model: str) -> N
         (t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.input
     ]
     assert got == inputs
-    assert len(config.output) == (1 if model == "mlp" else 2)
+    assert len(config.output) == (2 if model.startswith("simple") else 1)
 
 
 def test_repository_index(client: grpcclient.InferenceServerClient) -> None:
