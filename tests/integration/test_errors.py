@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -257,3 +259,40 @@ def test_no_worker_is_unavailable(make_stack: Callable[[], Stack]) -> None:
     expect_error("UNAVAILABLE", client.infer, "simple", simple_inputs(a, b), client_timeout=20)
     assert time.monotonic() - started < 15, "UNAVAILABLE should not wait for the deadline"
     assert stack.broker.alive() and stack.frontend.alive()
+
+
+@pytest.mark.timeout(180)
+def test_model_whose_worker_died_is_unavailable_while_others_serve(
+    make_stack: Callable[[], Stack], demo_repo: Path, tmp_path: Path
+) -> None:
+    """Worker A serves only ``simple``; worker B serves everything. When B dies, ``mlp`` has no
+    worker: that is UNAVAILABLE (retryable), not NOT_FOUND, and ``simple`` keeps working."""
+    only_simple = tmp_path / "only_simple"
+    only_simple.mkdir()
+    shutil.copytree(demo_repo / "simple", only_simple / "simple")
+    stack = make_stack()
+    stack.start_broker()
+    stack.start_worker(only_simple)
+    full = stack.start_worker()
+    stack.start_frontend()
+    stack.wait_live()
+    stack.wait_ready(["simple", "mlp"])
+    client = stack.client()
+    x = np.zeros((1, 256), dtype=np.float32)
+    client.infer("mlp", mlp_input(x))
+
+    stack.kill(full)
+    wait_for(
+        lambda: not client.is_model_ready("mlp", client_timeout=1.0),
+        timeout_s=5.0,
+        what="ModelReady(mlp) false after its only worker was killed",
+        watch=[stack.broker, stack.frontend],
+    )
+    assert client.is_server_ready(), "a worker is still up and serving simple"
+    started = time.monotonic()
+    expect_error("UNAVAILABLE", client.infer, "mlp", mlp_input(x), client_timeout=20)
+    assert time.monotonic() - started < 15, "UNAVAILABLE should not wait for the deadline"
+    index = {m.name: m.state for m in client.get_model_repository_index().models}
+    assert index.get("simple") == "READY", index
+    assert index.get("mlp", "UNAVAILABLE") != "READY", index
+    check_simple(client)

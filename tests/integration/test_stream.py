@@ -147,3 +147,35 @@ def test_stream_error_keeps_stream_open(stream: StreamClient) -> None:
     assert error is None, f"stream unusable after errors: {error}"
     assert result.get_response().id == "good-0"
     assert_int_outputs(result, simple_expected(a, b))
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_streams_keep_their_own_responses(stack: Stack) -> None:
+    """Four clients, each with its own stream and 50 requests in flight: every stream gets
+    exactly its own answers."""
+    streams = [StreamClient(stack.frontend.url) for _ in range(4)]
+    try:
+        expected: list[dict[str, dict[str, np.ndarray]]] = []
+        for s_index, stream_client in enumerate(streams):
+            rng = np.random.default_rng(900 + s_index)
+            mine = {}
+            for i in range(50):
+                a, b = rand_int32(rng, 1 + i % 3), rand_int32(rng, 1 + i % 3)
+                request_id = f"st{s_index}-{i}"
+                mine[request_id] = simple_expected(a, b)
+                stream_client.send("simple", simple_inputs(a, b), request_id)
+            expected.append(mine)
+        for stream_client, mine in zip(streams, expected, strict=True):
+            seen = set()
+            for _ in mine:
+                result, error, _ = stream_client.next()
+                assert error is None, f"stream error: {error}"
+                request_id = result.get_response().id
+                assert request_id in mine, f"foreign or unknown id {request_id!r} on this stream"
+                assert request_id not in seen
+                seen.add(request_id)
+                assert_int_outputs(result, mine[request_id])
+            assert stream_client.responses.empty(), "more responses than requests"
+    finally:
+        for stream_client in streams:
+            stream_client.close()
