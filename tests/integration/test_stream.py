@@ -109,9 +109,9 @@ def test_stream_responses_out_of_order(stream: StreamClient) -> None:
 
 
 def test_stream_same_model_completes_by_delay(stream: StreamClient) -> None:
-    """``sleepy_pair`` has two instances and no dynamic batching: 300 ms runs on one instance
+    """``sleepy_pair`` has two instances and no dynamic batching: 600 ms runs on one instance
     while 0 ms then 100 ms run on the other, so replies come back ordered by delay."""
-    delays = {"d-300": 300, "d-0": 0, "d-100": 100}
+    delays = {"d-600": 600, "d-0": 0, "d-100": 100}
     for request_id, delay in delays.items():
         stream.send("sleepy_pair", sleepy_inputs(delay), request_id)
     arrival = []
@@ -124,7 +124,7 @@ def test_stream_same_model_completes_by_delay(stream: StreamClient) -> None:
         arrival.append(request_id)
         got[request_id] = result.as_numpy("OUTPUT0").tolist()
     assert got == {rid: [[delay]] for rid, delay in delays.items()}
-    assert arrival == ["d-0", "d-100", "d-300"], f"arrival order {arrival}"
+    assert arrival == ["d-0", "d-100", "d-600"], f"arrival order {arrival}"
 
 
 def test_stream_error_keeps_stream_open(stream: StreamClient) -> None:
