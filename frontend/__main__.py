@@ -103,6 +103,17 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
         default=_env("FABRIC_CURVE_CLIENT_CERT", d.curve_client_cert),
         help="this process's CURVE .key_secret file [FABRIC_CURVE_CLIENT_CERT]",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("FRONTEND_METRICS_PORT", d.metrics_port)),
+        help="Prometheus port, 0 = off [FRONTEND_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=_env("FRONTEND_METRICS_HOST", d.metrics_host),
+        help="Prometheus bind address [FRONTEND_METRICS_HOST]",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -119,6 +130,8 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
         default_timeout_s=a.default_timeout_s,
         max_retries=a.max_retries,
         max_in_flight=a.max_in_flight,
+        metrics_port=a.metrics_port,
+        metrics_host=a.metrics_host,
         tls_cert_file=a.tls_cert_file,
         tls_key_file=a.tls_key_file,
         tls_client_ca_file=a.tls_client_ca_file,

@@ -17,6 +17,7 @@ from protos import model_config_pb2 as mc
 
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
+from .metrics import RequestMetrics
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
@@ -54,6 +55,7 @@ class InferenceService:
         self.retry_budget = RetryBudget(ratio=config.retry_budget_ratio)
         self.in_flight = 0
         self.counters = {"retries": 0, "hedges": 0, "rejected": 0}
+        self.metrics = RequestMetrics()
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
         self._policies_version = -1
@@ -195,10 +197,15 @@ class InferenceService:
                 None,
             )
         self.in_flight += 1
+        start = time.monotonic()
+        status = errors.CANCELLED
         try:
-            return await self._attempts(route, payload, policy, timeout_s)
+            reply = await self._attempts(route, payload, policy, timeout_s)
+            status = reply.status
+            return reply
         finally:
             self.in_flight -= 1
+            self.metrics.observe(route.model, status, time.monotonic() - start)
 
     async def _attempts(
         self, route: RequestRoute, payload: bytes, policy: ModelPolicy, timeout_s: float

@@ -22,6 +22,7 @@ from protos import grpc_service_pb2 as pb
 from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
+from .metrics import FrontendCollector, serve_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,21 @@ class FrontendServer:
         await server.start()
         self._server = server
         self._health_task = asyncio.create_task(self._track_health(), name="health-tracker")
+        if self.config.metrics_port:
+            svc = self.service
+            serve_metrics(
+                FrontendCollector(
+                    svc.metrics,
+                    lambda: dict(svc.counters),
+                    lambda: {
+                        "in_flight": svc.in_flight,
+                        "brokers_live": len(self.client.live_catalogs()),
+                        "workers": self.client.workers(),
+                    },
+                ),
+                self.config.metrics_host,
+                self.config.metrics_port,
+            )
         logger.info(
             "frontend serving gRPC on %s:%d, brokers %s",
             self.config.host,

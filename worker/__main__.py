@@ -67,6 +67,17 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         help="torch intra-op threads, 0 = default [WORKER_TORCH_THREADS]",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("WORKER_METRICS_PORT", d.metrics_port)),
+        help="Prometheus port, 0 = off [WORKER_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=_env("WORKER_METRICS_HOST", d.metrics_host),
+        help="Prometheus bind address [WORKER_METRICS_HOST]",
+    )
+    p.add_argument(
         "--poll-interval-s",
         type=float,
         default=float(_env("WORKER_POLL_INTERVAL_S", d.poll_interval_s)),
@@ -97,6 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         max_message_bytes=a.max_message_bytes,
         torch_threads=a.torch_threads,
         poll_interval_s=a.poll_interval_s,
+        metrics_port=a.metrics_port,
+        metrics_host=a.metrics_host,
         curve_server_key=a.curve_server_key,
         curve_client_cert=a.curve_client_cert,
     )
@@ -115,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server = WorkerServer(config)
     server.load_repository()
+    if config.metrics_port:
+        from .metrics import serve_metrics
+
+        serve_metrics(server.models, config.metrics_host, config.metrics_port)
     stops = 0
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -18,6 +18,8 @@ class WorkerConfig:
     min_credit: int = 4
     torch_threads: int = 0  # 0 = torch's default
     drain_grace_s: float = 10.0
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    metrics_host: str = "127.0.0.1"
     poll_interval_s: float = 0.0  # 0 = only explicit load/unload
     curve_server_key: str = ""  # broker's CURVE .key file: turns CURVE on
     curve_client_cert: str = ""  # this worker's .key_secret (when the broker allow-lists)
