@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-
-from fabric.prom import TritonCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from fabric.prom import TritonCounter
 
 from .models import ModelTable
 
