@@ -160,10 +160,7 @@ class BrokerServer:
             raise MalformedMessage("bad tag or too few frames")
         peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
         if msg_type is MsgType.BATCH:
-            for sub in unpack_batch(frames[3]):
-                if sub[0] == _BATCH:
-                    raise MalformedMessage("nested BATCH")
-                self._on_frontend([peer, PROTOCOL_TAG, *sub])
+            _each_in_batch(peer, frames[3], self._on_frontend)
             return
         d = self.dispatcher
         if msg_type is MsgType.REQUEST:
@@ -192,10 +189,7 @@ class BrokerServer:
             raise MalformedMessage("bad tag or too few frames")
         peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
         if msg_type is MsgType.BATCH:
-            for sub in unpack_batch(frames[3]):
-                if sub[0] == _BATCH:
-                    raise MalformedMessage("nested BATCH")
-                self._on_worker([peer, PROTOCOL_TAG, *sub])
+            _each_in_batch(peer, frames[3], self._on_worker)
             return
         d = self.dispatcher
         if msg_type is MsgType.READY:
@@ -257,6 +251,13 @@ class BrokerServer:
 
 
 T = TypeVar("T")
+
+
+def _each_in_batch(peer: PeerId, body: Frame, handle: Callable[[list[Frame]], None]) -> None:
+    for sub in unpack_batch(body):
+        if sub[0] == _BATCH:
+            raise MalformedMessage("nested BATCH")
+        handle([peer, PROTOCOL_TAG, *sub])
 
 
 def _typed(value: object, kind: type[T]) -> T:

@@ -2,124 +2,51 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
-import os
 import signal
 import sys
-from collections.abc import Sequence
+
+from fabric.cli import (
+    Flags,
+    StopSignals,
+    add_curve_client_flags,
+    add_fabric_flags,
+    add_metrics_flags,
+    setup_logging,
+)
 
 from .config import FrontendConfig
 from .server import FrontendServer
 
-logger = logging.getLogger("frontend")
 
-
-def _env(name: str, default: object) -> str:
-    return os.environ.get(name, str(default))
-
-
-def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
+def parse_args(argv: list[str] | None = None) -> FrontendConfig:
     d = FrontendConfig()
-    p = argparse.ArgumentParser(
-        prog="serve-frontend",
-        description="Triton-compatible gRPC frontend (KServe v2 inference.GRPCInferenceService). "
-        "Every flag also reads an environment variable (shown in brackets).",
+    f = Flags(
+        "serve-frontend",
+        "Triton-compatible gRPC frontend (KServe v2 inference.GRPCInferenceService).",
     )
-    p.add_argument("--host", default=_env("FRONTEND_HOST", d.host), help="[FRONTEND_HOST]")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(_env("FRONTEND_PORT", d.port)),
-        help="gRPC port [FRONTEND_PORT]",
-    )
-    p.add_argument(
-        "--broker",
-        default=_env("FRONTEND_BROKERS", ",".join(d.brokers)),
-        help="broker endpoint(s), comma separated [FRONTEND_BROKERS]",
-    )
-    p.add_argument(
-        "--heartbeat-interval-s",
-        type=float,
-        default=float(_env("FABRIC_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s)),
-        help="[FABRIC_HEARTBEAT_INTERVAL_S]",
-    )
-    p.add_argument(
-        "--heartbeat-liveness",
-        type=int,
-        default=int(_env("FABRIC_HEARTBEAT_LIVENESS", d.heartbeat_liveness)),
-        help="[FABRIC_HEARTBEAT_LIVENESS]",
-    )
-    p.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=int(_env("FRONTEND_MAX_MESSAGE_BYTES", d.max_message_bytes)),
-        help="largest gRPC message accepted or sent; larger ones get "
-        "RESOURCE_EXHAUSTED [FRONTEND_MAX_MESSAGE_BYTES]",
-    )
-    p.add_argument(
-        "--default-timeout-s",
-        type=float,
-        default=float(_env("FRONTEND_DEFAULT_TIMEOUT_S", d.default_timeout_s)),
-        help="deadline for calls that set none [FRONTEND_DEFAULT_TIMEOUT_S]",
-    )
-    p.add_argument(
-        "--max-retries",
-        type=int,
-        default=int(_env("FRONTEND_MAX_RETRIES", d.max_retries)),
-        help="retries of UNAVAILABLE failures [FRONTEND_MAX_RETRIES]",
-    )
-    p.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=int(_env("FRONTEND_MAX_IN_FLIGHT", d.max_in_flight)),
-        help="requests this frontend holds at once; more get RESOURCE_EXHAUSTED "
-        "[FRONTEND_MAX_IN_FLIGHT]",
-    )
-    p.add_argument(
-        "--tls-cert-file",
-        default=_env("FRONTEND_TLS_CERT_FILE", d.tls_cert_file),
-        help="PEM certificate chain; with --tls-key-file serves TLS [FRONTEND_TLS_CERT_FILE]",
-    )
-    p.add_argument(
-        "--tls-key-file",
-        default=_env("FRONTEND_TLS_KEY_FILE", d.tls_key_file),
-        help="PEM private key [FRONTEND_TLS_KEY_FILE]",
-    )
-    p.add_argument(
-        "--tls-client-ca-file",
-        default=_env("FRONTEND_TLS_CLIENT_CA_FILE", d.tls_client_ca_file),
-        help="PEM CA; when set, clients must present a certificate it signed "
-        "(mTLS) [FRONTEND_TLS_CLIENT_CA_FILE]",
-    )
-    p.add_argument(
-        "--curve-server-key",
-        default=_env("FABRIC_CURVE_SERVER_KEY", d.curve_server_key),
-        help="broker's CURVE public .key file [FABRIC_CURVE_SERVER_KEY]",
-    )
-    p.add_argument(
-        "--curve-client-cert",
-        default=_env("FABRIC_CURVE_CLIENT_CERT", d.curve_client_cert),
-        help="this process's CURVE .key_secret file [FABRIC_CURVE_CLIENT_CERT]",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("FRONTEND_METRICS_PORT", d.metrics_port)),
-        help="Prometheus port, 0 = off [FRONTEND_METRICS_PORT]",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default=_env("FRONTEND_METRICS_HOST", d.metrics_host),
-        help="Prometheus bind address [FRONTEND_METRICS_HOST]",
-    )
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
-    a = p.parse_args(argv)
-    logging.basicConfig(
-        level=a.log_level.upper(),
-        format="%(asctime)s %(levelname)s frontend %(name)s: %(message)s",
-    )
+    f.add("--host", "FRONTEND_HOST", d.host, "address to serve gRPC on")
+    f.add("--port", "FRONTEND_PORT", d.port, "gRPC port", int)
+    f.add("--broker", "FRONTEND_BROKERS", ",".join(d.brokers),
+          "broker endpoint(s), comma separated")  # fmt: skip
+    f.add("--max-message-bytes", "FRONTEND_MAX_MESSAGE_BYTES", d.max_message_bytes,
+          "largest gRPC message accepted or sent; larger get RESOURCE_EXHAUSTED", int)  # fmt: skip
+    f.add("--default-timeout-s", "FRONTEND_DEFAULT_TIMEOUT_S", d.default_timeout_s,
+          "deadline for calls that set none", float)  # fmt: skip
+    f.add("--max-retries", "FRONTEND_MAX_RETRIES", d.max_retries,
+          "retries of UNAVAILABLE failures", int)  # fmt: skip
+    f.add("--max-in-flight", "FRONTEND_MAX_IN_FLIGHT", d.max_in_flight,
+          "requests held at once; more get RESOURCE_EXHAUSTED", int)  # fmt: skip
+    f.add("--tls-cert-file", "FRONTEND_TLS_CERT_FILE", d.tls_cert_file,
+          "PEM certificate chain; with --tls-key-file serves TLS")  # fmt: skip
+    f.add("--tls-key-file", "FRONTEND_TLS_KEY_FILE", d.tls_key_file, "PEM private key")
+    f.add("--tls-client-ca-file", "FRONTEND_TLS_CLIENT_CA_FILE", d.tls_client_ca_file,
+          "PEM CA; when set, clients must present a certificate it signed (mTLS)")  # fmt: skip
+    add_curve_client_flags(f, d)
+    add_metrics_flags(f, "FRONTEND", d)
+    add_fabric_flags(f, d)
+    a = f.parse(argv)
+    setup_logging(a.log_level, "frontend")
     return FrontendConfig(
         host=a.host,
         port=a.port,
@@ -143,17 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> FrontendConfig:
 async def _serve(config: FrontendConfig) -> None:
     server = FrontendServer(config)
     loop = asyncio.get_running_loop()
-    stops = 0
-
-    def on_signal(sig: signal.Signals) -> None:
-        nonlocal stops
-        stops += 1
-        if stops > 1:
-            logger.warning("[shutdown] frontend: second signal, exiting now")
-            os._exit(1)
-        logger.info("[shutdown] frontend: %s received", sig.name)
-        server.request_stop()
-
+    on_signal = StopSignals("frontend", server.request_stop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
@@ -163,7 +80,7 @@ async def _serve(config: FrontendConfig) -> None:
             loop.remove_signal_handler(sig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         import uvloop

@@ -2,103 +2,43 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import signal
 import sys
-from collections.abc import Sequence
+
+from fabric.cli import (
+    Flags,
+    add_curve_client_flags,
+    add_fabric_flags,
+    add_metrics_flags,
+    setup_logging,
+    stop_signals,
+)
 
 from .config import WorkerConfig
-
-logger = logging.getLogger("worker")
 
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
-def _env(name: str, default: object) -> str:
-    return os.environ.get(name, str(default))
-
-
-def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
+def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     d = WorkerConfig()
-    p = argparse.ArgumentParser(
-        prog="serve-worker",
-        description="Model worker: loads a Triton-layout model repository and serves it to a "
-        "broker. Every flag also reads an environment variable (shown in brackets).",
+    f = Flags(
+        "serve-worker",
+        "Model worker: loads a Triton-layout model repository and serves it to a broker.",
     )
-    p.add_argument(
-        "--broker",
-        default=_env("WORKER_BROKER", d.broker),
-        help="broker endpoint for workers [WORKER_BROKER]",
-    )
-    p.add_argument(
-        "--model-repository",
-        default=_env("WORKER_MODEL_REPOSITORY", d.model_repository),
-        help="model repository directory [WORKER_MODEL_REPOSITORY]",
-    )
-    p.add_argument(
-        "--device",
-        default=_env("WORKER_DEVICE", d.device),
-        help="auto, cpu, cuda or cuda:N [WORKER_DEVICE]",
-    )
-    p.add_argument(
-        "--heartbeat-interval-s",
-        type=float,
-        default=float(_env("FABRIC_HEARTBEAT_INTERVAL_S", d.heartbeat_interval_s)),
-        help="[FABRIC_HEARTBEAT_INTERVAL_S]",
-    )
-    p.add_argument(
-        "--heartbeat-liveness",
-        type=int,
-        default=int(_env("FABRIC_HEARTBEAT_LIVENESS", d.heartbeat_liveness)),
-        help="[FABRIC_HEARTBEAT_LIVENESS]",
-    )
-    p.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=int(_env("FABRIC_MAX_MESSAGE_BYTES", d.max_message_bytes)),
-        help="[FABRIC_MAX_MESSAGE_BYTES]",
-    )
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=int(_env("WORKER_TORCH_THREADS", d.torch_threads)),
-        help="torch intra-op threads, 0 = default [WORKER_TORCH_THREADS]",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("WORKER_METRICS_PORT", d.metrics_port)),
-        help="Prometheus port, 0 = off [WORKER_METRICS_PORT]",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default=_env("WORKER_METRICS_HOST", d.metrics_host),
-        help="Prometheus bind address [WORKER_METRICS_HOST]",
-    )
-    p.add_argument(
-        "--poll-interval-s",
-        type=float,
-        default=float(_env("WORKER_POLL_INTERVAL_S", d.poll_interval_s)),
-        help="rescan the repository this often, 0 = only explicit load/unload "
-        "[WORKER_POLL_INTERVAL_S]",
-    )
-    p.add_argument(
-        "--curve-server-key",
-        default=_env("FABRIC_CURVE_SERVER_KEY", d.curve_server_key),
-        help="broker's CURVE public .key file [FABRIC_CURVE_SERVER_KEY]",
-    )
-    p.add_argument(
-        "--curve-client-cert",
-        default=_env("FABRIC_CURVE_CLIENT_CERT", d.curve_client_cert),
-        help="this process's CURVE .key_secret file [FABRIC_CURVE_CLIENT_CERT]",
-    )
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[LOG_LEVEL]")
-    a = p.parse_args(argv)
-    logging.basicConfig(
-        level=a.log_level.upper(), format="%(asctime)s %(levelname)s worker %(name)s: %(message)s"
-    )
+    f.add("--broker", "WORKER_BROKER", d.broker, "broker endpoint for workers")
+    f.add("--model-repository", "WORKER_MODEL_REPOSITORY", d.model_repository,
+          "model repository directory")  # fmt: skip
+    f.add("--device", "WORKER_DEVICE", d.device, "auto, cpu, cuda or cuda:N")
+    f.add("--torch-threads", "WORKER_TORCH_THREADS", d.torch_threads,
+          "torch intra-op threads, 0 = torch's default", int)  # fmt: skip
+    f.add("--poll-interval-s", "WORKER_POLL_INTERVAL_S", d.poll_interval_s,
+          "rescan the repository this often, 0 = only explicit load/unload", float)  # fmt: skip
+    f.add("--max-message-bytes", "FABRIC_MAX_MESSAGE_BYTES", d.max_message_bytes,
+          "largest ZeroMQ message accepted", int)  # fmt: skip
+    add_curve_client_flags(f, d)
+    add_metrics_flags(f, "WORKER", d)
+    add_fabric_flags(f, d)
+    a = f.parse(argv)
+    setup_logging(a.log_level, "worker")
     return WorkerConfig(
         broker=a.broker,
         model_repository=a.model_repository,
@@ -115,7 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     import torch
 
@@ -132,23 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .metrics import serve_metrics
 
         serve_metrics(server.models, config.metrics_host, config.metrics_port)
-    stops = 0
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stops
-        stops += 1
-        if stops > 1:
-            logger.warning("[shutdown] worker: second signal, exiting now")
-            os._exit(1)
-        logger.info("[shutdown] worker: %s received", signal.Signals(signum).name)
-        server.request_stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_signals("worker", server.request_stop):
         server.serve()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     return 0
 
 
