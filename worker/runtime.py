@@ -26,6 +26,7 @@ from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
 from .batcher import Batcher, BatchPolicy, Waiting
 from .codec import DecodedRequest, batch_signature, decode_request, encode_response
 from .loaders import LoadedModel
+from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class ModelInstance:
             time.monotonic,
         )
         self._max_rows = self.batcher.policy.max_rows
+        self._pad = padding_enabled(spec)
+        self._pad_value = pad_value(spec) if self._pad else 0.0
         self._stopping = False
         self.shares_inbox = False  # set by the owner when other instances read the same inbox
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -229,7 +232,9 @@ class ModelInstance:
                 Ready(item, request),
                 (item.frontend, item.header.request_id),
                 request.batch_size,
-                batch_signature(request),
+                padded_signature(request, self.model.spec)
+                if self._pad
+                else batch_signature(request),
                 item.received_s,
                 deadline_s,
             )
@@ -251,8 +256,11 @@ class ModelInstance:
         spec = self.model.spec
         rows = sum(r.batch_size for r in requests)
         try:
+            padded = None
             if len(requests) == 1:
                 inputs = requests[0].inputs
+            elif self._pad:
+                inputs, padded = pad_and_concat(requests, spec, self._pad_value)
             else:
                 inputs = {
                     name: np.concatenate([r.inputs[name] for r in requests], axis=0)
@@ -262,6 +270,11 @@ class ModelInstance:
             outputs = self.model.execute(inputs)
             infer_end = time.monotonic()
             per_request = self._split(requests, outputs, rows)
+            if padded is not None:
+                per_request = [
+                    trim(outs, r, spec, padded)
+                    for outs, r in zip(per_request, requests, strict=True)
+                ]
         except Exception as exc:  # a model bug fails this batch; the loop goes on
             if isinstance(exc, RequestError):
                 code, message = exc.code, exc.message
