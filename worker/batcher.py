@@ -12,6 +12,8 @@ Requests whose deadline has passed, or that were cancelled, never join a batch.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -46,35 +48,57 @@ class Batcher(Generic[T]):
     policy: BatchPolicy
     clock: Callable[[], float]
     _waiting: list[Waiting[T]] = field(default_factory=list)
+    # Kept up to date on every change so the compute loop's checks cost O(1).
+    _rows: int = 0
+    _signatures: Counter[Hashable] = field(default_factory=Counter)
+    _earliest_deadline_s: float = math.inf  # a lower bound: no deadline passes before it
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     @property
     def rows(self) -> int:
-        return sum(w.rows for w in self._waiting)
+        return self._rows
 
     @property
     def mixed(self) -> bool:
         """True when requests that cannot share a batch are waiting together."""
-        first = self._waiting[0].signature if self._waiting else None
-        return any(w.signature != first for w in self._waiting)
+        return len(self._signatures) > 1
 
     def add(self, w: Waiting[T]) -> None:
         self._waiting.append(w)
+        self._rows += w.rows
+        self._signatures[w.signature] += 1
+        if w.deadline_s is not None and w.deadline_s < self._earliest_deadline_s:
+            self._earliest_deadline_s = w.deadline_s
+
+    def _forget(self, gone: list[Waiting[T]]) -> None:
+        for w in gone:
+            self._rows -= w.rows
+            self._signatures[w.signature] -= 1
+            if not self._signatures[w.signature]:
+                del self._signatures[w.signature]
 
     def cancel(self, key: Hashable) -> Waiting[T] | None:
         for i, w in enumerate(self._waiting):
             if w.key == key:
+                self._forget([w])
                 return self._waiting.pop(i)
         return None
 
     def expire(self) -> list[Waiting[T]]:
         """Remove and return requests whose deadline has passed."""
         now = self.clock()
+        if now < self._earliest_deadline_s:
+            return []
         dead = [w for w in self._waiting if w.deadline_s is not None and w.deadline_s <= now]
         if dead:
-            self._waiting = [w for w in self._waiting if w not in dead]
+            gone = {id(w) for w in dead}
+            self._waiting = [w for w in self._waiting if id(w) not in gone]
+            self._forget(dead)
+        self._earliest_deadline_s = min(
+            (w.deadline_s for w in self._waiting if w.deadline_s is not None), default=math.inf
+        )
         return dead
 
     def next_batch(self, idle: bool = True) -> tuple[list[Waiting[T]], float | None]:
@@ -100,8 +124,12 @@ class Batcher(Generic[T]):
         if not ready:
             return [], max(0.0, delay_s - waited_s)
         batch = self._cut(group)
-        taken = {id(w) for w in batch}
-        self._waiting = [w for w in self._waiting if id(w) not in taken]
+        if len(batch) == len(self._waiting):
+            self._waiting = []
+        else:
+            taken = {id(w) for w in batch}
+            self._waiting = [w for w in self._waiting if id(w) not in taken]
+        self._forget(batch)
         return batch, None
 
     def _cut(self, group: list[Waiting[T]]) -> list[Waiting[T]]:
