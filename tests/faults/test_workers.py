@@ -1,0 +1,113 @@
+"""Worker faults under load: SIGKILL (the worker is gone) and SIGSTOP/SIGCONT (it hangs, then
+comes back). Two workers serve ``work`` (~3 ms per batch); the loss of one must cost no call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.faults.conftest import Chaos
+from tests.faults.harness import OK, Call, ClosedLoop, FaultStack, between, failures
+from tests.integration.stack import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+
+DETECT_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+"""The broker declares a silent worker dead after this long."""
+CALL_TIMEOUT_S = 10.0
+
+
+def two_worker_stack(make_stack: Callable[[], FaultStack]) -> FaultStack:
+    stack = make_stack()
+    stack.start_broker()
+    stack.start_worker()
+    stack.start_worker()
+    stack.start_frontend()
+    stack.wait_live()
+    stack.wait_ready(["work"])
+    return stack
+
+
+def serving_pids(calls: list[Call]) -> set[int]:
+    return {c.pid for c in calls if c.status == OK}
+
+
+def wait_both_serve(load: ClosedLoop, stack: FaultStack) -> None:
+    pids = {w.pid for w in stack.workers}
+    load.wait_until(
+        lambda calls: pids <= serving_pids(calls),
+        timeout_s=30,
+        what=f"both workers {sorted(pids)} answering",
+    )
+
+
+@pytest.mark.timeout(90)
+def test_sigkill_one_of_two_workers_under_load(
+    make_stack: Callable[[], FaultStack], chaos: Chaos
+) -> None:
+    stack = two_worker_stack(make_stack)
+    survivor, victim = stack.workers
+    load = ClosedLoop(stack.frontend.url, "work", concurrency=32, timeout_s=CALL_TIMEOUT_S)
+    load.start()
+    try:
+        wait_both_serve(load, stack)
+        time.sleep(2.0)
+        killed_at = time.monotonic()
+        stack.kill(victim)
+        time.sleep(8.0)
+    finally:
+        calls = load.stop()
+    rec = chaos.record("1 SIGKILL 1 of 2 workers, 32 callers", calls)
+
+    assert rec.lost == 0 and rec.failed == 0, (
+        f"{rec.failed} failed, {rec.lost} lost of {rec.calls}: {failures(calls)}"
+    )
+    after = between(calls, killed_at + DETECT_S + 1.0)
+    assert len(after) > 100, f"only {len(after)} calls after the kill: service did not go on"
+    assert serving_pids(after) == {survivor.pid}, "calls answered by a dead worker"
+    assert survivor.alive() and stack.broker.alive() and stack.frontend.alive()
+
+
+@pytest.mark.timeout(90)
+def test_sigstop_worker_then_sigcont_rejoins(
+    make_stack: Callable[[], FaultStack], chaos: Chaos
+) -> None:
+    stack = two_worker_stack(make_stack)
+    survivor, victim = stack.workers
+    load = ClosedLoop(stack.frontend.url, "work", concurrency=16, timeout_s=CALL_TIMEOUT_S)
+    load.start()
+    try:
+        wait_both_serve(load, stack)
+        time.sleep(1.0)
+        stopped_at = time.monotonic()
+        stack.suspend(victim)
+        time.sleep(DETECT_S + 2.0)
+        resumed_at = time.monotonic()
+        stack.resume(victim)
+        # It rejoins: answers from the resumed worker again, within a few seconds.
+        load.wait_until(
+            lambda calls: victim.pid in serving_pids(between(calls, resumed_at)),
+            timeout_s=8.0,
+            what=f"the resumed worker (pid {victim.pid}) answering again",
+        )
+        rejoined_after_s = time.monotonic() - resumed_at
+        time.sleep(1.0)
+    finally:
+        calls = load.stop()
+    rec = chaos.record(
+        "2 SIGSTOP 1 of 2 workers, SIGCONT later, 16 callers",
+        calls,
+        notes=f"rejoined {rejoined_after_s:.1f}s after SIGCONT",
+    )
+
+    assert rec.lost == 0 and rec.failed == 0, (
+        f"{rec.failed} failed, {rec.lost} lost of {rec.calls}: {failures(calls)}"
+    )
+    # Calls sent just before SIGCONT may reach the broker after the worker rejoined.
+    while_stopped = between(calls, stopped_at + DETECT_S + 0.5, resumed_at - 0.3)
+    assert len(while_stopped) > 50, f"only {len(while_stopped)} calls while a worker hung"
+    assert serving_pids(while_stopped) == {survivor.pid}, "a stopped worker answered"
+    late = between(calls, resumed_at + rejoined_after_s)
+    share = sum(c.pid == victim.pid for c in late) / max(1, len(late))
+    assert share > 0.2, f"the resumed worker took only {share:.0%} of the calls after rejoining"
+    stack.assert_alive()
