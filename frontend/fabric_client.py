@@ -41,7 +41,7 @@ from fabric.protocol import (
     encode_header,
     unpack_batch,
 )
-from fabric.sockets import SocketSecurity, make_socket, should_copy
+from fabric.sockets import DEFAULT_HWM, SocketSecurity, make_socket, should_copy
 
 logger = logging.getLogger(__name__)
 
@@ -240,11 +240,15 @@ class FabricClient:
             try:
                 link.socket.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
             except zmq.ZMQError as exc:
-                alive = link.alive(time.monotonic(), self._ttl_s)
-                status = errors.RESOURCE_EXHAUSTED if alive else errors.UNAVAILABLE
+                # EAGAIN means a full queue, or (IMMEDIATE) no live connection at all: with
+                # far fewer requests waiting than the high-water mark, it is the latter.
+                full = len(link.waiting) >= DEFAULT_HWM // 2
+                if not full:
+                    link.last_seen = float("-inf")  # choose another broker from now on
+                status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
                 why = (
                     f"too many requests queued for broker {link.endpoint}"
-                    if alive
+                    if full
                     else f"broker {link.endpoint} is not connected ({exc})"
                 )
                 for _, request_id in items:

@@ -24,7 +24,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         "serve-worker",
         "Model worker: loads a Triton-layout model repository and serves it to a broker.",
     )
-    f.add("--broker", "WORKER_BROKER", d.broker, "broker endpoint for workers")
+    f.add("--broker", "WORKER_BROKERS", ",".join(d.brokers),
+          "broker endpoint(s) for workers, comma separated; the worker registers with each "
+          "and splits its credit between them")  # fmt: skip
     f.add("--model-repository", "WORKER_MODEL_REPOSITORY", d.model_repository,
           "model repository directory")  # fmt: skip
     f.add("--device", "WORKER_DEVICE", d.device, "auto, cpu, cuda or cuda:N")
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     a = f.parse(argv)
     setup_logging(a.log_level, "worker")
     return WorkerConfig(
-        broker=a.broker,
+        brokers=tuple(b.strip() for b in a.broker.split(",") if b.strip()),
         model_repository=a.model_repository,
         device=a.device,
         heartbeat_interval_s=a.heartbeat_interval_s,

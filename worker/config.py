@@ -9,7 +9,7 @@ from fabric.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    broker: str = "tcp://127.0.0.1:5556"
+    brokers: tuple[str, ...] = ("tcp://127.0.0.1:5556",)  # registers with each
     model_repository: str = "models"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S

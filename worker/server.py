@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import msgspec
 import zmq
@@ -65,6 +66,20 @@ _BATCH = TYPE_FRAME[MsgType.BATCH]
 _RECV_BATCH = 256
 
 
+@dataclass
+class BrokerLink:
+    index: int
+    endpoint: str
+    socket: zmq.Socket[bytes] | None = None
+    last_heard: float = 0.0
+    reconnect_at: float = 0.0  # 0 = connected (or connecting)
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @property
+    def route_prefix(self) -> bytes:
+        return bytes([self.index])
+
+
 class State(enum.Enum):
     RUNNING = "running"
     DRAINING = "draining"
@@ -89,7 +104,8 @@ class WorkerServer:
         self.inproc_endpoint = f"inproc://worker-{self.identity.hex()}"
         self.inproc = make_socket(self.ctx, zmq.PULL)
         self.inproc.bind(self.inproc_endpoint)
-        self.broker: zmq.Socket[bytes] | None = None
+        self.links = [BrokerLink(i, ep) for i, ep in enumerate(config.brokers)]
+        self._poller = zmq.Poller()
         self._curve = (
             CurveClient.load(config.curve_server_key, config.curve_client_cert)
             if config.curve_server_key
@@ -192,33 +208,43 @@ class WorkerServer:
         reply = ControlReplyHeader(header.request_id, status, message, bodies)
         self._push([_CONTROL_REPLY, msgspec.msgpack.encode(reply), frontend])
 
-    # ---- broker link --------------------------------------------------------------------------
-    def _connect(self) -> zmq.Socket[bytes]:
-        if self.broker is not None:
-            self.broker.close(linger=0)
-        sock = make_socket(
+    # ---- broker links --------------------------------------------------------------------------
+    # A worker registers with every broker and splits its credit between them. Internally a
+    # request's route is its broker link's index (one byte) then the frontend identity, so
+    # that its reply goes back through the broker it came from.
+
+    def _connect(self, link: BrokerLink) -> None:
+        if link.socket is not None:
+            self._poller.unregister(link.socket)
+            link.socket.close(linger=0)
+        link.socket = make_socket(
             self.ctx,
             zmq.DEALER,
             identity=self.identity,
             max_message_bytes=self.config.max_message_bytes,
             security=self._curve,
         )
-        sock.connect(self.config.broker)
-        self.broker = sock
-        self._announce()
-        return sock
+        link.socket.connect(link.endpoint)
+        self._poller.register(link.socket, zmq.POLLIN)
+        link.last_heard = time.monotonic()
+        self._announce(link)
 
-    def _announce(self) -> None:
+    def _announce(self, link: BrokerLink | None = None) -> None:
         models = self.models.announcements() if self.state is State.RUNNING else []
-        self._send([PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))])
+        share = len(self.links)
+        for m in models:  # each broker may lease this worker its share of the capacity
+            m.capacity = max(1, m.capacity // share)
+        frames = [PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))]
+        for target in [link] if link is not None else self.links:
+            self._send(target, frames)
 
-    def _send(self, frames: Sequence[bytes | memoryview]) -> bool:
-        """Send to the broker without ever blocking; False when it cannot take the message
+    def _send(self, link: BrokerLink, frames: Sequence[bytes | memoryview]) -> bool:
+        """Send to a broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
-        if self.broker is None:
+        if link.socket is None:
             return False
         try:
-            self.broker.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
+            link.socket.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
         except zmq.Again:
             return False
         return True
@@ -232,14 +258,12 @@ class WorkerServer:
         self._control_thread.start()
         interval = self.config.heartbeat_interval_s
         ttl = interval * self.config.heartbeat_liveness
-        sock = self._connect()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self.inproc, zmq.POLLIN)
-        last_heard = time.monotonic()
+        self._poller.register(self.inproc, zmq.POLLIN)
+        for link in self.links:
+            self._connect(link)
         next_beat = 0.0
-        backoff = Backoff(base_s=interval / 2, cap_s=max(interval * 8, 2.0))
         drain_until: float | None = None
+        heartbeat = [PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader())]
         try:
             while True:
                 now = time.monotonic()
@@ -249,36 +273,39 @@ class WorkerServer:
                             "[shutdown] worker: draining %d requests", self.models.pending()
                         )
                         drain_until = now + self.config.drain_grace_s
-                        self._announce()  # no models: the broker sends nothing new
+                        self._announce()  # no models: the brokers send nothing new
                     if self.models.pending() == 0 or now >= drain_until:
-                        self._forward(sock)
+                        self._forward()
                         break
                 if now >= next_beat:
-                    self._send([PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader())])
+                    for link in self.links:
+                        self._send(link, heartbeat)
                     next_beat = now + interval
-                if now - last_heard > ttl:
-                    delay = backoff.next_delay_s()
-                    logger.warning(
-                        "broker %s silent; reconnecting in %.2fs", self.config.broker, delay
-                    )
-                    time.sleep(delay)
-                    poller.unregister(sock)
-                    sock = self._connect()
-                    poller.register(sock, zmq.POLLIN)
-                    last_heard = time.monotonic()
-                    continue
-                timeout_ms = max(1, int((next_beat - time.monotonic()) * 1000))
-                events = dict(poller.poll(timeout_ms))
+                for link in self.links:
+                    if link.reconnect_at and now >= link.reconnect_at:
+                        link.reconnect_at = 0.0
+                        self._connect(link)
+                    elif not link.reconnect_at and now - link.last_heard > ttl:
+                        delay = link.backoff.next_delay_s()
+                        logger.warning(
+                            "broker %s silent; reconnecting in %.2fs", link.endpoint, delay
+                        )
+                        link.reconnect_at = now + delay
+                wake = min([next_beat, *(k.reconnect_at for k in self.links if k.reconnect_at)])
+                timeout_ms = max(1, int((wake - time.monotonic()) * 1000))
+                events = dict(self._poller.poll(timeout_ms))
                 if self.inproc in events:
-                    self._forward(sock)
-                if sock in events and self._drain_broker(sock):
-                    last_heard = time.monotonic()
-                    backoff.reset()
+                    self._forward()
+                for link in self.links:
+                    if link.socket in events and self._drain_broker(link):
+                        link.last_heard = time.monotonic()
+                        link.backoff.reset()
         finally:
             self.close()
 
-    def _forward(self, sock: zmq.Socket[bytes]) -> None:
-        """Everything the other threads handed over since the last wake-up, in one send."""
+    def _forward(self) -> None:
+        """Everything the other threads handed over since the last wake-up, one send per
+        broker."""
         messages: list[list[bytes]] = []
         for _ in range(_RECV_BATCH):
             try:
@@ -291,29 +318,35 @@ class WorkerServer:
                 messages.extend(unpack_batch(frames[1]))
             else:
                 messages.append(frames)
-        if not messages:
-            return
-        out = [PROTOCOL_TAG, *messages[0]] if len(messages) == 1 else pack_batch(messages)
-        if not self._send(out):
-            logger.warning("broker unreachable or not reading; %d replies dropped", len(messages))
+        by_link: dict[int, list[list[bytes]]] = {}
+        for m in messages:  # [type, header, route, *body]: route = link index + frontend
+            route = m[2]
+            m[2] = route[1:]
+            by_link.setdefault(route[0], []).append(m)
+        for index, batch in by_link.items():
+            out = [PROTOCOL_TAG, *batch[0]] if len(batch) == 1 else pack_batch(batch)
+            if index >= len(self.links) or not self._send(self.links[index], out):
+                logger.warning("broker unreachable or not reading; %d replies dropped",
+                               len(batch))  # fmt: skip
 
-    def _drain_broker(self, sock: zmq.Socket[bytes]) -> bool:
+    def _drain_broker(self, link: BrokerLink) -> bool:
+        assert link.socket is not None
         heard = False
         for _ in range(_RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = link.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             heard = True
             try:
-                self._handle(frames)
+                self._handle(link, frames)
             except MalformedMessage as exc:
-                logger.warning("dropped malformed message from the broker: %s", exc)
+                logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
             except Exception:
-                logger.exception("error handling a broker message")
+                logger.exception("error handling a message from %s", link.endpoint)
         return heard
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, link: BrokerLink, frames: list[bytes]) -> None:
         if len(frames) < 3 or frames[0] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
         msg_type = FRAME_TYPE.get(frames[1])
@@ -321,29 +354,30 @@ class WorkerServer:
             for sub in unpack_batch(frames[2]):
                 if sub[0] == _BATCH:
                     raise MalformedMessage("nested BATCH")
-                self._handle([PROTOCOL_TAG, *sub])
+                self._handle(link, [PROTOCOL_TAG, *sub])
             return
         if msg_type is MsgType.REQUEST:
             if len(frames) != 5:
                 raise MalformedMessage("REQUEST needs frontend identity and one payload")
             header = decode_header(MsgType.REQUEST, frames[2])
             assert isinstance(header, RequestHeader)
-            self._on_request(header, frames[3], frames[4])
+            self._on_request(header, link.route_prefix + frames[3], frames[4])
         elif msg_type is MsgType.CANCEL:
             cancel = decode_header(MsgType.CANCEL, frames[2])
             assert isinstance(cancel, CancelHeader)
+            key = (link.route_prefix + frames[3], cancel.request_id)
             for served in self.models.served.values():
-                served.cancelled.add((frames[3], cancel.request_id))
+                served.cancelled.add(key)
         elif msg_type is MsgType.CONTROL:
             control = decode_header(MsgType.CONTROL, frames[2])
             assert isinstance(control, ControlHeader)
-            frontend = frames[3]
+            route = link.route_prefix + frames[3]
             if control.op not in CONTROL_OPS:
                 raise MalformedMessage(f"unknown control op {control.op!r}")
-            self._control.put(lambda: self._run_control(control, frontend))
+            self._control.put(lambda: self._run_control(control, route))
         elif msg_type is MsgType.DISCONNECT:
-            logger.info("broker does not know this worker; announcing again")
-            self._announce()
+            logger.info("broker %s does not know this worker; announcing again", link.endpoint)
+            self._announce(link)
         elif msg_type is MsgType.HEARTBEAT:
             pass
         else:
@@ -381,7 +415,8 @@ class WorkerServer:
             return
         self.state = State.STOPPED
         self._control.put(None)
-        self._send([PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
+        for link in self.links:
+            self._send(link, [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
         self.models.stop_all()
         self._control_thread.join(5.0)
         # Closes every socket, the other threads' inproc sockets included.
