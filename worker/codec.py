@@ -222,6 +222,11 @@ def encode_bytes_tensor(array: np.ndarray, name: str = "") -> bytes:
 
 def decode_bytes_tensor(data: bytes, count: int, name: str = "") -> np.ndarray:
     """Split length-prefixed BYTES elements into a 1-D object array of ``count`` ``bytes``."""
+    if count * 4 > len(data):  # every element takes at least its 4-byte length
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"input '{name}': shape needs {count} BYTES elements, data holds {len(data)} bytes",
+        )
     items = np.empty(count, dtype=object)
     view = memoryview(data)
     end = len(data)

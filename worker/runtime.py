@@ -184,8 +184,10 @@ class ModelInstance:
             return
         try:
             self._accept(item)
-        except Exception:
+        except Exception as exc:  # a bug here must still answer the request, never lose it
             logger.exception("%s: error accepting a request", self.name)
+            if isinstance(item, Inbound):
+                self._fail(item, errors.INTERNAL, f"cannot accept the request: {exc}")
 
     def _drop_cancelled(self, batch: list[Waiting[Ready]]) -> list[Waiting[Ready]]:
         """Requests cancelled before their batch starts get CANCELLED instead of running."""

@@ -647,15 +647,6 @@ def bytes_beyond_data(shape: list[int]) -> service_pb2.ModelInferRequest:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=SystemBug,
-    reason="BUG: a BYTES input whose shape claims more elements than its raw data can hold "
-    "(TEXT [1, 2**40] with 5 bytes) gets no answer: worker/codec.py decode_bytes_tensor "
-    "allocates np.empty(count) before checking the data, the MemoryError/ValueError is only "
-    "logged ('error accepting a request'), the call hangs until its deadline and the request's "
-    "credit is never given back: 16 such calls take the model down",
-)
 def test_bytes_shape_beyond_its_data_is_refused(shared_stack: FaultStack, chaos: Chaos) -> None:
     channel = grpc.insecure_channel(shared_stack.frontend.url)
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
