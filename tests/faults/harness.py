@@ -1,5 +1,5 @@
-"""Fault-injection harness: stacks that take extra flags and survive a broker restart, a
-closed-loop load generator that classifies every call, and the per-scenario chaos records.
+"""Fault-injection harness: stacks whose processes can be suspended and whose broker can be
+restarted, a closed-loop load generator that classifies every call, and the chaos records.
 
 A call is *ok* when it returned a correct answer, *failed* when it ended with an error status
 (or a wrong answer), and *lost* when it had not ended by its deadline plus ``grace_s`` (a hang:
