@@ -13,7 +13,7 @@ BROKER_FRONTEND_PORT ?= 5555
 BROKER_WORKER_PORT ?= 5556
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench clean
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ test: protos-check lint test-unit test-e2e
 
 bench: install-test
 	$(PY) -m bench.run
+
+bench-quick: install-test
+	$(PY) -m bench.run --quick
+
+bench-peers: install-test
+	$(PY) -m bench.peers
+
+chaos: install-test
+	$(PY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
