@@ -2,14 +2,15 @@
 
 It speaks just enough of ``inference.GRPCInferenceService`` for tritonclient to wait for it
 (ServerLive, ServerReady, ModelReady, ModelMetadata) and answers ModelInfer with one precomputed,
-serialized ``ModelInferResponse`` for the ``mlp`` model (OUTPUT0, FP32, [1, 256]). ModelInfer uses
+serialized ``ModelInferResponse`` for the ``mlp`` model (OUTPUT0, FP32, [1, 256]; ``--model`` and
+``--width`` name another model and output size). ModelInfer uses
 identity (de)serializers, so no protobuf work happens per request: whatever our stack measures is
 compared against what grpc.aio alone costs on the same machine in the same run.
 
 This process builds its messages with tritonclient's ``service_pb2`` and never imports our
 ``protos`` package.
 
-    python -m bench.bare_server --port 8001 [--host 127.0.0.1]
+    python -m bench.bare_server --port 8001 [--host 127.0.0.1] [--model mlp] [--width 256]
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ def fixed_response(model: str = MODEL, width: int = WIDTH) -> bytes:
     return resp.SerializeToString()
 
 
-def _handler(model: str) -> grpc.GenericRpcHandler:
-    payload = fixed_response(model)
+def _handler(model: str, width: int = WIDTH) -> grpc.GenericRpcHandler:
+    payload = fixed_response(model, width)
     live = service_pb2.ServerLiveResponse(live=True)
     ready = service_pb2.ServerReadyResponse(ready=True)
     metadata = service_pb2.ModelMetadataResponse(name=model, versions=["1"], platform="bare")
-    metadata.inputs.add(name="INPUT0", datatype="FP32", shape=[-1, WIDTH])
-    metadata.outputs.add(name="OUTPUT0", datatype="FP32", shape=[-1, WIDTH])
+    metadata.inputs.add(name="INPUT0", datatype="FP32", shape=[-1, width])
+    metadata.outputs.add(name="OUTPUT0", datatype="FP32", shape=[-1, width])
 
     async def model_infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return payload
@@ -93,7 +94,7 @@ def _handler(model: str) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(host: str, port: int, model: str = MODEL) -> None:
+async def serve(host: str, port: int, model: str = MODEL, width: int = WIDTH) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
@@ -101,7 +102,7 @@ async def serve(host: str, port: int, model: str = MODEL) -> None:
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ]
     )
-    server.add_generic_rpc_handlers((_handler(model),))
+    server.add_generic_rpc_handlers((_handler(model, width),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"bare_server: cannot bind {host}:{port}")
@@ -121,13 +122,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--width", type=int, default=WIDTH, help="FP32 values in OUTPUT0")
     args = parser.parse_args(argv)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(serve(args.host, args.port, args.model))
+        asyncio.run(serve(args.host, args.port, args.model, args.width))
     else:
-        uvloop.run(serve(args.host, args.port, args.model))
+        uvloop.run(serve(args.host, args.port, args.model, args.width))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""In-process baseline: the TorchScript mlp model called directly, one torch thread, no serving.
+"""In-process baseline: a TorchScript model called directly, one torch thread, no serving.
 
-Loads ``<repo>/mlp/<highest version>/model.pt`` (or ``--model-file``), then for batch sizes
-1, 2, 4, 8, 16, 32, 64 times ``model(x)`` under ``torch.inference_mode()`` with FP32 [batch, 256]
-fixed-seed inputs and reports rows/s and µs per row. This is what the model alone costs; the serving
-stack's throughput is judged against it (and against the bare gRPC server).
+Loads ``<repo>/<model>/<highest version>/model.pt`` (or ``--model-file``), then for each batch
+size (default 1, 2, 4, 8, 16, 32, 64) times ``model(x)`` under ``torch.inference_mode()`` with
+FP32 [batch, width] fixed-seed inputs (width from the model's config.pbtxt, else 256), one call
+at a time, and reports the median µs per call (the mean beside it), rows/s and µs per row. This
+is what the model alone costs; the serving stack's throughput is judged against it (and against
+the bare gRPC server), and the worker's compute time per batch size is compared with it at the
+same batch sizes.
 
     python -m bench.inprocess (--model-repository DIR | --model-file F | --reference)
-        [--seconds 0.5] [--json]
+        [--model mlp] [--width N] [--batch-sizes 1,2,4] [--seconds 0.5] [--json]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +37,16 @@ def find_model_file(repo: Path, model: str = "mlp") -> Path:
     raise FileNotFoundError(f"no {model}/<version>/model.pt under {repo}")
 
 
+def config_width(model_file: Path, default: int = WIDTH) -> int:
+    """Values per row of the first input, from ``<model>/config.pbtxt`` beside the version dir."""
+    try:
+        text = (model_file.parent.parent / "config.pbtxt").read_text()
+    except OSError:
+        return default
+    m = re.search(r"input\s*\[.*?dims:\s*\[\s*(\d+)\s*\]", text, re.S)
+    return int(m.group(1)) if m else default
+
+
 def reference_model():
     """The mlp architecture built in memory (Linear-ReLU-Linear, 256 wide, seed 0), scripted.
 
@@ -47,10 +61,17 @@ def reference_model():
     return torch.jit.script(net.eval())
 
 
-def measure(model_file: Path | None, seconds: float = 0.5, batch_sizes=BATCH_SIZES) -> dict:
+def measure(
+    model_file: Path | None,
+    seconds: float = 0.5,
+    batch_sizes=BATCH_SIZES,
+    width: int | None = None,
+) -> dict:
     """Time the model at each batch size; ``model_file=None`` times :func:`reference_model`."""
     import torch
 
+    if width is None:
+        width = WIDTH if model_file is None else config_width(model_file)
     torch.set_num_threads(1)
     if model_file is None:
         model = reference_model()
@@ -61,45 +82,53 @@ def measure(model_file: Path | None, seconds: float = 0.5, batch_sizes=BATCH_SIZ
     rows = []
     with torch.inference_mode():
         for bs in batch_sizes:
-            x = torch.randn(bs, WIDTH, generator=gen, dtype=torch.float32)
-            for _ in range(20):  # warm-up (TorchScript profiling runs, caches)
-                model(x)
-            # Calibrate a call count that takes about `seconds`, then time it.
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds / 5:
-                model(x)
-                n += 1
-            calls = max(10, int(n * 5))
+            x = torch.randn(bs, width, generator=gen, dtype=torch.float32)
+            # Warm-up (TorchScript profiling runs, caches): 20 calls or about `seconds` / 5.
             t0 = time.perf_counter()
-            for _ in range(calls):
+            for i in range(20):
                 model(x)
-            elapsed = time.perf_counter() - t0
+                if i >= 2 and time.perf_counter() - t0 > seconds / 5:
+                    break
+            # Time single calls for about `seconds` (at least 5): the median resists the
+            # preemptions a shared machine adds; the mean is kept beside it.
+            times: list[float] = []
+            perf = time.perf_counter
+            t_end = perf() + seconds
+            while len(times) < 5 or perf() < t_end:
+                t0 = perf()
+                model(x)
+                times.append(perf() - t0)
+            times.sort()
+            median = times[len(times) // 2]
+            mean = sum(times) / len(times)
             rows.append(
                 {
                     "batch_size": bs,
-                    "calls": calls,
-                    "us_per_call": elapsed / calls * 1e6,
-                    "us_per_row": elapsed / (calls * bs) * 1e6,
-                    "rows_per_s": calls * bs / elapsed,
+                    "calls": len(times),
+                    "us_per_call": median * 1e6,
+                    "us_per_call_mean": mean * 1e6,
+                    "us_per_row": median / bs * 1e6,
+                    "rows_per_s": bs / median,
                 }
             )
     return {
         "model_file": str(model_file) if model_file else "reference (built in memory)",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "width": width,
         "batches": rows,
     }
 
 
 def to_markdown(res: dict) -> str:
     lines = [
-        "| batch | rows/s | µs/row | µs/call |",
-        "|---:|---:|---:|---:|",
+        "| batch | rows/s | µs/row | µs/call (median) | µs/call (mean) |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for r in res["batches"]:
         lines.append(
             f"| {r['batch_size']} | {r['rows_per_s']:,.0f} | {r['us_per_row']:.1f} "
-            f"| {r['us_per_call']:.1f} |"
+            f"| {r['us_per_call']:.1f} | {r.get('us_per_call_mean', r['us_per_call']):.1f} |"
         )
     return "\n".join(lines)
 
@@ -113,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         "--reference", action="store_true", help="time the mlp architecture built in memory"
     )
     parser.add_argument("--model", default="mlp")
+    parser.add_argument("--width", type=int, default=None, help="values per row (default: config)")
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per batch size")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
@@ -121,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         model_file = None
     else:
         model_file = args.model_file or find_model_file(args.model_repository, args.model)
-    res = measure(model_file, args.seconds)
+    sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
+    res = measure(model_file, args.seconds, sizes, args.width)
     if args.json:
         json.dump(res, sys.stdout, indent=2)
         print()

@@ -1,10 +1,11 @@
-"""Closed-loop gRPC load generator for the mlp model, spread over several client processes.
+"""Closed-loop gRPC load generator for an MLP-shaped model, spread over several client processes.
 
 Each of ``processes`` child processes runs ``concurrency / processes`` coroutines; every coroutine
-owns its own ``tritonclient.grpc.aio`` client and sends one ModelInfer (INPUT0, FP32 [1, 256],
-fixed-seed random data) after another. All children share one measurement window on the system-wide
-monotonic clock: a warm-up first, then ``duration`` seconds in which every completed request's
-latency and every error is recorded. Throughput counts requests that completed inside the window.
+owns its own ``tritonclient.grpc.aio`` client and sends one ModelInfer (INPUT0, FP32 [1, width],
+width 256 unless told, fixed-seed random data; optional gRPC metadata) after another. All
+children share one measurement window on the system-wide monotonic clock: a warm-up first, then
+``duration`` seconds in which every completed request's latency and every error is recorded.
+Throughput counts requests that completed inside the window.
 
 Library::
 
@@ -12,7 +13,8 @@ Library::
 
 CLI (prints JSON)::
 
-    python -m bench.loadgen --url 127.0.0.1:8001 --model mlp --concurrency 64 --duration 10
+    python -m bench.loadgen --url 127.0.0.1:8001 --model mlp --concurrency 64 --duration 10 \
+        [--width 256]
 """
 
 from __future__ import annotations
@@ -66,9 +68,9 @@ def _split(concurrency: int, processes: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(processes)]
 
 
-def _make_inputs(grpcclient, seed: int):
-    data = np.random.default_rng(seed).standard_normal((1, WIDTH)).astype(np.float32)
-    inp = grpcclient.InferInput("INPUT0", [1, WIDTH], "FP32")
+def _make_inputs(grpcclient, seed: int, width: int = WIDTH):
+    data = np.random.default_rng(seed).standard_normal((1, width)).astype(np.float32)
+    inp = grpcclient.InferInput("INPUT0", [1, width], "FP32")
     inp.set_data_from_numpy(data)
     return [inp]
 
@@ -83,18 +85,22 @@ async def _child_main(
     start_at,
     warmup: float,
     duration: float,
+    width: int = WIDTH,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     import tritonclient.grpc.aio as aioclient
 
     clients = [aioclient.InferenceServerClient(url) for _ in range(n_coroutines)]
-    inputs = [_make_inputs(aioclient, seed * 1000 + i) for i in range(n_coroutines)]
+    inputs = [_make_inputs(aioclient, seed * 1000 + i, width) for i in range(n_coroutines)]
     setup_errors = 0
     samples: list[str] = []
 
     async def first(i: int) -> None:
         nonlocal setup_errors
         try:
-            await clients[i].infer(model, inputs[i], client_timeout=REQUEST_TIMEOUT_S)
+            await clients[i].infer(
+                model, inputs[i], client_timeout=REQUEST_TIMEOUT_S, headers=headers
+            )
         except Exception as exc:
             setup_errors += 1
             if len(samples) < 5:
@@ -121,7 +127,7 @@ async def _child_main(
         while True:
             t0 = perf()
             try:
-                await client.infer(model, inp, client_timeout=REQUEST_TIMEOUT_S)
+                await client.infer(model, inp, client_timeout=REQUEST_TIMEOUT_S, headers=headers)
                 ok = True
             except Exception as exc:
                 ok = False
@@ -157,7 +163,18 @@ async def _child_main(
 
 
 def _child(
-    url, model, n_coroutines, seed, ready_q, start_evt, start_at, warmup, duration, result_q
+    url,
+    model,
+    n_coroutines,
+    seed,
+    ready_q,
+    start_evt,
+    start_at,
+    warmup,
+    duration,
+    result_q,
+    width=WIDTH,
+    headers=None,
 ) -> None:
     try:
         try:
@@ -168,7 +185,17 @@ def _child(
             runner = asyncio.run
         res = runner(
             _child_main(
-                url, model, n_coroutines, seed, ready_q, start_evt, start_at, warmup, duration
+                url,
+                model,
+                n_coroutines,
+                seed,
+                ready_q,
+                start_evt,
+                start_at,
+                warmup,
+                duration,
+                width,
+                headers,
             )
         )
         result_q.put(("ok", res))
@@ -186,6 +213,8 @@ def run_load(
     processes: int = 2,
     on_window_start: Callable[[list[int]], None] | None = None,
     on_window_end: Callable[[list[int]], None] | None = None,
+    width: int = WIDTH,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """Run one closed-loop measurement.
 
@@ -200,7 +229,20 @@ def run_load(
     procs = [
         ctx.Process(
             target=_child,
-            args=(url, model, n, i + 1, ready_q, start_evt, start_at, warmup, duration, result_q),
+            args=(
+                url,
+                model,
+                n,
+                i + 1,
+                ready_q,
+                start_evt,
+                start_at,
+                warmup,
+                duration,
+                result_q,
+                width,
+                headers,
+            ),
             daemon=True,
         )
         for i, n in enumerate(shares)
@@ -279,9 +321,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument("--width", type=int, default=WIDTH, help="FP32 values in INPUT0")
     args = parser.parse_args(argv)
     res = run_load(
-        args.url, args.model, args.concurrency, args.duration, args.warmup, args.processes
+        args.url,
+        args.model,
+        args.concurrency,
+        args.duration,
+        args.warmup,
+        args.processes,
+        width=args.width,
     )
     json.dump(res.to_dict(), sys.stdout, indent=2)
     print()
