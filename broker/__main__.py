@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from fabric.cli import Flags, add_fabric_flags, add_metrics_flags, setup_logging, stop_signals
+from fabric.cli import (
+    Flags,
+    add_fabric_flags,
+    add_metrics_flags,
+    setup_logging,
+    stop_signals,
+    tune_gc,
+)
 
 from .config import BrokerConfig
 from .server import BrokerServer
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     server.bind()
     if config.metrics_port:
         server.metrics.serve(config.metrics_host, config.metrics_port)
+    tune_gc()
     with stop_signals("broker", server.request_stop):
         server.serve()
     return 0

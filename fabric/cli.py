@@ -4,6 +4,7 @@ signal policy (the first SIGINT/SIGTERM asks for an orderly stop, a second one e
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -54,6 +55,19 @@ def add_curve_client_flags(flags: Flags, defaults: Any) -> None:
               "broker's CURVE public .key file; turns CURVE on")  # fmt: skip
     flags.add("--curve-client-cert", "FABRIC_CURVE_CLIENT_CERT", defaults.curve_client_cert,
               "this process's CURVE .key_secret file (for a broker that allow-lists)")  # fmt: skip
+
+
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Call once start-up is done. Everything alive then (modules, descriptors, models) moves
+    to the permanent generation, and young collections run less often: full collections no
+    longer walk the whole heap, which showed up as tens of ms in p99 latency."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def setup_logging(level: str, component: str) -> None:

@@ -13,6 +13,7 @@ from fabric.cli import (
     add_fabric_flags,
     add_metrics_flags,
     setup_logging,
+    tune_gc,
 )
 
 from .config import FrontendConfig
@@ -74,7 +75,9 @@ async def _serve(config: FrontendConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await server.run()
+        await server.start()
+        tune_gc()
+        await server.run_until_stopped()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

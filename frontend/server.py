@@ -174,6 +174,9 @@ class FrontendServer:
 
     async def run(self) -> None:
         await self.start()
+        await self.run_until_stopped()
+
+    async def run_until_stopped(self) -> None:
         await self._stop.wait()
         await self.stop()
 

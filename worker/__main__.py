@@ -11,6 +11,7 @@ from fabric.cli import (
     add_metrics_flags,
     setup_logging,
     stop_signals,
+    tune_gc,
 )
 
 from .config import WorkerConfig
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from .metrics import serve_metrics
 
         serve_metrics(server.models, config.metrics_host, config.metrics_port)
+    tune_gc()
     with stop_signals("worker", server.request_stop):
         server.serve()
     return 0
