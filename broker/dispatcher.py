@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fabric import errors
 from fabric.protocol import (
+    CONTROL_OPS,
     FLAG_NON_IDEMPOTENT,
     PROTOCOL_TAG,
     TYPE_FRAME,
@@ -26,6 +27,7 @@ from fabric.protocol import (
     PeerId,
     ReplyHeader,
     RequestHeader,
+    decode_header,
     encode_header,
 )
 
@@ -177,6 +179,17 @@ class Dispatcher:
         """Fan a repository/statistics operation out to every live worker."""
         self.frontends[frontend] = self._clock()
         rkey = (frontend, header.request_id)
+        if header.op not in CONTROL_OPS:
+            self._control_done(
+                rkey,
+                PendingControl(
+                    set(),
+                    0.0,
+                    status=errors.INVALID_ARGUMENT,
+                    messages=[f"unknown operation '{header.op}'"],
+                ),
+            )
+            return
         workers = set(self.registry.workers)
         if header.op == "statistics" and header.model:
             workers = {
@@ -373,6 +386,25 @@ class Dispatcher:
         for w in list(self.registry.workers):
             self._dispatch_for(w)
 
+    def undeliverable(self, worker: PeerId, messages: list[list[Frame]]) -> None:
+        """Requests that could not be handed to ``worker`` (its queue is full, or it is gone):
+        their leases and credit are released, and they are requeued or failed."""
+        for frames in messages:
+            if bytes(frames[1]) != _REQUEST:
+                continue
+            header = decode_header(MsgType.REQUEST, frames[2])
+            frontend = bytes(frames[3])
+            rkey = (frontend, header.request_id)  # type: ignore[attr-defined]
+            item = self.leases.get(rkey)
+            if item is not None and item.worker == worker and self._lease_lost(rkey, item):
+                self.queues.push(item, front=True)
+
+    def fail_queued(self, code: str, message: str) -> None:
+        """Answer every queued request (the broker is stopping)."""
+        for key in self.queues.waiting_keys():
+            for item in self.queues.drain(key):
+                self._fail(item.frontend, item.request_id, code, message)
+
     def _fail_unservable(self) -> None:
         """Queued requests no remaining worker can serve fail now instead of at deadline."""
         for key in self.queues.waiting_keys():
@@ -393,7 +425,13 @@ class Dispatcher:
             self._release(item.worker, item)
         item.worker = None
         may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT
-        if item.attempts < 2 and not may_have_run and self.registry.servers(item.key):
+        is_hedge = item.avoid is not None  # its first copy still runs: never requeue a hedge
+        if (
+            item.attempts < 2
+            and not may_have_run
+            and not is_hedge
+            and self.registry.servers(item.key)
+        ):
             self.counters.requeued += 1
             return not self._send(item)
         self.counters.failed_worker_lost += 1

@@ -113,6 +113,8 @@ class BrokerServer:
                         )
                         drain_until = now + self.config.drain_grace_s
                     if not self.dispatcher.leases or now >= drain_until:
+                        self.dispatcher.fail_queued(errors.UNAVAILABLE, "broker is shutting down")
+                        self._flush()
                         break
                 if now >= next_tick:
                     self.dispatcher.tick()
@@ -224,10 +226,13 @@ class BrokerServer:
     # ---- send ------------------------------------------------------------------------
     def _flush(self) -> None:
         d = self.dispatcher
-        if d.to_workers:
-            self._send_all(self.workers, d.to_workers, "worker")
-        if d.to_frontends:
-            self._send_all(self.frontends, d.to_frontends, "frontend")
+        for _ in range(4):  # an undeliverable request may be requeued and sent elsewhere
+            if d.to_workers:
+                self._send_all(self.workers, d.to_workers, "worker")
+            if d.to_frontends:
+                self._send_all(self.frontends, d.to_frontends, "frontend")
+            if not d.to_workers and not d.to_frontends:
+                return
 
     def _send_all(self, sock: zmq.Socket[bytes], outbox: Outbox, side: str) -> None:
         by_peer: dict[PeerId, list[list[Frame]]] = {}
@@ -238,26 +243,31 @@ class BrokerServer:
             frames = coalesce(messages)
             try:
                 sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=should_copy(frames))
+                continue
             except zmq.Again:
-                self.dispatcher.counters.dropped_replies += len(messages)
-                logger.warning(
-                    "%s %s is not reading (queue full); message dropped", side, peer.hex()
-                )
+                logger.warning("%s %s is not reading (queue full)", side, peer.hex())
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
+                logger.debug("%s %s is gone", side, peer.hex())
+            if side == "worker":  # requests it never got go back to the queue or fail
+                self.dispatcher.undeliverable(peer, messages)
+            else:
                 self.dispatcher.counters.dropped_replies += len(messages)
-                logger.debug("%s %s is gone; message dropped", side, peer.hex())
 
 
 T = TypeVar("T")
 
 
 def _each_in_batch(peer: PeerId, body: Frame, handle: Callable[[list[Frame]], None]) -> None:
+    """Handle each message of a BATCH; a bad one is logged and dropped, the others go on."""
     for sub in unpack_batch(body):
-        if sub[0] == _BATCH:
-            raise MalformedMessage("nested BATCH")
-        handle([peer, PROTOCOL_TAG, *sub])
+        try:
+            if sub[0] == _BATCH:
+                raise MalformedMessage("nested BATCH")
+            handle([peer, PROTOCOL_TAG, *sub])
+        except MalformedMessage as exc:
+            logger.warning("dropped malformed message in a BATCH from %s: %s", peer.hex(), exc)
 
 
 def _typed(value: object, kind: type[T]) -> T:

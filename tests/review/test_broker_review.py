@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import zmq
 
 from broker.config import BrokerConfig
@@ -56,11 +55,6 @@ def sent_to(d: Dispatcher) -> list[tuple[bytes, int]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a hedge requeued after its worker died sits at the queue front avoiding the "
-    "only other worker, and blocks every request behind it while that worker is idle",
-)
 def test_requeued_hedge_does_not_block_the_queue() -> None:
     d = make_dispatcher()
     d.on_ready(W1, [ModelAnnouncement("m", "1", b"cfg", 1)])
@@ -81,11 +75,6 @@ def test_requeued_hedge_does_not_block_the_queue() -> None:
     assert lease is not None and lease.worker == other, f"queued: {d.queues.depths()}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a REQUEST the broker cannot hand to a worker's socket (EAGAIN/EHOSTUNREACH) "
-    "keeps its lease and the worker's credit; no reply ever comes for it",
-)
 def test_request_dropped_on_send_releases_lease_and_credit() -> None:
     config = BrokerConfig(frontend_bind="tcp://127.0.0.1:0", worker_bind="tcp://127.0.0.1:0")
     server = BrokerServer(config)
@@ -119,11 +108,6 @@ def test_request_dropped_on_send_releases_lease_and_credit() -> None:
         server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unknown CONTROL op is fanned out to every worker, which drops it, so the "
-    "frontend waits control_timeout_s (120 s) instead of getting INVALID_ARGUMENT at once",
-)
 def test_unknown_control_op_is_refused_at_once() -> None:
     from fabric.protocol import ControlHeader
 
