@@ -250,7 +250,7 @@ class Dispatcher:
         if header.generation != self.registry.generation:
             self._send_catalog(frontend)
         else:
-            hb = encode_header(HeartbeatHeader(self.registry.generation))
+            hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
             self.to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
 
     def on_frontend_disconnect(self, frontend: PeerId) -> None:
@@ -321,7 +321,7 @@ class Dispatcher:
                 "deadline passed while queued in the broker",
             )
         self._expire_controls()
-        hb = encode_header(HeartbeatHeader(self.registry.generation))
+        hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, [PROTOCOL_TAG, _HEARTBEAT, hb]))
 

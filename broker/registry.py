@@ -45,6 +45,7 @@ class Registry:
         self.workers: dict[PeerId, WorkerState] = {}
         self._configs: dict[ModelKey, bytes] = {}  # every version ever announced
         self.generation = random.randrange(1, 2**31)
+        self.incarnation = random.randrange(1, 2**62)
 
     # ---- membership -------------------------------------------------------------
     def announce(self, identity: PeerId, models: Iterable[ModelAnnouncement]) -> WorkerState:
@@ -125,4 +126,4 @@ class Registry:
             CatalogEntry(name, version, self._configs[(name, version)], n)
             for (name, version), n in sorted(counts.items())
         ]
-        return CatalogHeader(self.generation, len(self.workers), entries)
+        return CatalogHeader(self.generation, len(self.workers), entries, self.incarnation)

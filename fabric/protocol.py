@@ -131,10 +131,12 @@ class CatalogHeader(msgspec.Struct, array_like=True, gc=False):
     generation: int
     workers: int  # live workers connected to this broker
     models: list[CatalogEntry]
+    incarnation: int = 0  # random per broker process: a change means it restarted
 
 
 class HeartbeatHeader(msgspec.Struct, array_like=True, gc=False):
     generation: int = 0  # F→B: catalog generation the frontend holds; B→F: current one
+    incarnation: int = 0  # B→F: random per broker process (a change means its state is gone)
 
 
 class ControlHeader(msgspec.Struct, array_like=True, gc=False):

@@ -22,6 +22,7 @@ import zmq
 from fabric import errors
 from fabric.errors import RequestError
 from fabric.protocol import (
+    FLAG_NON_IDEMPOTENT,
     FRAME_TYPE,
     PROTOCOL_TAG,
     TYPE_FRAME,
@@ -75,7 +76,8 @@ class BrokerLink:
     socket: zmq.Socket[bytes]
     last_seen: float = float("-inf")
     catalog: CatalogHeader | None = None
-    waiting: set[int] = field(default_factory=set)
+    waiting: dict[int, int] = field(default_factory=dict)  # request id -> its flags
+    incarnation: int = 0  # of the broker process last heard; a change means it restarted
     # Messages sent this event-loop turn, flushed as one BATCH: (frames, request id or 0).
     outbox: list[tuple[list[Frame], int]] = field(default_factory=list)
 
@@ -173,7 +175,7 @@ class FabricClient:
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)
-        link.waiting.add(request_id)
+        link.waiting[request_id] = flags
         self._enqueue(link, [PROTOCOL_TAG, _REQUEST, header, payload], request_id)
         return request_id, fut, link
 
@@ -217,7 +219,7 @@ class FabricClient:
         if entry is None:
             return
         fut, link = entry
-        link.waiting.discard(request_id)
+        link.waiting.pop(request_id, None)
         if not fut.done():
             fut.cancel()
         self._enqueue(link, [PROTOCOL_TAG, _CANCEL, encode_header(CancelHeader(request_id))])
@@ -260,7 +262,7 @@ class FabricClient:
         if entry is None:
             return
         fut, link = entry
-        link.waiting.discard(request_id)
+        link.waiting.pop(request_id, None)
         if not fut.done():
             fut.set_result(reply)
 
@@ -352,7 +354,7 @@ class FabricClient:
             if entry is None:
                 return  # cancelled or timed out already
             fut, owner = entry
-            owner.waiting.discard(header.request_id)
+            owner.waiting.pop(header.request_id, None)
             if not fut.done():
                 payload = frames[3] if len(frames) > 3 else None
                 fut.set_result(Reply(header.status, header.message, payload))
@@ -365,10 +367,13 @@ class FabricClient:
         elif msg_type is MsgType.CATALOG:
             catalog = decode_header(MsgType.CATALOG, frames[2])
             assert isinstance(catalog, CatalogHeader)
+            self._check_incarnation(link, catalog.incarnation)
             link.catalog = catalog
             self.catalog_version += 1
         elif msg_type is MsgType.HEARTBEAT:
-            pass
+            heartbeat = decode_header(MsgType.HEARTBEAT, frames[2])
+            assert isinstance(heartbeat, HeartbeatHeader)
+            self._check_incarnation(link, heartbeat.incarnation)
         else:
             raise MalformedMessage(f"unexpected message type {frames[1]!r}")
 
@@ -395,15 +400,26 @@ class FabricClient:
                 self._after_send(link)
             await asyncio.sleep(self._interval_s)
 
-    def _broker_lost(self, link: BrokerLink) -> None:
+    def _check_incarnation(self, link: BrokerLink, incarnation: int) -> None:
+        if link.incarnation and incarnation and incarnation != link.incarnation:
+            # A new broker process on the same endpoint: what the old one held is gone.
+            self._broker_lost(link, "restarted")
+        link.incarnation = incarnation
+
+    def _broker_lost(self, link: BrokerLink, why: str = "went silent") -> None:
         logger.warning(
-            "broker %s went silent; failing %d waiting requests", link.endpoint, len(link.waiting)
+            "broker %s %s; failing %d waiting requests", link.endpoint, why, len(link.waiting)
         )
         link.catalog = None
-        for request_id in list(link.waiting):
+        for request_id, flags in list(link.waiting.items()):
             entry = self._futures.pop(request_id, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_result(
-                    Reply(errors.UNAVAILABLE, f"broker {link.endpoint} was lost", None)
+            if entry is None or entry[0].done():
+                continue
+            if flags & FLAG_NON_IDEMPOTENT:  # it may have run: must not be retried
+                reply = Reply(
+                    errors.ABORTED, f"broker {link.endpoint} {why}; the request may have run", None
                 )
+            else:
+                reply = Reply(errors.UNAVAILABLE, f"broker {link.endpoint} {why}", None)
+            entry[0].set_result(reply)
         link.waiting.clear()

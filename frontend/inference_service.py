@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fabric import errors
 from fabric.errors import RequestError
@@ -38,6 +39,8 @@ def _version_key(v: str) -> tuple[int, int | str]:
     return (0, int(v)) if v.isdigit() else (1, v)
 
 
+UNKNOWN_MODEL_LABEL = "<unknown>"
+_NO_TRACKER = LatencyTracker(window=1)  # shared by requests for models nobody announced
 _DEADLINE_REPLY = Reply(errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None)
 
 
@@ -96,7 +99,10 @@ class InferenceService:
         else:
             ready = [v for v, (_, n) in versions.items() if n > 0] or list(versions)
             entry = versions[max(ready, key=_version_key)][0]
-        return mc.ModelConfig.FromString(entry.config)
+        try:
+            return mc.ModelConfig.FromString(entry.config)
+        except DecodeError as exc:
+            raise RequestError(errors.INTERNAL, f"model '{name}': bad config announced") from exc
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
@@ -171,10 +177,13 @@ class InferenceService:
             for (name, version), (entry, _) in self.client.models().items():
                 if name not in latest or _version_key(version) > _version_key(latest[name][0]):
                     latest[name] = (version, entry.config)
-            self._policies = {
-                name: policy_from_config(mc.ModelConfig.FromString(config))
-                for name, (_, config) in latest.items()
-            }
+            self._policies = {}
+            for name, (_, config) in latest.items():
+                try:
+                    self._policies[name] = policy_from_config(mc.ModelConfig.FromString(config))
+                except DecodeError:  # a bad announcement must not break the other models
+                    logger.warning("model %s: undecodable config announced; default policy", name)
+                    self._policies[name] = DEFAULT_POLICY
             self._policies_version = self.client.catalog_version
         return self._policies.get(model, DEFAULT_POLICY)
 
@@ -199,21 +208,30 @@ class InferenceService:
         self.in_flight += 1
         start = time.monotonic()
         status = errors.CANCELLED
+        # Per-model state only for models some broker announced: client-chosen names must
+        # not grow memory or metric labels.
+        known = route.model in self._policies
         try:
-            reply = await self._attempts(route, payload, policy, timeout_s)
+            reply = await self._attempts(route, payload, policy, timeout_s, known)
             status = reply.status
             return reply
         finally:
             self.in_flight -= 1
-            self.metrics.observe(route.model, status, time.monotonic() - start)
+            label = route.model if known else UNKNOWN_MODEL_LABEL
+            self.metrics.observe(label, status, time.monotonic() - start)
 
     async def _attempts(
-        self, route: RequestRoute, payload: bytes, policy: ModelPolicy, timeout_s: float
+        self,
+        route: RequestRoute,
+        payload: bytes,
+        policy: ModelPolicy,
+        timeout_s: float,
+        known: bool,
     ) -> Reply:
         start = time.monotonic()
         give_up = start + timeout_s
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
-        tracker = self._latency.get(route.model)
+        tracker = self._latency.get(route.model) if known else _NO_TRACKER
         if tracker is None:
             tracker = self._latency[route.model] = LatencyTracker()
         self.retry_budget.on_request()
