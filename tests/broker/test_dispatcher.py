@@ -543,7 +543,7 @@ def test_any_traffic_keeps_a_worker_alive(h: Harness) -> None:
     assert len(beats) == 10
     assert all(w == W1 for w, _ in beats)
     assert decode_header(MsgType.HEARTBEAT, beats[-1][1][2]) == HeartbeatHeader(
-        h.d.registry.generation
+        h.d.registry.generation, h.d.registry.incarnation
     )
 
 
@@ -790,9 +790,11 @@ def test_frontend_with_a_stale_generation_gets_the_catalog(h: Harness) -> None:
 
 def test_frontend_with_the_current_generation_gets_a_heartbeat(h: Harness) -> None:
     h.announce(W1, ("m", "1", 4))
-    h.d.on_frontend_heartbeat(FE, HeartbeatHeader(h.d.registry.generation))
+    h.d.on_frontend_heartbeat(
+        FE, HeartbeatHeader(h.d.registry.generation, h.d.registry.incarnation)
+    )
     assert h.frontend_messages() == [
-        (FE, MsgType.HEARTBEAT, HeartbeatHeader(h.d.registry.generation))
+        (FE, MsgType.HEARTBEAT, HeartbeatHeader(h.d.registry.generation, h.d.registry.incarnation))
     ]
 
 

@@ -183,7 +183,7 @@ def test_bytes_framing() -> None:
 @pytest.mark.parametrize(
     ("data", "count", "message"),
     [
-        (b"\x01\x00", 1, "BYTES data ends after 0 of 1 elements"),
+        (b"\x01\x00", 1, "shape needs 1 BYTES elements, data holds 2 bytes"),
         (b"\x05\x00\x00\x00abc", 1, "BYTES element 0 needs 5 bytes, 3 remain"),
         (b"\x01\x00\x00\x00a\x01\x00\x00\x00", 2, "BYTES element 1 needs 1 bytes, 0 remain"),
         (b"\x01\x00\x00\x00ab", 1, "1 bytes left after 1 BYTES elements"),
