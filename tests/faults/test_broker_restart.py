@@ -20,6 +20,8 @@ from tests.faults.harness import (
 
 CALL_TIMEOUT_S = 2.0
 SHORT_TIMEOUT_S = 0.3
+LATE_S = 1.0
+"""A call may end this much after its deadline (a busy client) before it counts as a hang."""
 DOWN_S = 1.0
 RECOVERY_S = 5.0
 """Calls succeed again within this long after the new broker started."""
@@ -81,8 +83,8 @@ def test_broker_sigkill_and_restart_under_load(
     )
 
     assert rec.lost == 0, f"{rec.lost} calls hung past deadline + grace"
-    slow = [c for c in patient_calls if c.latency_s > CALL_TIMEOUT_S + 0.5] + [
-        c for c in impatient_calls if c.latency_s > SHORT_TIMEOUT_S + 0.5
+    slow = [c for c in patient_calls if c.latency_s > CALL_TIMEOUT_S + LATE_S] + [
+        c for c in impatient_calls if c.latency_s > SHORT_TIMEOUT_S + LATE_S
     ]
     assert not slow, f"{len(slow)} calls ended long after their deadline"
     assert recovered_s < RECOVERY_S, f"service came back only {recovered_s:.1f}s after restart"

@@ -37,8 +37,9 @@ from tests.integration.stack import wait_for
 MODEL_MS = 200
 SHORT_DEADLINE_S = 0.05
 CALLS = 60
-LATE_TOLERANCE_NS = 30_000_000
-"""An execution may start this much after its deadline (the deadline is checked just before)."""
+LATE_TOLERANCE_NS = 75_000_000
+"""An execution may start this much after its deadline (checked just before, on a busy machine);
+one that waited for another request's 200 ms to pass is at least 150 ms late."""
 PROBE_TAG = 1_000_000
 
 
@@ -117,8 +118,8 @@ def test_deadline_shorter_than_model_never_runs(shared_stack: FaultStack, chaos:
     assert len(logged) == ran, f"statistics say {ran} executions, the model logged {logged}"
     late = late_starts(model_dir, short, SHORT_DEADLINE_S, wall_minus_mono_ns)
 
-    # 300 ms deadlines: the second request starts in time, those after it cannot.
-    medium_s = 1.5 * MODEL_MS / 1000
+    # 250 ms deadlines: the second request starts in time, those after it cannot.
+    medium_s = 1.25 * MODEL_MS / 1000
     medium = asyncio.run(wave(shared_stack.frontend.url, model, 1001, medium_s))
     probe(client, model)
     executions2, _ = execution_counts(client, model)
@@ -135,7 +136,7 @@ def test_deadline_shorter_than_model_never_runs(shared_stack: FaultStack, chaos:
 
 
 CANCELLED_CALLS = 100
-LONG_MS = 2000
+LONG_MS = 3000
 BATCH_CALLS = 16
 BATCH_MS = 100
 

