@@ -25,7 +25,7 @@ from protos import grpc_service_pb2 as pb
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .repository import ModelSource, scan_model
-from .runtime import CancelBoard, ModelInstance, SendAck, SendReply
+from .runtime import CancelBoard, Inbound, ModelInstance, SendAck, SendReply
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class ServedVersion:
     pending: int = 0  # requests handed to the instances and not yet answered
     max_queued: int = 0  # dynamic_batching.default_queue_policy.max_queue_size; 0 = unbounded
     lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False  # its instances are stopping: whatever still reaches the inbox is refused
+    reply: SendReply | None = None
 
     def enter(self) -> None:
         with self.lock:
@@ -52,6 +54,25 @@ class ServedVersion:
     def leave(self) -> None:
         with self.lock:
             self.pending -= 1
+
+
+def refuse_leftovers(served: ServedVersion) -> None:
+    """Answer requests still in the inbox of a version whose instances have stopped (they
+    arrived while it was being unloaded, or the drain timed out). Safe from any thread: each
+    item is taken once."""
+    while True:
+        try:
+            item = served.inbox.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, Inbound) and served.reply is not None:
+            served.reply(
+                item.frontend,
+                item.header.request_id,
+                errors.UNAVAILABLE,
+                f"model '{item.header.model}' version was unloaded before the request ran",
+                None,
+            )
 
 
 def _version_key(v: str) -> int:
@@ -216,7 +237,7 @@ class ModelTable:
         )
         if spec.dynamic_batching is not None:
             served.max_queued = spec.dynamic_batching.max_queue_size
-        reply = self._reply_for(served)
+        reply = served.reply = self._reply_for(served)
         served.instances = [
             ModelInstance(
                 m,
@@ -257,10 +278,14 @@ class ModelTable:
         give_up = time.monotonic() + self._drain_timeout_s
         while drain and served.pending > 0 and time.monotonic() < give_up:
             time.sleep(0.01)
+        served.closed = True
         for inst in served.instances:
             inst.stop()
         for inst in served.instances:
             inst.join(5.0)
+        refuse_leftovers(served)
+        if self._flush is not None:
+            self._flush()
         for inst in served.instances:
             inst.model.close()
         logger.info("model %s version %s unloaded", *key)

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class Ready:
 
 
 _STOP = object()
+CANCEL_MEMORY_MAX = 65_536
 CANCEL_MEMORY_S = 120.0
 """How long a cancellation is remembered for a request this worker has not seen (yet)."""
 
@@ -67,22 +69,29 @@ class CancelBoard:
 
     The I/O thread adds keys; an instance takes a key when it meets the request (arriving or
     about to join a batch). Keys of requests that finished before their cancel arrived are
-    forgotten after ``CANCEL_MEMORY_S``. Set and dict operations are atomic under the GIL.
+    forgotten after ``CANCEL_MEMORY_S`` (oldest first, amortised O(1)), and the board never
+    holds more than ``CANCEL_MEMORY_MAX`` keys. Dict operations are atomic under the GIL.
     """
 
     def __init__(self) -> None:
-        self._keys: dict[tuple[PeerId, int], float] = {}
+        self._keys: OrderedDict[tuple[PeerId, int], float] = OrderedDict()
 
     def __bool__(self) -> bool:
         return bool(self._keys)
 
+    def __len__(self) -> int:
+        return len(self._keys)
+
     def add(self, key: tuple[PeerId, int]) -> None:
         now = time.monotonic()
         self._keys[key] = now
-        if len(self._keys) > 4096:
-            for k, t in list(self._keys.items()):
-                if now - t > CANCEL_MEMORY_S:
-                    self._keys.pop(k, None)
+        self._keys.move_to_end(key)
+        keys = self._keys
+        while keys:
+            oldest_key = next(iter(keys))
+            if now - keys[oldest_key] <= CANCEL_MEMORY_S and len(keys) <= CANCEL_MEMORY_MAX:
+                break
+            keys.pop(oldest_key, None)
 
     def take(self, key: tuple[PeerId, int]) -> bool:
         return self._keys.pop(key, None) is not None
@@ -145,6 +154,23 @@ class ModelInstance:
     # ---- loop -------------------------------------------------------------------------
     def _run(self) -> None:
         self._stopping = False
+        while not self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One turn of the compute loop; True when the instance is to stop. An unexpected
+        error fails the batch at hand, never the thread (and with it every later request)."""
+        batch: list[Waiting[Ready]] = []
+        try:
+            return self._turn(batch)
+        except Exception as exc:
+            logger.exception("%s: compute loop error", self.name)
+            for w in batch:
+                self._fail(w.item.inbound, errors.INTERNAL, f"worker error: {exc}")
+            self._flush()
+            return False
+
+    def _turn(self, current: list[Waiting[Ready]]) -> bool:
         while True:
             self._top_up()
             for w in self.batcher.expire():
@@ -153,11 +179,13 @@ class ModelInstance:
             batch = self._drop_cancelled(batch)
             self._flush()  # replies to requests refused while accepting
             if batch:
+                current[:] = batch
                 self._execute(batch)
+                current.clear()
                 self._flush()
                 continue
             if self._stopping:
-                return
+                return True
             try:
                 item = self.inbox.get(timeout=wait_s) if wait_s is not None else self.inbox.get()
             except queue.Empty:
@@ -294,6 +322,10 @@ class ModelInstance:
                 body = encode_response(ready.request, spec.name, self.model.version, outs)
             except RequestError as exc:
                 self._fail(ready.inbound, exc.code, exc.message)
+                continue
+            except Exception as exc:  # e.g. a response over protobuf's size limit
+                logger.exception("%s: cannot encode a response", self.name)
+                self._fail(ready.inbound, errors.INTERNAL, f"cannot encode the response: {exc}")
                 continue
             self._send_reply(
                 ready.inbound.frontend, ready.inbound.header.request_id, errors.OK, "", body

@@ -49,7 +49,7 @@ from fabric.protocol import (
 from fabric.sockets import make_socket, should_copy
 
 from .config import WorkerConfig
-from .models import ModelTable
+from .models import ModelTable, refuse_leftovers
 from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
@@ -205,6 +205,9 @@ class WorkerServer:
                 self._push([_ANNOUNCE])
         except RequestError as exc:
             status, message = exc.code, exc.message
+        except Exception as exc:  # the caller must hear back, whatever went wrong
+            logger.exception("control %s of %s failed", header.op, header.model)
+            status, message = errors.INTERNAL, f"{header.op} failed: {exc}"
         reply = ControlReplyHeader(header.request_id, status, message, bodies)
         self._push([_CONTROL_REPLY, msgspec.msgpack.encode(reply), frontend])
 
@@ -409,6 +412,9 @@ class WorkerServer:
             return
         served.enter()
         served.inbox.put(Inbound(header, frontend, payload, time.monotonic()))
+        if served.closed:  # unloaded meanwhile: its instances may be gone already
+            refuse_leftovers(served)
+            self._flush()
 
     def close(self) -> None:
         if self.state is State.STOPPED:
