@@ -614,7 +614,7 @@ def to_markdown(report: dict) -> str:
     lines = [
         "## One broker process in isolation (`python -m bench.broker_bench`)",
         "",
-        f"Run {meta['timestamp']} (UTC), git {meta['git']}, {meta['cpus']} CPUs, "
+        f"Run {meta['timestamp']} (UTC), {R.git_text(meta)}, {meta['cpus']} CPUs, "
         f"{meta['duration_s']:g} s measured after {meta['warmup_s']:g} s warm-up; "
         f"{meta['frontends']} fake frontend sockets x {meta['window']} requests in flight, "
         f"{meta['workers']} fake worker sockets x capacity {meta['capacity']}, in two "

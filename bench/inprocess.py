@@ -3,10 +3,10 @@
 Loads ``<repo>/<model>/<highest version>/model.pt`` (or ``--model-file``), then for each batch
 size (default 1, 2, 4, 8, 16, 32, 64) times ``model(x)`` under ``torch.inference_mode()`` with
 FP32 [batch, width] fixed-seed inputs (width from the model's config.pbtxt, else 256), one call
-at a time, and reports the median µs per call (the mean beside it), rows/s and µs per row. This
-is what the model alone costs; the serving stack's throughput is judged against it (and against
-the bare gRPC server), and the worker's compute time per batch size is compared with it at the
-same batch sizes.
+at a time, round-robin over the batch sizes, and reports the median µs per call (the mean beside
+it), rows/s and µs per row. This is what the model alone costs; the serving stack's throughput is
+judged against it (and against the bare gRPC server), and the worker's compute time per batch
+size is compared with it at the same batch sizes.
 
     python -m bench.inprocess (--model-repository DIR | --model-file F | --reference)
         [--model mlp] [--width N] [--batch-sizes 1,2,4] [--seconds 0.5] [--json]
@@ -72,6 +72,7 @@ def measure(
 
     if width is None:
         width = WIDTH if model_file is None else config_width(model_file)
+    sizes = list(dict.fromkeys(batch_sizes))
     torch.set_num_threads(1)
     if model_file is None:
         model = reference_model()
@@ -80,31 +81,34 @@ def measure(
     model.eval()
     gen = torch.Generator().manual_seed(0)
     rows = []
+    perf = time.perf_counter
     with torch.inference_mode():
-        for bs in batch_sizes:
-            x = torch.randn(bs, width, generator=gen, dtype=torch.float32)
+        inputs = {bs: torch.randn(bs, width, generator=gen, dtype=torch.float32) for bs in sizes}
+        for x in inputs.values():
             # Warm-up (TorchScript profiling runs, caches): 20 calls or about `seconds` / 5.
-            t0 = time.perf_counter()
+            t0 = perf()
             for i in range(20):
                 model(x)
-                if i >= 2 and time.perf_counter() - t0 > seconds / 5:
+                if i >= 2 and perf() - t0 > seconds / 5:
                     break
-            # Time single calls for about `seconds` (at least 5): the median resists the
-            # preemptions a shared machine adds; the mean is kept beside it.
-            times: list[float] = []
-            perf = time.perf_counter
-            t_end = perf() + seconds
-            while len(times) < 5 or perf() < t_end:
+        # Single calls, round-robin over the batch sizes until `seconds` per size are spent
+        # (at least 5 calls each), so a burst of load from elsewhere on a shared machine hits
+        # every size alike; the median resists such preemptions, the mean is kept beside it.
+        times: dict[int, list[float]] = {bs: [] for bs in sizes}
+        t_end = perf() + seconds * len(sizes)
+        while perf() < t_end or min(len(t) for t in times.values()) < 5:
+            for bs, x in inputs.items():
                 t0 = perf()
                 model(x)
-                times.append(perf() - t0)
-            times.sort()
-            median = times[len(times) // 2]
-            mean = sum(times) / len(times)
+                times[bs].append(perf() - t0)
+        for bs in sizes:
+            ts = sorted(times[bs])
+            median = ts[len(ts) // 2]
+            mean = sum(ts) / len(ts)
             rows.append(
                 {
                     "batch_size": bs,
-                    "calls": len(times),
+                    "calls": len(ts),
                     "us_per_call": median * 1e6,
                     "us_per_call_mean": mean * 1e6,
                     "us_per_row": median / bs * 1e6,

@@ -129,5 +129,5 @@ def write_latest(out: Path) -> Path:
         "",
     ]
     path = out / "latest.md"
-    path.write_text("\n".join(head) + "\n".join(parts))
+    path.write_text("\n".join(head) + "\n" + "\n".join(parts))
     return path

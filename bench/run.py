@@ -1017,9 +1017,17 @@ def idle_line(report: dict) -> str | None:
     )
 
 
+def git_text(meta: dict) -> str:
+    dirty = meta.get("git_dirty") or []
+    if not dirty:
+        return f"git {meta['git']}"
+    shown = ", ".join(f"`{f}`" for f in dirty[:6]) + (" ..." if len(dirty) > 6 else "")
+    return f"git {meta['git']} plus uncommitted changes to {shown}"
+
+
 def meta_line(meta: dict) -> str:
     return (
-        f"Run {meta['timestamp']} (UTC), git {meta['git']}, {meta['cpus']} CPUs, "
+        f"Run {meta['timestamp']} (UTC), {git_text(meta)}, {meta['cpus']} CPUs, "
         f"{meta['rounds']} round(s) x {meta['duration_s']:g} s measured after "
         f"{meta['warmup_s']:g} s warm-up per point, {meta['client_processes']} load generator "
         f"processes (tritonclient.grpc.aio, closed loop, one FP32 [1, width] request per call), "
