@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -79,6 +80,19 @@ class FaultStack(Stack):
         assert brokers, "no broker started"
         return brokers[-1]
 
+    def restart_broker(self, timeout_s: float = 30.0) -> float:
+        """Start a new broker on the same ports; returns the time (monotonic) it listened."""
+        proc = self.start_broker()
+        for port in (self.broker_frontend_port, self.broker_worker_port):
+            wait_for(
+                lambda port=port: _accepts(port),  # type: ignore[misc]
+                timeout_s=timeout_s,
+                what=f"the new broker listening on port {port}",
+                watch=[proc],
+                interval_s=0.01,
+            )
+        return time.monotonic()
+
     def suspend(self, proc: Proc) -> None:
         os.kill(proc.pid, signal.SIGSTOP)
         self.suspended.add(proc.pid)
@@ -103,6 +117,14 @@ class FaultStack(Stack):
             if not p.alive() and (not p.name.startswith("broker") or p is current)
         ]
         assert not dead, "process(es) died:\n" + "\n".join(dead)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def vm_rss_bytes(pid: int) -> int:
