@@ -13,7 +13,7 @@ BROKER_FRONTEND_PORT ?= 5555
 BROKER_WORKER_PORT ?= 5556
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers chaos clean
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ bench-quick: install-test
 
 bench-peers: install-test
 	$(PY) -m bench.peers
+
+bench-broker: install-test
+	$(PY) -m bench.broker_bench
 
 chaos: install-test
 	$(PY) -m bench.chaos
