@@ -108,13 +108,16 @@ class FaultStack(Stack):
         self.suspended.clear()
         super().stop(grace_s)
 
-    def assert_alive(self) -> None:
-        # A killed-and-replaced broker is expected to be dead.
+    def assert_alive(self, killed: Iterable[Proc] = ()) -> None:
+        """Every process is running but those in ``killed`` (and replaced brokers)."""
+        gone = {id(p) for p in killed}
         current = self.broker if any(p.name.startswith("broker") for p in self.procs) else None
         dead = [
             p.describe_exit()
             for p in self.procs
-            if not p.alive() and (not p.name.startswith("broker") or p is current)
+            if not p.alive()
+            and id(p) not in gone
+            and (not p.name.startswith("broker") or p is current)
         ]
         assert not dead, "process(es) died:\n" + "\n".join(dead)
 
