@@ -138,8 +138,11 @@ def test_abandoned_requests_release_their_slot(make_stack: Callable[[], Stack], 
     stack.wait_ready(["sleepy", "simple"])
     client = stack.client()
 
+    # Long enough that the dropped requests are surely queued behind it even on a loaded
+    # machine (a slow round trip in ``occupy`` once let the model go idle before they came).
+    hold_ms = 1500
     for round_ in range(ROUNDS):
-        done = occupy(client, delay_ms=500)
+        done = occupy(client, delay_ms=hold_ms)
         dropped: queue.Queue[Any] = queue.Queue()
         calls = [
             client.async_infer(
@@ -158,7 +161,7 @@ def test_abandoned_requests_release_their_slot(make_stack: Callable[[], Stack], 
         for _ in range(PER_ROUND):
             result, error = dropped.get(timeout=30)
             assert result is None and error is not None
-        finish(client, done, delay_ms=500)
+        finish(client, done, delay_ms=hold_ms)
 
     result = client.infer("sleepy", sleepy_inputs(7), client_timeout=10)
     assert result.as_numpy("OUTPUT0").tolist() == [[7]]
