@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         json_path.unlink(missing_ok=True)
         env = dict(os.environ, CHAOS_REPORT=str(json_path))
         command = [
-            sys.executable, "-m", "pytest", "--group", "e2e", "tests/faults", "-q",
+            sys.executable, "-m", "pytest", "--group", "e2e", "tests/faults", "-q", "-rxX",
             *args.pytest_args,
         ]  # fmt: skip
         started = time.monotonic()

@@ -5,8 +5,8 @@
 * ``make_stack``: ``FaultStack`` objects owned by one test (those that kill, stop or restart
   processes), stopped after it.
 * ``shared_stack``: one broker, one worker and one frontend limited to
-  ``SMALL_MAX_MESSAGE_BYTES``, shared by the scenarios that only send requests; rebuilt when a
-  test left one of its processes dead.
+  ``SMALL_MAX_MESSAGE_BYTES``, shared by the scenarios that only send requests (with a longer
+  heartbeat liveness); rebuilt when a test left one of its processes dead.
 * ``chaos``: records a scenario's calls for the report written to ``$CHAOS_REPORT`` (JSON).
 
 When a test fails, the last log lines of every stack it used are appended to its report.
@@ -37,6 +37,9 @@ SHARED_MODELS = (
     "varlen",
     "echo_bytes",
 )
+SHARED_LIVENESS = 15
+"""The shared stack's scenarios detect no dead peer: 3 s of silence before one counts as dead,
+so that a hiccup of a busy machine does not fail them."""
 STACKS_KEY = pytest.StashKey[list[FaultStack]]()
 OUTCOMES: dict[str, str] = {}
 SESSION_START = time.monotonic()
@@ -100,6 +103,7 @@ class _Shared:
             log_dir=self.log_root / f"gen{self.generation}",
             model_repository=self.repo,
             name="shared",
+            liveness=SHARED_LIVENESS,
         )
         _register(request, stack)
         self.current = stack

@@ -49,10 +49,17 @@ def expect_fixed(condition: object, message: str) -> None:
 
 @dataclass
 class FaultStack(Stack):
-    """A ``Stack`` whose tiers all use the short heartbeat liveness, whose broker can be
-    restarted on the same ports, and whose processes can be suspended (SIGSTOP) and resumed."""
+    """A ``Stack`` whose tiers all use the same heartbeat liveness (short by default), whose
+    broker can be restarted on the same ports, and whose processes can be suspended (SIGSTOP)
+    and resumed."""
 
     suspended: set[int] = field(default_factory=set)
+    liveness: int = HEARTBEAT_LIVENESS
+    """Missed heartbeats (of HEARTBEAT_INTERVAL_S) before a peer counts as dead, every tier."""
+
+    def start_broker(self, extra_args: Sequence[str] = ()) -> Proc:
+        # The last --heartbeat-liveness wins.
+        return super().start_broker(["--heartbeat-liveness", str(self.liveness), *extra_args])
 
     def start_worker(
         self, model_repository: Path | None = None, extra_args: Sequence[str] = ()
@@ -60,7 +67,7 @@ class FaultStack(Stack):
         return super().start_worker(
             model_repository,
             [
-                "--heartbeat-liveness", str(HEARTBEAT_LIVENESS),
+                "--heartbeat-liveness", str(self.liveness),
                 "--torch-threads", "1",
                 *extra_args,
             ],
@@ -70,7 +77,7 @@ class FaultStack(Stack):
         self, max_message_bytes: int | None = None, extra_args: Sequence[str] = ()
     ) -> Proc:
         return super().start_frontend(
-            max_message_bytes, ["--heartbeat-liveness", str(HEARTBEAT_LIVENESS), *extra_args]
+            max_message_bytes, ["--heartbeat-liveness", str(self.liveness), *extra_args]
         )
 
     @property
