@@ -102,6 +102,13 @@ def test_sigkill_one_of_two_workers_under_load(
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.xfail(
+    strict=False,  # now and then: when the resumed worker's reconnect races (see the reason)
+    raises=SystemBug,
+    reason=BUG_DEAD_WORKER_REPICKED + "; here after SIGCONT, when the worker's new connection "
+    "(same ZMQ identity, no ROUTER_HANDOVER on the broker) is ignored while the old one is "
+    "torn down: the broker lists the worker but cannot reach it for a heartbeat TTL",
+)
 def test_sigstop_worker_then_sigcont_rejoins(
     make_stack: Callable[[], FaultStack], chaos: Chaos
 ) -> None:
@@ -133,8 +140,9 @@ def test_sigstop_worker_then_sigcont_rejoins(
         notes=f"rejoined {rejoined_after_s:.1f}s after SIGCONT",
     )
 
-    assert rec.lost == 0 and rec.failed == 0, (
-        f"{rec.failed} failed, {rec.lost} lost of {rec.calls}: {failures(calls)}"
+    bug, others = split_lost_worker(calls)
+    assert rec.lost == 0 and not others, (
+        f"{len(others)} failed, {rec.lost} lost of {rec.calls}: {failures(others, ())}"
     )
     # Calls sent just before SIGCONT may reach the broker after the worker rejoined.
     while_stopped = between(calls, stopped_at + DETECT_S + 0.5, resumed_at - 0.3)
@@ -144,6 +152,13 @@ def test_sigstop_worker_then_sigcont_rejoins(
     share = sum(c.pid == victim.pid for c in late) / max(1, len(late))
     assert share > 0.2, f"the resumed worker took only {share:.0%} of the calls after rejoining"
     stack.assert_alive()
+    expect_fixed(
+        not bug,
+        f"{len(bug)} of {rec.calls} calls failed, sent "
+        f"{min((c.started_s - resumed_at for c in bug), default=0):+.2f}s to "
+        f"{max((c.started_s - resumed_at for c in bug), default=0):+.2f}s from SIGCONT: "
+        f"{failures(bug, ())}",
+    )
 
 
 @pytest.mark.timeout(90)
