@@ -386,9 +386,13 @@ class Dispatcher:
         for w in list(self.registry.workers):
             self._dispatch_for(w)
 
-    def undeliverable(self, worker: PeerId, messages: list[list[Frame]]) -> None:
-        """Requests that could not be handed to ``worker`` (its queue is full, or it is gone):
-        their leases and credit are released, and they are requeued or failed."""
+    def undeliverable(self, worker: PeerId, messages: list[list[Frame]], gone: bool) -> None:
+        """Requests that could not be handed to ``worker``: when it is gone (the socket no
+        longer routes to it) it is dropped at once and all its work requeued elsewhere; when
+        its queue is full, these requests are requeued or failed."""
+        if gone:
+            self._worker_lost(worker, "is unreachable")
+            return
         for frames in messages:
             if bytes(frames[1]) != _REQUEST:
                 continue

@@ -246,12 +246,14 @@ class BrokerServer:
                 continue
             except zmq.Again:
                 logger.warning("%s %s is not reading (queue full)", side, peer.hex())
+                gone = False
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
                 logger.debug("%s %s is gone", side, peer.hex())
+                gone = True
             if side == "worker":  # requests it never got go back to the queue or fail
-                self.dispatcher.undeliverable(peer, messages)
+                self.dispatcher.undeliverable(peer, messages, gone)
             else:
                 self.dispatcher.counters.dropped_replies += len(messages)
 

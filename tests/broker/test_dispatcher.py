@@ -841,3 +841,19 @@ def test_purged_worker_must_announce_again(h: Harness) -> None:
     assert h.d.on_worker_seen(W1)
     rid = h.request()
     assert sent_ids(h.sent()) == [(W1, rid)]
+
+
+def test_unreachable_worker_is_dropped_and_its_work_goes_to_a_live_one() -> None:
+    h = Harness()
+    h.announce(W1, ("m", "1", 4))
+    rid = h.request()
+    [(worker, _)] = [(w, f) for w, f in h.d.to_workers if f[1] == TYPE_FRAME[MsgType.REQUEST]]
+    messages = [f[1:] for w, f in h.d.to_workers if w == worker]
+    h.sent()
+    h.announce(W2, ("m", "1", 4))
+    h.d.to_workers.clear()
+    # The socket said W1 is gone (EHOSTUNREACH) before its heartbeats were missed.
+    h.d.undeliverable(worker, messages, gone=True)
+    assert worker not in h.d.registry.workers
+    assert sent_ids(h.sent()) == [(W2, rid)]
+    assert h.answers() == []
