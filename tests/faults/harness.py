@@ -34,16 +34,6 @@ WRONG = "WRONG_ANSWER"
 DEFAULT_GRACE_S = 2.0
 
 
-class SystemBug(AssertionError):
-    """A check that a known bug of the system fails: tests mark it
-    ``xfail(strict=True, raises=SystemBug)``, so that any other failure still fails them."""
-
-
-def expect_fixed(condition: object, message: str) -> None:
-    if not condition:
-        raise SystemBug(message)
-
-
 # -- stacks ---------------------------------------------------------------------------------
 
 
