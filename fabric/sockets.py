@@ -46,6 +46,10 @@ def make_socket(
     if kind == zmq.ROUTER:
         # Unroutable messages raise EHOSTUNREACH instead of vanishing; callers catch it.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Peers keep their identity across reconnects (a worker after SIGCONT, a frontend after
+        # a network blip): the new connection takes the identity over at once instead of being
+        # ignored until the old one is torn down.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if kind == zmq.DEALER:
         # Reconnect quickly after a broker restart; messages for a peer that is not
         # connected yet wait instead of going nowhere.
