@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from fabric.errors import INTERNAL, RequestError
-from worker.model_config import DATATYPES, ModelSpec, TensorSpec
+from worker.executor import CudaExecution
+from worker.model_config import ModelSpec, TensorSpec
 from worker.repository import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -128,110 +129,6 @@ class TorchModel:
         if self._cuda is not None:
             self._cuda.close()
             self._cuda = None
-
-
-class HostStaging:
-    """Reusable host buffers, one per input, each growing to the largest batch it has held.
-
-    ``stage`` copies an array (read-only request views included) into its slot's buffer and
-    returns a tensor view of it. On CUDA ``allocate`` gives pinned memory, so the host→device
-    copy that follows can run asynchronously; it is injectable so that this bookkeeping is
-    testable without a GPU. A buffer is refilled only after the copies reading it completed:
-    ``CudaExecution`` waits for its stream at the end of every batch, failed ones included.
-    """
-
-    def __init__(self, allocate: Callable[[int], torch.Tensor]) -> None:
-        self._allocate = allocate
-        self.buffers: dict[int, torch.Tensor] = {}  # slot → flat uint8 buffer
-
-    def stage(self, slot: int, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        nbytes = array.nbytes
-        buffer = self.buffers.get(slot)
-        if buffer is None or buffer.numel() < nbytes:
-            # Doubling keeps reallocation rare while batch sizes ramp up.
-            size = max(nbytes, 2 * buffer.numel()) if buffer is not None else nbytes
-            buffer = self._allocate(size)
-            self.buffers[slot] = buffer
-        flat = buffer[:nbytes]
-        host = flat.numpy().view(array.dtype).reshape(array.shape)
-        np.copyto(host, array, casting="no")
-        return flat.view(dtype).view(array.shape)
-
-
-class CudaExecution:
-    """The CUDA path of one ``TorchModel``: its stream, its pinned buffers, one batch at a time.
-
-    A batch is staged into pinned buffers, copied to the device without blocking, run and
-    copied back into pinned host tensors, all queued on this instance's stream; the calling
-    thread then waits on an event for that stream alone (``Event.synchronize`` releases the GIL),
-    so the other instances' threads keep the GPU busy meanwhile. Device tensors are allocated
-    and used on this one stream, so the caching allocator needs no ``record_stream``.
-    """
-
-    def __init__(self, device: torch.device, spec: ModelSpec) -> None:
-        self.device = device
-        self.stream = torch.cuda.Stream(device=device)
-        # The weights were copied on the loading thread's current stream; start after them.
-        self.stream.wait_stream(torch.cuda.current_stream(device))
-        self.done = torch.cuda.Event()
-        self.staging = HostStaging(_pinned_bytes)
-        self._inputs = [(t.name, _torch_dtype(t)) for t in spec.inputs]
-
-    def run(self, module: Callable[..., Any], inputs: dict[str, np.ndarray]) -> Any:
-        """Run one batch; CUDA tensors in the result come back as pinned CPU tensors."""
-        stream = self.stream
-        try:
-            with torch.cuda.stream(stream):
-                args = []
-                for slot, (name, dtype) in enumerate(self._inputs):
-                    host = self.staging.stage(slot, inputs[name], dtype)
-                    args.append(host.to(self.device, non_blocking=True))
-                result = _copy_to_host(module(*args))
-                self.done.record(stream)
-            self.done.synchronize()
-        except BaseException:
-            # Copies queued before the failure may still read the staging buffers, which the
-            # next batch would overwrite.
-            stream.synchronize()
-            raise
-        return result
-
-    def close(self) -> None:
-        self.stream.synchronize()
-        self.staging.buffers.clear()
-
-
-def _pinned_bytes(size: int) -> torch.Tensor:
-    return torch.empty(size, dtype=torch.uint8, pin_memory=True)
-
-
-def _torch_dtype(tensor: TensorSpec) -> torch.dtype:
-    dtype = DATATYPES[tensor.datatype].torch_dtype
-    if dtype is None:  # BYTES, which _load_torch_module refuses before a TorchModel exists
-        raise ValueError(f"'{tensor.name}' is {tensor.datatype}, which has no torch dtype")
-    return dtype
-
-
-def _copy_to_host(result: Any) -> Any:
-    """Queue copies of the CUDA tensors among a module's outputs into pinned host tensors.
-
-    The host tensors come from PyTorch's caching host allocator, which reuses their memory
-    once nothing refers to them any more: the arrays handed to the caller own their data
-    rather than aliasing a buffer that the next batch overwrites.
-    """
-
-    def to_host(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor) or value.device.type != "cuda":
-            return value
-        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-        host.copy_(value, non_blocking=True)
-        return host
-
-    if isinstance(result, Mapping):
-        return {name: to_host(v) for name, v in result.items()}
-    if isinstance(result, tuple | list):
-        return [to_host(v) for v in result]
-    return to_host(result)
 
 
 class PythonModel:

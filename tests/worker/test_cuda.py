@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from fabric.errors import RequestError
-from worker.loaders import HostStaging, LoadedModel, TorchModel, load_model
+from worker.executor import HostStaging
+from worker.loaders import LoadedModel, TorchModel, load_model
 from worker.model_config import DATATYPES
 from worker.models import ModelTable
 from worker.repository import scan_model
