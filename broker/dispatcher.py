@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from fabric import errors
 from fabric.protocol import (
-    CONTROL_OPS,
     FLAG_NON_IDEMPOTENT,
     PROTOCOL_TAG,
     TYPE_FRAME,
@@ -31,12 +30,11 @@ from fabric.protocol import (
     encode_header,
 )
 
+from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
-
-Outbox = list[tuple[PeerId, list[Frame]]]
 
 _REQUEST = TYPE_FRAME[MsgType.REQUEST]
 _REPLY = TYPE_FRAME[MsgType.REPLY]
@@ -44,19 +42,6 @@ _CANCEL = TYPE_FRAME[MsgType.CANCEL]
 _CATALOG = TYPE_FRAME[MsgType.CATALOG]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
-_CONTROL = TYPE_FRAME[MsgType.CONTROL]
-_CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
-
-
-@dataclass
-class PendingControl:
-    """A control operation fanned out to workers, answered once all of them replied."""
-
-    waiting: set[PeerId]
-    expires_s: float
-    bodies: list[bytes] = field(default_factory=list)
-    status: str = errors.OK
-    messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,10 +75,11 @@ class Dispatcher:
         self.leases: dict[RequestKey, Pending] = {}
         self.frontends: dict[PeerId, float] = {}  # identity -> last seen (monotonic)
         self._frontend_ttl_s = heartbeat_interval_s * heartbeat_liveness
-        self.controls: dict[RequestKey, PendingControl] = {}
-        self.control_timeout_s = control_timeout_s
         self.to_workers: Outbox = []
         self.to_frontends: Outbox = []
+        self.controls = ControlFanout(
+            self.registry, clock, control_timeout_s, self.to_workers, self.to_frontends
+        )
         self.counters = Counters()
 
     # ---- frontend side ---------------------------------------------------------------
@@ -176,74 +162,13 @@ class Dispatcher:
                 return
 
     def on_control(self, frontend: PeerId, header: ControlHeader) -> None:
-        """Fan a repository/statistics operation out to every live worker."""
         self.frontends[frontend] = self._clock()
-        rkey = (frontend, header.request_id)
-        if header.op not in CONTROL_OPS:
-            self._control_done(
-                rkey,
-                PendingControl(
-                    set(),
-                    0.0,
-                    status=errors.INVALID_ARGUMENT,
-                    messages=[f"unknown operation '{header.op}'"],
-                ),
-            )
-            return
-        workers = set(self.registry.workers)
-        if header.op == "statistics" and header.model:
-            workers = {
-                w.identity
-                for w in self.registry.workers.values()
-                if any(name == header.model for name, _ in w.versions)
-            } or workers
-        if not workers:
-            self._control_done(
-                rkey,
-                PendingControl(
-                    set(), 0.0, status=errors.UNAVAILABLE, messages=["no worker is connected"]
-                ),
-            )
-            return
-        self.controls[rkey] = PendingControl(workers, self._clock() + self.control_timeout_s)
-        frame = encode_header(header)
-        for w in workers:
-            self.to_workers.append((w, [PROTOCOL_TAG, _CONTROL, frame, frontend]))
+        self.controls.start(frontend, header)
 
     def on_control_reply(
         self, worker: PeerId, header: ControlReplyHeader, frontend: PeerId
     ) -> None:
-        rkey = (frontend, header.request_id)
-        pending = self.controls.get(rkey)
-        if pending is None or worker not in pending.waiting:
-            return
-        pending.waiting.discard(worker)
-        pending.bodies.extend(header.bodies)
-        if header.status != errors.OK:
-            pending.status = header.status
-            pending.messages.append(header.message)
-        if not pending.waiting:
-            del self.controls[rkey]
-            self._control_done(rkey, pending)
-
-    def _control_done(self, rkey: RequestKey, pending: PendingControl) -> None:
-        reply = ControlReplyHeader(
-            rkey[1], pending.status, "; ".join(dict.fromkeys(pending.messages)), pending.bodies
-        )
-        self.to_frontends.append((rkey[0], [PROTOCOL_TAG, _CONTROL_REPLY, encode_header(reply)]))
-
-    def _expire_controls(self) -> None:
-        now = self._clock()
-        for rkey, pending in list(self.controls.items()):
-            gone = {w for w in pending.waiting if w not in self.registry.workers}
-            pending.waiting -= gone
-            if now >= pending.expires_s and pending.waiting:
-                pending.status = errors.DEADLINE_EXCEEDED
-                pending.messages.append(f"{len(pending.waiting)} worker(s) did not answer in time")
-                pending.waiting.clear()
-            if not pending.waiting:
-                del self.controls[rkey]
-                self._control_done(rkey, pending)
+        self.controls.reply(worker, header, frontend)
 
     def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
         self.frontends[frontend] = self._clock()
@@ -320,7 +245,7 @@ class Dispatcher:
                 errors.DEADLINE_EXCEEDED,
                 "deadline passed while queued in the broker",
             )
-        self._expire_controls()
+        self.controls.expire()
         hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, [PROTOCOL_TAG, _HEARTBEAT, hb]))
