@@ -21,6 +21,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tests.integration.conftest import FAULTY_CONFIG, FAULTY_MODEL
+
 EXECUTIONS_LOG = "executions.log"
 WORK_DIM = 16
 WORK_COMPUTE_S = 0.003
@@ -135,43 +137,6 @@ class Model:
         return {{"TAG_OUT": np.asarray(inputs["TAG"]).astype(np.int32)}}
 '''
 
-_FAULTY_CONFIG = """\
-name: "faulty"
-backend: "python"
-max_batch_size: 8
-input [
-  {
-    name: "INPUT0"
-    data_type: TYPE_INT32
-    dims: [ 4 ]
-  }
-]
-output [
-  {
-    name: "OUTPUT0"
-    data_type: TYPE_INT32
-    dims: [ 4 ]
-  }
-]
-"""
-
-_FAULTY_MODEL = '''\
-"""Doubles INPUT0; raises on any negative value."""
-
-import numpy as np
-
-
-class Model:
-    def load(self, config, device):
-        self.device = device
-
-    def execute(self, inputs):
-        x = np.asarray(inputs["INPUT0"])
-        if (x < 0).any():
-            raise ValueError(f"faulty model refuses negative input {int(x.min())}")
-        return {"OUTPUT0": (x * 2).astype(np.int32)}
-'''
-
 _VARLEN_CONFIG = """\
 name: "varlen"
 backend: "python"
@@ -266,7 +231,7 @@ def build_fault_repo(repo: Path, demo_repo: Path) -> Path:
     write_work(repo, "busy", compute_s=BUSY_COMPUTE_S)
     write_slow(repo, "slow_deadline", max_batch_size=1)
     write_slow(repo, "slow_cancel", max_batch_size=8)
-    _write(repo, "faulty", _FAULTY_CONFIG, _FAULTY_MODEL)
+    _write(repo, "faulty", FAULTY_CONFIG, FAULTY_MODEL)  # the integration suite's
     _write(repo, "varlen", _VARLEN_CONFIG, _VARLEN_MODEL)
     echo = _VARLEN_CONFIG.replace('name: "varlen"', 'name: "echo_bytes"')
     _write(repo, "echo_bytes", echo, _VARLEN_MODEL)
