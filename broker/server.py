@@ -35,7 +35,7 @@ from fabric.protocol import (
     decode_header,
     unpack_batch,
 )
-from fabric.sockets import make_socket, should_copy
+from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
 from .config import BrokerConfig
 from .dispatcher import Dispatcher, Outbox
@@ -146,7 +146,7 @@ class BrokerServer:
     def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Frame]], None]) -> None:
         for _ in range(MAX_BATCH_RECV):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             parts: list[Frame] = list(frames)
@@ -242,7 +242,7 @@ class BrokerServer:
         for peer, messages in by_peer.items():
             frames = coalesce(messages)
             try:
-                sock.send_multipart([peer, *frames], zmq.NOBLOCK, copy=should_copy(frames))
+                send_frames(sock, [peer, *frames], should_copy(frames))
                 continue
             except zmq.Again:
                 logger.warning("%s %s is not reading (queue full)", side, peer.hex())

@@ -42,7 +42,14 @@ from fabric.protocol import (
     encode_header,
     unpack_batch,
 )
-from fabric.sockets import DEFAULT_HWM, SocketSecurity, make_socket, should_copy
+from fabric.sockets import (
+    DEFAULT_HWM,
+    SocketSecurity,
+    make_socket,
+    recv_frames,
+    send_frames,
+    should_copy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +247,7 @@ class FabricClient:
             items, link.outbox = link.outbox, []
             frames = coalesce([f for f, _ in items])
             try:
-                link.socket.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
+                send_frames(link.socket, frames, should_copy(frames))
             except zmq.ZMQError as exc:
                 # EAGAIN means a full queue, or (IMMEDIATE) no live connection at all: with
                 # far fewer requests waiting than the high-water mark, it is the latter.
@@ -322,7 +329,7 @@ class FabricClient:
         while True:
             for _ in range(_RECV_BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_frames(sock)
                 except zmq.Again:
                     return
                 except zmq.ZMQError:

@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
     f.add("--device", "WORKER_DEVICE", d.device, "auto, cpu, cuda or cuda:N")
     f.add("--torch-threads", "WORKER_TORCH_THREADS", d.torch_threads,
           "torch intra-op threads, 0 = torch's default", int)  # fmt: skip
+    f.add("--inline-compute-ms", "WORKER_INLINE_COMPUTE_MS", d.inline_compute_ms,
+          "run a single-instance CPU model on the I/O thread (no thread hand-off per batch) "
+          "while its batches take less than this; 0 = always a compute thread", float)  # fmt: skip
     f.add("--poll-interval-s", "WORKER_POLL_INTERVAL_S", d.poll_interval_s,
           "rescan the repository this often, 0 = only explicit load/unload", float)  # fmt: skip
     f.add("--max-message-bytes", "FABRIC_MAX_MESSAGE_BYTES", d.max_message_bytes,
@@ -50,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
         heartbeat_liveness=a.heartbeat_liveness,
         max_message_bytes=a.max_message_bytes,
         torch_threads=a.torch_threads,
+        inline_compute_ms=a.inline_compute_ms,
         poll_interval_s=a.poll_interval_s,
         metrics_port=a.metrics_port,
         metrics_host=a.metrics_host,

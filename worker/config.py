@@ -17,6 +17,7 @@ class WorkerConfig:
     max_message_bytes: int = 256 * 1024 * 1024
     min_credit: int = 4
     torch_threads: int = 0  # 0 = torch's default
+    inline_compute_ms: float = 20.0  # CPU models with shorter batches run on the I/O thread
     drain_grace_s: float = 10.0
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str = "127.0.0.1"

@@ -62,6 +62,10 @@ class LoadedModel(Protocol):
     spec: ModelSpec
     version: str
     device: str
+    # Tensor compute whose time follows the input shapes (TorchScript, torch.export): such a
+    # model may run inline on the worker's I/O thread. A Python model may sleep, wait on I/O or
+    # loop on input values, so it always gets a compute thread.
+    shape_bound: bool
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; inputs and outputs keyed by tensor name. Raises ``RequestError``."""
@@ -93,6 +97,8 @@ def load_model(source: ModelSource, version: int | str, device: str) -> LoadedMo
 
 class TorchModel:
     """A TorchScript or torch.export module called with tensors in config input order."""
+
+    shape_bound = True
 
     def __init__(
         self, spec: ModelSpec, version: str, device: str, module: Callable[..., Any]
@@ -133,6 +139,8 @@ class TorchModel:
 
 class PythonModel:
     """A ``model.py`` ``Model`` instance, given numpy inputs under ``torch.inference_mode()``."""
+
+    shape_bound = False
 
     def __init__(self, spec: ModelSpec, version: str, device: str, instance: Any) -> None:
         self.spec = spec

@@ -5,6 +5,12 @@ decodes and validates each request, lets the ``Batcher`` decide what runs togeth
 batch under ``torch.inference_mode()`` on the instance's device, splits the outputs by each
 request's rows and hands one reply per request to ``send_reply``. A request's error stays with
 that request; the loop goes on.
+
+A CPU instance whose batches are short runs *inline* instead: the worker's I/O thread calls
+``pump()`` between reads of its sockets, so a request costs no hand-off to a compute thread
+and back (two wake-ups and a GIL exchange, which cost more than a small model's compute). The
+first batch slower than ``inline_max_s`` moves the instance to its own thread for good, so a
+slow model never holds up heartbeats or the reading of other models' requests.
 """
 
 from __future__ import annotations
@@ -140,20 +146,41 @@ class ModelInstance:
         self._stopping = False
         self.shares_inbox = False  # set by the owner when other instances read the same inbox
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self.busy = False
+        # Inline mode (see the module docstring): pumped by the owner's I/O thread until a
+        # batch takes longer than ``inline_max_s``; 0 = always a thread of its own.
+        self.inline_max_s = 0.0
+        self.inline = False
+        self._inline_done = threading.Event()  # inline: stopped and nothing left to run
+        self._pump_thread: int | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, inline_max_s: float = 0.0) -> None:
+        """Start computing: on a thread of its own, or inline when ``inline_max_s`` > 0."""
+        self.inline_max_s = inline_max_s
+        self.inline = inline_max_s > 0
+        if not self.inline:
+            self._thread.start()
 
     def stop(self) -> None:
         self.inbox.put(_STOP)
 
     def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
+        if not self.inline:
+            if self._thread.is_alive():
+                self._thread.join(timeout_s)
+            return
+        give_up = time.monotonic() + timeout_s
+        while not self._inline_done.is_set() and self.inline:
+            if time.monotonic() >= give_up:
+                return
+            if self._pump_thread == threading.get_ident():
+                self.pump()  # stopped by the pumping thread itself: finish the work here
+            else:
+                self._inline_done.wait(0.01)
+        if not self.inline:  # moved to its thread meanwhile
+            self.join(max(0.0, give_up - time.monotonic()))
 
     # ---- loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        self._stopping = False
         while not self._step():
             pass
 
@@ -164,20 +191,70 @@ class ModelInstance:
         try:
             return self._turn(batch)
         except Exception as exc:
-            logger.exception("%s: compute loop error", self.name)
-            for w in batch:
-                self._fail(w.item.inbound, errors.INTERNAL, f"worker error: {exc}")
-            self._flush()
+            self._loop_error(exc, batch)
             return False
+
+    def _loop_error(self, exc: Exception, batch: list[Waiting[Ready]]) -> None:
+        logger.exception("%s: compute loop error", self.name)
+        for w in batch:
+            self._fail(w.item.inbound, errors.INTERNAL, f"worker error: {exc}")
+        self._flush()
+
+    def pump(self) -> float | None:
+        """Inline mode, on the owner's I/O thread: run at most one ready batch, never block.
+        Returns seconds until this instance wants to be pumped again (0 = at once), or None
+        when it holds nothing."""
+        self._pump_thread = threading.get_ident()
+        current: list[Waiting[Ready]] = []
+        wait_s: float | None = None
+        try:
+            batch, wait_s = self._next()
+            if batch:
+                current[:] = batch
+                started, cpu_started = time.monotonic(), time.thread_time()
+                self._execute(batch)
+                took = time.monotonic() - started
+                current.clear()
+                self._flush()
+                wait_s = 0.0
+                # Slow by its own doing (CPU spent, or far too long): not a batch that merely
+                # waited for the CPU while a busy machine ran something else.
+                limit = self.inline_max_s
+                if took > limit and (
+                    time.thread_time() - cpu_started > limit / 2 or took > 4 * limit
+                ):
+                    self._leave_inline(took)
+            elif self._stopping and not self.batcher.rows:
+                self._inline_done.set()
+        except Exception as exc:
+            self._loop_error(exc, current)
+            wait_s = 0.0
+        return wait_s
+
+    def _leave_inline(self, took_s: float) -> None:
+        logger.info(
+            "%s: a batch took %.1f ms (inline limit %.1f ms); computing on its own thread now",
+            self.name,
+            took_s * 1e3,
+            self.inline_max_s * 1e3,
+        )
+        self.inline = False  # the pumping thread never touches this instance again
+        self._thread.start()
+
+    def _next(self) -> tuple[list[Waiting[Ready]], float | None]:
+        """Take what waits, answer what expired or was cancelled; the batch to run now (may
+        be empty) and seconds until the batcher wants to look again."""
+        self._top_up()
+        for w in self.batcher.expire():
+            self._expired(w.item.inbound)
+        batch, wait_s = self.batcher.next_batch(idle=True)
+        batch = self._drop_cancelled(batch)
+        self._flush()  # replies to requests refused while accepting
+        return batch, wait_s
 
     def _turn(self, current: list[Waiting[Ready]]) -> bool:
         while True:
-            self._top_up()
-            for w in self.batcher.expire():
-                self._expired(w.item.inbound)
-            batch, wait_s = self.batcher.next_batch(idle=True)
-            batch = self._drop_cancelled(batch)
-            self._flush()  # replies to requests refused while accepting
+            batch, wait_s = self._next()
             if batch:
                 current[:] = batch
                 self._execute(batch)

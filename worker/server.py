@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import queue
 import threading
@@ -46,7 +47,7 @@ from fabric.protocol import (
     pack_batch,
     unpack_batch,
 )
-from fabric.sockets import make_socket, should_copy
+from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
 from .config import WorkerConfig
 from .models import ModelTable, refuse_leftovers
@@ -118,7 +119,9 @@ class WorkerServer:
             config.min_credit,
             send_ack=self._send_ack,
             flush=self._flush,
+            inline_max_s=config.inline_compute_ms / 1e3,
         )
+        self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
         self._local = threading.local()
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -159,11 +162,14 @@ class WorkerServer:
         return pending
 
     def _flush(self) -> None:
-        """Hand this thread's buffered messages to the I/O loop as one inproc message."""
+        """Hand this thread's buffered messages to the I/O loop as one inproc message (on
+        the I/O thread itself: straight to the brokers)."""
         pending = self._pending()
         if not pending:
             return
-        if len(pending) == 1:
+        if threading.get_ident() == self._io_thread:
+            self._route(list(pending))
+        elif len(pending) == 1:
             self._push(pending[0])
         else:
             self._push([_GROUP, msgspec.msgpack.encode(pending)])
@@ -247,7 +253,7 @@ class WorkerServer:
         if link.socket is None:
             return False
         try:
-            link.socket.send_multipart(frames, zmq.NOBLOCK, copy=should_copy(frames))
+            send_frames(link.socket, frames, should_copy(frames))
         except zmq.Again:
             return False
         return True
@@ -258,6 +264,7 @@ class WorkerServer:
             self.state = State.DRAINING
 
     def serve(self) -> None:
+        self._io_thread = threading.get_ident()
         self._control_thread.start()
         interval = self.config.heartbeat_interval_s
         ttl = interval * self.config.heartbeat_liveness
@@ -295,7 +302,13 @@ class WorkerServer:
                         )
                         link.reconnect_at = now + delay
                 wake = min([next_beat, *(k.reconnect_at for k in self.links if k.reconnect_at)])
-                timeout_ms = max(1, int((wake - time.monotonic()) * 1000))
+                pump_s = self._pump_inline()
+                if pump_s is not None:
+                    wake = min(wake, time.monotonic() + pump_s)
+                if pump_s == 0.0:
+                    timeout_ms = 0  # a batch just ran: read what came meanwhile, then go on
+                else:
+                    timeout_ms = max(1, math.ceil((wake - time.monotonic()) * 1000))
                 events = dict(self._poller.poll(timeout_ms))
                 if self.inproc in events:
                     self._forward()
@@ -306,13 +319,24 @@ class WorkerServer:
         finally:
             self.close()
 
+    def _pump_inline(self) -> float | None:
+        """Run what the inline instances have ready (one batch each); seconds until the
+        soonest wants to run again, None when none holds anything."""
+        soonest: float | None = None
+        for inst in self.models.inline:
+            if inst.inline:
+                wait_s = inst.pump()
+                if wait_s is not None and (soonest is None or wait_s < soonest):
+                    soonest = wait_s
+        return soonest
+
     def _forward(self) -> None:
         """Everything the other threads handed over since the last wake-up, one send per
         broker."""
         messages: list[list[bytes]] = []
         for _ in range(_RECV_BATCH):
             try:
-                frames = self.inproc.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(self.inproc)
             except zmq.Again:
                 break
             if frames[0] == _ANNOUNCE:
@@ -321,6 +345,10 @@ class WorkerServer:
                 messages.extend(unpack_batch(frames[1]))
             else:
                 messages.append(frames)
+        self._route(messages)
+
+    def _route(self, messages: list[list[bytes]]) -> None:
+        """Send replies, acks and control replies, one send per broker."""
         by_link: dict[int, list[list[bytes]]] = {}
         for m in messages:  # [type, header, route, *body]: route = link index + frontend
             route = m[2]
@@ -337,7 +365,7 @@ class WorkerServer:
         heard = False
         for _ in range(_RECV_BATCH):
             try:
-                frames = link.socket.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(link.socket)
             except zmq.Again:
                 break
             heard = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import zmq
 
 from broker.config import BrokerConfig
@@ -87,15 +89,9 @@ def test_request_dropped_on_send_releases_lease_and_credit() -> None:
         d.to_frontends.clear()
         request(d, 7)
         assert (FE, 7) in d.leases
-        real = server.workers
-
-        class FullSocket:
-            def send_multipart(self, *args: object, **kwargs: object) -> None:
-                raise zmq.Again()
-
-        server.workers = FullSocket()  # type: ignore[assignment]
-        server._flush()
-        server.workers = real
+        # The worker's queue is full: every send to it fails with EAGAIN.
+        with mock.patch("broker.server.send_frames", side_effect=zmq.Again()):
+            server._flush()
         answered = [
             decode_header(MsgType.REPLY, frames[2])
             for _, frames in d.to_frontends

@@ -1,0 +1,252 @@
+"""Inline instances: a fast CPU model pumped by the worker's I/O thread instead of a thread of
+its own. Same replies as the threaded path, never blocking, and a slow model moves to its own
+thread on its first slow batch; stop/join and unload drain what an inline instance holds."""
+
+from __future__ import annotations
+
+import queue
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fabric import errors
+from worker.loaders import LoadedModel, load_model
+from worker.models import ModelTable
+from worker.repository import scan_model
+from worker.runtime import ModelInstance
+from worker.stats import ModelStats
+
+from .test_runtime import (
+    WAIT_S,
+    Probe,
+    Replies,
+    batching,
+    inbound,
+    ragged_rows,
+    request_bytes,
+    wait_until,
+    write_model,
+)
+
+SLEEPY_MODEL = """
+import time
+
+class Model:
+    def execute(self, inputs):
+        time.sleep(0.03)
+        return {"Y": inputs["X"] * 2, "S": inputs["X"].sum(axis=1, keepdims=True)}
+"""
+
+
+def make_instance(model: LoadedModel, inline_max_s: float) -> tuple[ModelInstance, Replies]:
+    replies = Replies()
+    inst = ModelInstance(model, 0, replies, ModelStats(), queue.SimpleQueue())
+    inst.start(inline_max_s)
+    return inst, replies
+
+
+def pump_until_idle(inst: ModelInstance) -> None:
+    while inst.inline and inst.pump() is not None:
+        pass
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.cumsum(x, axis=1) * 3
+
+
+@pytest.fixture
+def ragged(tmp_path: Path) -> Iterator[tuple[LoadedModel, Probe]]:
+    model = load_model(scan_model(write_model(tmp_path, "m", "ragged", batching())), 1, "cpu")
+    probe = Probe(model)
+    yield model, probe
+    probe.open_gate()
+
+
+def test_pump_runs_what_waits_as_one_batch_on_the_calling_thread(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    model, probe = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    assert inst.pump() is None  # nothing held: nothing to run, no wait
+    rows = {i: ragged_rows(1, 5, seed=i) for i in range(5)}
+    for i, x in rows.items():
+        inst.inbox.put(inbound(i, request_bytes({"X": x})))
+    assert inst.pump() == 0.0  # a batch ran: pump again at once
+    assert probe.calls == [(threading.current_thread().name, (5, 5))]
+    got = replies.by_id()
+    assert sorted(got) == list(range(5))
+    for i, x in rows.items():
+        assert got[i].status == errors.OK
+        np.testing.assert_array_equal(got[i].outputs()["Y"], expected(x))
+    assert inst.pump() is None
+    assert inst.inline and not inst._thread.is_alive()
+
+
+def test_a_bad_request_fails_alone_and_the_pump_goes_on(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    model, _ = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    inst.inbox.put(inbound(1, b"\xff\xff not protobuf"))
+    inst.inbox.put(inbound(2, request_bytes({"X": ragged_rows(1, 3, seed=2)})))
+    pump_until_idle(inst)
+    got = replies.by_id()
+    assert got[1].status == errors.INVALID_ARGUMENT
+    assert got[2].status == errors.OK
+
+
+def test_a_slow_batch_moves_the_instance_to_its_own_thread(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "m", "ragged", batching())
+    (path / "1" / "model.py").write_text(textwrap.dedent(SLEEPY_MODEL))
+    model = load_model(scan_model(path), 1, "cpu")
+    inst, replies = make_instance(model, inline_max_s=0.005)  # 30 ms sleep > 4 x 5 ms
+    inst.inbox.put(inbound(1, request_bytes({"X": ragged_rows(1, 3, seed=1)})))
+    assert inst.pump() == 0.0
+    assert replies.wait_for(1)[0].status == errors.OK
+    assert not inst.inline and inst._thread.is_alive()
+    # From now on its thread takes requests; the I/O thread no longer pumps it.
+    inst.inbox.put(inbound(2, request_bytes({"X": ragged_rows(1, 3, seed=2)})))
+    assert replies.wait_for(2)[1].status == errors.OK
+    inst.stop()
+    inst.join(WAIT_S)
+    assert not inst._thread.is_alive()
+
+
+def test_a_batch_that_only_waited_for_the_cpu_stays_inline(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    """Over the limit in wall time but not in CPU time, and under four times the limit: a
+    busy machine, not a slow model."""
+    model, probe = ragged
+    inst, replies = make_instance(model, inline_max_s=0.02)
+    probe.close_gate()
+    threading.Timer(0.03, probe.open_gate).start()  # the model blocks ~30 ms, using no CPU
+    inst.inbox.put(inbound(1, request_bytes({"X": ragged_rows(1, 3, seed=1)})))
+    assert inst.pump() == 0.0
+    assert replies.wait_for(1)[0].status == errors.OK
+    assert inst.inline and not inst._thread.is_alive()
+
+
+def test_join_on_the_pumping_thread_finishes_what_is_queued(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    model, _ = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    assert inst.pump() is None  # this thread is now the pumping thread
+    for i in range(4):
+        inst.inbox.put(inbound(i, request_bytes({"X": ragged_rows(1, 3, seed=i)})))
+    inst.stop()
+    inst.join(WAIT_S)
+    assert sorted(replies.by_id()) == [0, 1, 2, 3]
+    assert inst._inline_done.is_set()
+
+
+def test_join_from_another_thread_waits_for_the_pump(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    model, probe = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    for i in range(3):
+        inst.inbox.put(inbound(i, request_bytes({"X": ragged_rows(1, 3, seed=i)})))
+    inst.stop()
+    joined = threading.Event()
+
+    def control() -> None:
+        inst.join(WAIT_S)
+        joined.set()
+
+    threading.Thread(target=control).start()
+    assert not joined.wait(0.1)  # nobody pumped yet
+    stop = threading.Event()
+
+    def io() -> None:
+        while not stop.is_set():
+            inst.pump()
+            stop.wait(0.001)
+
+    io_thread = threading.Thread(target=io)
+    io_thread.start()
+    try:
+        assert joined.wait(WAIT_S)
+        assert sorted(replies.by_id()) == [0, 1, 2]
+        assert probe.calls and all(name == io_thread.name for name, _ in probe.calls)
+    finally:
+        stop.set()
+        io_thread.join()
+
+
+class Io:
+    """Stands in for the worker's I/O thread: pumps the table's inline instances."""
+
+    def __init__(self, table: ModelTable) -> None:
+        self.table = table
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for inst in self.table.inline:
+                if inst.inline:
+                    inst.pump()
+            self._stop.wait(0.001)
+
+    def __enter__(self) -> Io:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+def test_model_table_runs_single_instance_cpu_models_inline(tmp_path: Path) -> None:
+    write_model(tmp_path, "one", "mlp", batching())
+    write_model(tmp_path, "two", "mlp", batching() + "instance_group [ { count: 2 } ]\n")
+    replies = Replies()
+    table = ModelTable(tmp_path, "cpu", replies, min_credit=4, inline_max_s=0.02)
+    table.load_all()
+    try:
+        one = table.served[("one", "1")]
+        two = table.served[("two", "1")]
+        assert [i.inline for i in one.instances] == [True]
+        assert [i.inline for i in two.instances] == [False, False]
+        assert table.inline == tuple(one.instances)
+        with Io(table):
+            one.enter()
+            x = np.ones((1, 4), np.float32)
+            one.inbox.put(inbound(7, request_bytes({"X": x}), model="one"))
+            assert replies.wait_for(1)[0].status == errors.OK
+            wait_until(lambda: one.pending == 0)
+            # Unloading drains through the pump, then forgets the instance.
+            table.unload("one", "")
+        assert ("one", "1") not in table.served
+        assert table.inline == ()
+    finally:
+        table.stop_all()
+
+
+def test_python_models_always_get_a_thread(tmp_path: Path) -> None:
+    """A model.py may sleep or loop on input values: never on the I/O thread."""
+    write_model(tmp_path, "py", "ragged", batching())
+    table = ModelTable(tmp_path, "cpu", Replies(), min_credit=4, inline_max_s=10.0)
+    table.load_all()
+    try:
+        assert [i.inline for i in table.served[("py", "1")].instances] == [False]
+        assert table.inline == ()
+    finally:
+        table.stop_all()
+
+
+def test_model_table_without_an_inline_limit_uses_threads(tmp_path: Path) -> None:
+    write_model(tmp_path, "one", "mlp", batching())
+    table = ModelTable(tmp_path, "cpu", Replies(), min_credit=4)
+    table.load_all()
+    try:
+        assert [i.inline for i in table.served[("one", "1")].instances] == [False]
+        assert table.inline == ()
+    finally:
+        table.stop_all()
