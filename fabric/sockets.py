@@ -29,6 +29,8 @@ _backend_get: Callable[..., int | bytes] = zmq.backend.Socket.get
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def send_frames(
@@ -88,3 +90,8 @@ def make_socket(
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt(zmq.IMMEDIATE, 1)
     return sock
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """A message waits on ``sock`` (``ZMQ_EVENTS`` has ``POLLIN``)."""
+    return bool(int(_backend_get(sock, _EVENTS)) & _POLLIN)

@@ -46,6 +46,7 @@ from fabric.sockets import (
     DEFAULT_HWM,
     SocketSecurity,
     make_socket,
+    readable,
     recv_frames,
     send_frames,
     should_copy,
@@ -64,10 +65,6 @@ _RECV_BATCH = 256
 
 def _fd(sock: zmq.Socket[bytes]) -> int:
     return cast(int, sock.getsockopt(zmq.FD))
-
-
-def _readable(sock: zmq.Socket[bytes]) -> bool:
-    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +311,7 @@ class FabricClient:
     # ---- socket I/O -----------------------------------------------------------------------
     def _after_send(self, link: BrokerLink) -> None:
         # A send can consume the edge that would have woken the reader: look again soon.
-        if not self._drain_scheduled and _readable(link.socket):
+        if not self._drain_scheduled and readable(link.socket):
             self._drain_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._drain_all)
@@ -341,7 +338,7 @@ class FabricClient:
                     logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
                 except Exception:
                     logger.exception("error handling a message from %s", link.endpoint)
-            if not _readable(sock):
+            if not readable(sock):
                 return
 
     def _handle(self, link: BrokerLink, frames: list[bytes]) -> None:

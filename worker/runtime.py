@@ -8,9 +8,9 @@ that request; the loop goes on.
 
 A CPU instance whose batches are short runs *inline* instead: the worker's I/O thread calls
 ``pump()`` between reads of its sockets, so a request costs no hand-off to a compute thread
-and back (two wake-ups and a GIL exchange, which cost more than a small model's compute). The
-first batch slower than ``inline_max_s`` moves the instance to its own thread for good, so a
-slow model never holds up heartbeats or the reading of other models' requests.
+and back (two wake-ups and a GIL exchange, which cost more than a small model's compute). A
+batch ten times over ``inline_max_s``, or three in a row over it, move the instance to its own
+thread for good, so a slow model never holds up heartbeats or other models' requests for long.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ class Ready:
 
 
 _STOP = object()
+INLINE_FAR_OVER = 10
+"""An inline batch taking this many times the inline limit moves the instance to a thread."""
+INLINE_SLOW_STREAK = 3
+"""So do this many batches in a row over the limit (in wall and CPU time)."""
 CANCEL_MEMORY_MAX = 65_536
 CANCEL_MEMORY_S = 120.0
 """How long a cancellation is remembered for a request this worker has not seen (yet)."""
@@ -151,6 +155,7 @@ class ModelInstance:
         self.inline_max_s = 0.0
         self.inline = False
         self._inline_done = threading.Event()  # inline: stopped and nothing left to run
+        self._slow_streak = 0  # inline: batches in a row over the limit
         self._pump_thread: int | None = None
 
     def start(self, inline_max_s: float = 0.0) -> None:
@@ -217,19 +222,27 @@ class ModelInstance:
                 current.clear()
                 self._flush()
                 wait_s = 0.0
-                # Slow by its own doing (CPU spent, or far too long): not a batch that merely
-                # waited for the CPU while a busy machine ran something else.
-                limit = self.inline_max_s
-                if took > limit and (
-                    time.thread_time() - cpu_started > limit / 2 or took > 4 * limit
-                ):
-                    self._leave_inline(took)
+                self._judge_inline(took, time.thread_time() - cpu_started)
             elif self._stopping and not self.batcher.rows:
                 self._inline_done.set()
         except Exception as exc:
             self._loop_error(exc, current)
             wait_s = 0.0
         return wait_s
+
+    def _judge_inline(self, took_s: float, cpu_s: float) -> None:
+        """Leave inline mode after a batch far over the limit, or after INLINE_SLOW_STREAK
+        batches in a row over it in CPU time as well: a lone slow batch on a busy (or
+        virtualised) machine may only have waited for the CPU."""
+        limit = self.inline_max_s
+        if took_s > INLINE_FAR_OVER * limit:
+            self._leave_inline(took_s)
+        elif took_s > limit and cpu_s > limit / 2:
+            self._slow_streak += 1
+            if self._slow_streak >= INLINE_SLOW_STREAK:
+                self._leave_inline(took_s)
+        else:
+            self._slow_streak = 0
 
     def _leave_inline(self, took_s: float) -> None:
         logger.info(

@@ -103,7 +103,7 @@ def test_a_slow_batch_moves_the_instance_to_its_own_thread(tmp_path: Path) -> No
     path = write_model(tmp_path, "m", "ragged", batching())
     (path / "1" / "model.py").write_text(textwrap.dedent(SLEEPY_MODEL))
     model = load_model(scan_model(path), 1, "cpu")
-    inst, replies = make_instance(model, inline_max_s=0.005)  # 30 ms sleep > 4 x 5 ms
+    inst, replies = make_instance(model, inline_max_s=0.002)  # 30 ms sleep > 10 x 2 ms
     inst.inbox.put(inbound(1, request_bytes({"X": ragged_rows(1, 3, seed=1)})))
     assert inst.pump() == 0.0
     assert replies.wait_for(1)[0].status == errors.OK
@@ -119,7 +119,7 @@ def test_a_slow_batch_moves_the_instance_to_its_own_thread(tmp_path: Path) -> No
 def test_a_batch_that_only_waited_for_the_cpu_stays_inline(
     ragged: tuple[LoadedModel, Probe],
 ) -> None:
-    """Over the limit in wall time but not in CPU time, and under four times the limit: a
+    """Over the limit in wall time but not in CPU time, and under ten times the limit: a
     busy machine, not a slow model."""
     model, probe = ragged
     inst, replies = make_instance(model, inline_max_s=0.02)
@@ -129,6 +129,23 @@ def test_a_batch_that_only_waited_for_the_cpu_stays_inline(
     assert inst.pump() == 0.0
     assert replies.wait_for(1)[0].status == errors.OK
     assert inst.inline and not inst._thread.is_alive()
+
+
+def test_three_slow_batches_in_a_row_move_the_instance(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    model, _ = ragged
+    inst, _ = make_instance(model, inline_max_s=0.01)
+    inst._judge_inline(0.015, 0.012)  # over the limit, in CPU time too
+    inst._judge_inline(0.015, 0.012)
+    inst._judge_inline(0.001, 0.001)  # a fast one breaks the streak
+    inst._judge_inline(0.015, 0.012)
+    inst._judge_inline(0.015, 0.012)
+    assert inst.inline
+    inst._judge_inline(0.015, 0.012)
+    assert not inst.inline and inst._thread.is_alive()
+    inst.stop()
+    inst.join(WAIT_S)
 
 
 def test_join_on_the_pumping_thread_finishes_what_is_queued(
