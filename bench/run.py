@@ -25,7 +25,7 @@ Writes ``<out>/run-<UTC timestamp>.json``, ``<out>/run-latest.md``, ``<out>/run-
 (throughput against p99 latency) and regenerates ``<out>/latest.md`` (see ``bench.report``);
 process logs go to ``<out>/logs/<UTC timestamp>/``.
 
-    python -m bench.run [--quick] [--duration 8] [--warmup 2] [--concurrency 1,8,32,128]
+    python -m bench.run [--quick] [--duration 8] [--warmup 2] [--concurrency 1,8,32,64,128]
                         [--models mlp,wide_mlp] [--rounds 1] [--out bench/results]
 """
 
@@ -51,7 +51,7 @@ from bench.loadgen import run_load
 MODELS: dict[str, int] = {"mlp": 256, "wide_mlp": 1024}
 """Benchmark models and their FP32 values per row (INPUT0 and OUTPUT0)."""
 DEFAULT_MODELS = "mlp,wide_mlp"
-DEFAULT_CONCURRENCY = "1,8,32,128"
+DEFAULT_CONCURRENCY = "1,8,32,64,128"
 QUICK_CONCURRENCY = "1,64"
 READY_TIMEOUT_S = 90.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
