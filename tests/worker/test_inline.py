@@ -7,11 +7,9 @@ from __future__ import annotations
 import queue
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fabric import errors
 from worker.loaders import LoadedModel, load_model
@@ -56,14 +54,6 @@ def pump_until_idle(inst: ModelInstance) -> None:
 
 def expected(x: np.ndarray) -> np.ndarray:
     return np.cumsum(x, axis=1) * 3
-
-
-@pytest.fixture
-def ragged(tmp_path: Path) -> Iterator[tuple[LoadedModel, Probe]]:
-    model = load_model(scan_model(write_model(tmp_path, "m", "ragged", batching())), 1, "cpu")
-    probe = Probe(model)
-    yield model, probe
-    probe.open_gate()
 
 
 def test_pump_runs_what_waits_as_one_batch_on_the_calling_thread(
