@@ -39,6 +39,9 @@ def send_frames(
     """``sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)``, cheaper; raises the same
     (``zmq.Again`` when the message cannot be queued: ZeroMQ takes a multipart message whole
     or not at all, deciding on its first frame)."""
+    for f in frames:  # all or nothing: a bad frame found mid-message would leave half of it
+        if not isinstance(f, bytes | memoryview | zmq.Frame):
+            raise TypeError(f"frame of type {type(f).__name__} is not bytes")
     last = len(frames) - 1
     for i in range(last):
         _backend_send(sock, frames[i], _MORE_NOBLOCK, copy)

@@ -79,10 +79,10 @@ def _version_key(v: str) -> int:
     return int(v) if v.isdigit() else -1
 
 
-def warm_up(model: LoadedModel) -> float | None:
-    """Run one row of zeros through a tensor model so the first request pays no lazy init
-    (TorchScript profiles its first calls); the seconds the fastest of the warm calls took,
-    None for models it cannot feed (BYTES inputs)."""
+def warm_up(model: LoadedModel, timed: bool = False) -> float | None:
+    """Run one row of zeros through a tensor model so the first request pays no lazy init.
+    With ``timed``, three more calls (TorchScript profiles its first ones) and the seconds the
+    fastest took; None when not timed or for models it cannot feed (BYTES inputs)."""
     spec = model.spec
     if any(t.datatype == "BYTES" for t in spec.inputs):
         return None
@@ -92,6 +92,8 @@ def warm_up(model: LoadedModel) -> float | None:
         for t in spec.inputs
     }
     model.execute(inputs)
+    if not timed:
+        return None
     fastest = float("inf")
     for _ in range(3):
         start = time.monotonic()
@@ -111,6 +113,7 @@ class ModelTable:
         flush: Callable[[], None] | None = None,
         drain_timeout_s: float = 30.0,
         inline_max_s: float = 0.0,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.repository = Path(repository)
         # Single-instance CPU tensor models (``shape_bound``) whose warm call takes under a
@@ -118,6 +121,7 @@ class ModelTable:
         # longer; 0 = never.
         self.inline_max_s = inline_max_s
         self.inline: tuple[ModelInstance, ...] = ()  # replaced whole: the I/O thread reads it
+        self._wake = wake  # makes the I/O thread pump at once (a stop queued for an inline one)
         self.device = device
         self._send_reply = send_reply
         self._send_ack = send_ack
@@ -232,12 +236,18 @@ class ModelTable:
         spec = source.spec
         count = max(1, spec.instance_count)
         models: list[LoadedModel] = []
-        warm_s: list[float | None] = []
+        warm_s: float | None = None
         try:
             for _ in range(count):
                 models.append(load_model(source, version, self.device))
+            candidate = (
+                self.inline_max_s > 0
+                and count == 1
+                and self.device == "cpu"
+                and models[0].shape_bound
+            )
             for m in models:
-                warm_s.append(warm_up(m))
+                warm_s = warm_up(m, timed=candidate)
         except Exception as exc:
             for m in models:
                 m.close()
@@ -266,14 +276,7 @@ class ModelTable:
             )
             for i, m in enumerate(models)
         ]
-        inline = (
-            self.inline_max_s > 0
-            and count == 1
-            and self.device == "cpu"
-            and models[0].shape_bound
-            and warm_s[0] is not None
-            and warm_s[0] < self.inline_max_s / 4
-        )
+        inline = warm_s is not None and warm_s < self.inline_max_s / 4
         for inst in served.instances:
             inst.shares_inbox = len(served.instances) > 1
             inst.start(self.inline_max_s if inline else 0.0)
@@ -307,15 +310,22 @@ class ModelTable:
         served.closed = True
         for inst in served.instances:
             inst.stop()
+        if self._wake is not None and any(inst.inline for inst in served.instances):
+            self._wake()
         for inst in served.instances:
             inst.join(5.0)
-        gone = set(map(id, served.instances))
+        # An inline instance that did not finish in time stays pumped (and its model open)
+        # until it has answered what it holds; a finished one is forgotten.
+        gone = {id(i) for i in served.instances if i.finished}
         self.inline = tuple(i for i in self.inline if id(i) not in gone)
         refuse_leftovers(served)
         if self._flush is not None:
             self._flush()
         for inst in served.instances:
-            inst.model.close()
+            if inst.finished:
+                inst.model.close()
+            else:
+                logger.warning("%s still busy after unload; its model stays loaded", inst.name)
         logger.info("model %s version %s unloaded", *key)
 
     def _refresh_latest(self) -> None:

@@ -168,6 +168,13 @@ class ModelInstance:
     def stop(self) -> None:
         self.inbox.put(_STOP)
 
+    @property
+    def finished(self) -> bool:
+        """Stopped and done: nothing held will be run or answered any more by it."""
+        if self.inline:
+            return self._inline_done.is_set()
+        return self._thread.ident is not None and not self._thread.is_alive()
+
     def join(self, timeout_s: float) -> None:
         if not self.inline:
             if self._thread.is_alive():
@@ -251,19 +258,25 @@ class ModelInstance:
             took_s * 1e3,
             self.inline_max_s * 1e3,
         )
-        self.inline = False  # the pumping thread never touches this instance again
+        # Thread first, then the flag: a joiner that sees ``inline`` False joins a live thread.
+        # The pumping thread touches the instance no more once this pump returns.
         self._thread.start()
+        self.inline = False
 
     def _next(self) -> tuple[list[Waiting[Ready]], float | None]:
         """Take what waits, answer what expired or was cancelled; the batch to run now (may
         be empty) and seconds until the batcher wants to look again."""
-        self._top_up()
-        for w in self.batcher.expire():
-            self._expired(w.item.inbound)
-        batch, wait_s = self.batcher.next_batch(idle=True)
-        batch = self._drop_cancelled(batch)
-        self._flush()  # replies to requests refused while accepting
-        return batch, wait_s
+        while True:
+            # Expired requests leave first, so the top-up can refill the room they held.
+            for w in self.batcher.expire():
+                self._expired(w.item.inbound)
+            self._top_up()
+            cut, wait_s = self.batcher.next_batch(idle=True)
+            batch = self._drop_cancelled(cut)
+            self._flush()  # replies to requests refused while accepting
+            if batch or not cut:
+                return batch, wait_s
+            # Every request of the batch was cancelled: what else waits may run now.
 
     def _turn(self, current: list[Waiting[Ready]]) -> bool:
         while True:

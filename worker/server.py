@@ -63,6 +63,7 @@ _CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
 _ACK = TYPE_FRAME[MsgType.ACK]
 _ANNOUNCE = b"announce"
 _GROUP = b"group"  # inproc: several messages from one thread, msgpack list of frame lists
+_WAKE = b"wake"  # inproc: nothing to send; the loop is to look at its inline instances
 _BATCH = TYPE_FRAME[MsgType.BATCH]
 _RECV_BATCH = 256
 
@@ -120,6 +121,7 @@ class WorkerServer:
             send_ack=self._send_ack,
             flush=self._flush,
             inline_max_s=config.inline_compute_ms / 1e3,
+            wake=lambda: self._push([_WAKE]),
         )
         self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
@@ -187,6 +189,9 @@ class WorkerServer:
             except queue.Empty:
                 job = self._poll
             if job is None:
+                push = getattr(self._local, "push", None)
+                if push is not None:  # this thread's end of the inproc pipe
+                    push.close(linger=200)
                 return
             try:
                 job()
@@ -255,6 +260,9 @@ class WorkerServer:
         try:
             send_frames(link.socket, frames, should_copy(frames))
         except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:  # socket closed or context ending (shutdown)
+            logger.debug("send to %s failed: %s", link.endpoint, exc)
             return False
         return True
 
@@ -339,6 +347,8 @@ class WorkerServer:
                 frames = recv_frames(self.inproc)
             except zmq.Again:
                 break
+            if frames[0] == _WAKE:
+                continue
             if frames[0] == _ANNOUNCE:
                 self._announce()
             elif frames[0] == _GROUP:
@@ -452,7 +462,12 @@ class WorkerServer:
         for link in self.links:
             self._send(link, [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
         self.models.stop_all()
-        self._control_thread.join(5.0)
+        # The control thread may be retiring an inline version, which needs this thread to
+        # pump it to the end: keep pumping while waiting for it.
+        give_up = time.monotonic() + 5.0
+        while self._control_thread.is_alive() and time.monotonic() < give_up:
+            self._pump_inline()
+            self._control_thread.join(0.01)
         # Closes every socket, the other threads' inproc sockets included.
         self.ctx.destroy(linger=200)
         logger.info("[shutdown] worker: stopped")

@@ -7,23 +7,28 @@ from __future__ import annotations
 import queue
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from fabric import errors
+from worker.config import WorkerConfig
 from worker.loaders import LoadedModel, load_model
 from worker.models import ModelTable
 from worker.repository import scan_model
 from worker.runtime import ModelInstance
+from worker.server import WorkerServer
 from worker.stats import ModelStats
 
 from .test_runtime import (
+    FRONTEND,
     WAIT_S,
     Probe,
     Replies,
     batching,
     inbound,
+    model_module,
     ragged_rows,
     request_bytes,
     wait_until,
@@ -257,3 +262,96 @@ def test_model_table_without_an_inline_limit_uses_threads(tmp_path: Path) -> Non
         assert table.inline == ()
     finally:
         table.stop_all()
+
+
+def test_a_wholly_cancelled_batch_lets_the_next_one_run_in_the_same_pump(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    """Requests of another shape wait behind a batch whose every request was cancelled: they
+    run now, not at the I/O loop's next wake-up."""
+    model, _ = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    inst._accept(inbound(1, request_bytes({"X": ragged_rows(1, 3, seed=1)})))
+    inst._accept(inbound(2, request_bytes({"X": ragged_rows(1, 5, seed=2)})))  # other shape
+    inst.cancelled.add((FRONTEND, 1))
+    assert inst.pump() == 0.0
+    got = replies.by_id()
+    assert got[1].status == errors.CANCELLED
+    assert got[2].status == errors.OK
+
+
+def test_expired_requests_make_room_for_waiting_ones(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    model, _ = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    soon = time.time_ns() + 20_000_000
+    for i in range(8):  # a full batch (max_batch_size 8) about to expire, held in the batcher
+        inst._accept(inbound(i, request_bytes({"X": ragged_rows(1, 3, seed=i)}), soon))
+    inst.inbox.put(inbound(100, request_bytes({"X": ragged_rows(1, 3, seed=100)})))
+    time.sleep(0.03)
+    pump_until_idle(inst)
+    got = replies.by_id()
+    assert {got[i].status for i in range(8)} == {errors.DEADLINE_EXCEEDED}
+    assert got[100].status == errors.OK
+
+
+def test_timed_warm_up_only_for_inline_candidates(tmp_path: Path) -> None:
+    """A Python model is called once to warm up, not timed four times."""
+    write_model(tmp_path, "py", "ragged", batching())
+    table = ModelTable(tmp_path, "cpu", Replies(), min_credit=4, inline_max_s=0.02)
+    table.load_all()
+    try:
+        assert len(model_module(table.served[("py", "1")].model).CALLS) == 1
+    finally:
+        table.stop_all()
+
+
+def test_unload_wakes_the_pumping_thread(tmp_path: Path) -> None:
+    """The stop queued for an inline instance does not wait for the I/O loop's next wake-up."""
+    write_model(tmp_path, "one", "mlp", batching())
+    woken = threading.Event()
+    table = ModelTable(tmp_path, "cpu", Replies(), min_credit=4, inline_max_s=0.02, wake=woken.set)
+    table.load_all()
+    stop = threading.Event()
+
+    def io() -> None:  # sleeps 10 s unless woken, like a poll with a long timeout
+        while not stop.is_set():
+            woken.wait(10)
+            woken.clear()
+            for inst in table.inline:
+                if inst.inline:
+                    inst.pump()
+
+    thread = threading.Thread(target=io, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        table.unload("one", "")
+        assert time.monotonic() - started < 2.0
+        assert table.inline == ()
+    finally:
+        stop.set()
+        woken.set()
+        thread.join(5)
+        table.stop_all()
+
+
+def test_close_pumps_while_the_control_thread_retires_an_inline_model(tmp_path: Path) -> None:
+    """Shutdown during an unload: the control thread waits for the I/O thread to pump the
+    retiring instance to its end, so close() must keep pumping while it waits (no 5 s stall)."""
+    write_model(tmp_path, "one", "mlp", batching())
+    config = WorkerConfig(
+        brokers=("tcp://127.0.0.1:9",), model_repository=str(tmp_path), inline_compute_ms=20
+    )
+    server = WorkerServer(config)
+    server.load_repository()
+    (inst,) = server.models.inline
+    assert inst.pump() is None  # this thread pumps, as the I/O thread does
+    server._control_thread.start()
+    server._control.put(lambda: server.models.unload("one", ""))
+    wait_until(lambda: ("one", "1") not in server.models.served)
+    started = time.monotonic()
+    server.close()
+    assert time.monotonic() - started < 3.0
+    assert inst.finished
