@@ -157,6 +157,7 @@ class ModelInstance:
         self._inline_done = threading.Event()  # inline: stopped and nothing left to run
         self._slow_streak = 0  # inline: batches in a row over the limit
         self._pump_thread: int | None = None
+        self._pump_lock = threading.Lock()
 
     def start(self, inline_max_s: float = 0.0) -> None:
         """Start computing: on a thread of its own, or inline when ``inline_max_s`` > 0."""
@@ -184,8 +185,10 @@ class ModelInstance:
         while not self._inline_done.is_set() and self.inline:
             if time.monotonic() >= give_up:
                 return
-            if self._pump_thread == threading.get_ident():
-                self.pump()  # stopped by the pumping thread itself: finish the work here
+            if self._pump_thread in (None, threading.get_ident()):
+                # Stopped by the pumping thread itself, or never pumped (the worker stops
+                # before its loop ran): finish the work here.
+                self.pump()
             else:
                 self._inline_done.wait(0.01)
         if not self.inline:  # moved to its thread meanwhile
@@ -216,6 +219,10 @@ class ModelInstance:
         """Inline mode, on the owner's I/O thread: run at most one ready batch, never block.
         Returns seconds until this instance wants to be pumped again (0 = at once), or None
         when it holds nothing."""
+        with self._pump_lock:  # only ever contended when a joiner pumps (see ``join``)
+            return self._pump()
+
+    def _pump(self) -> float | None:
         self._pump_thread = threading.get_ident()
         current: list[Waiting[Ready]] = []
         wait_s: float | None = None

@@ -157,11 +157,38 @@ def test_join_on_the_pumping_thread_finishes_what_is_queued(
     assert inst._inline_done.is_set()
 
 
+def test_join_finishes_an_instance_nobody_pumped_yet(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    """A worker stopping before its loop ever ran: the joiner does the work, no 5 s wait."""
+    model, _ = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    inst.inbox.put(inbound(1, request_bytes({"X": ragged_rows(1, 3, seed=1)})))
+    inst.stop()
+    started = time.monotonic()
+    inst.join(WAIT_S)
+    assert time.monotonic() - started < 2.0
+    assert replies.by_id()[1].status == errors.OK
+    assert inst.finished
+
+
 def test_join_from_another_thread_waits_for_the_pump(
     ragged: tuple[LoadedModel, Probe],
 ) -> None:
     model, probe = ragged
     inst, replies = make_instance(model, inline_max_s=1.0)
+    go, stop = threading.Event(), threading.Event()
+
+    def io() -> None:  # the pumping thread: pumps once, then idles until told to go on
+        inst.pump()
+        go.wait(WAIT_S)
+        while not stop.is_set():
+            inst.pump()
+            stop.wait(0.001)
+
+    io_thread = threading.Thread(target=io)
+    io_thread.start()
+    wait_until(lambda: inst._pump_thread == io_thread.ident)
     for i in range(3):
         inst.inbox.put(inbound(i, request_bytes({"X": ragged_rows(1, 3, seed=i)})))
     inst.stop()
@@ -172,21 +199,14 @@ def test_join_from_another_thread_waits_for_the_pump(
         joined.set()
 
     threading.Thread(target=control).start()
-    assert not joined.wait(0.1)  # nobody pumped yet
-    stop = threading.Event()
-
-    def io() -> None:
-        while not stop.is_set():
-            inst.pump()
-            stop.wait(0.001)
-
-    io_thread = threading.Thread(target=io)
-    io_thread.start()
     try:
+        assert not joined.wait(0.1)  # the pumping thread has not pumped since
+        go.set()
         assert joined.wait(WAIT_S)
         assert sorted(replies.by_id()) == [0, 1, 2]
         assert probe.calls and all(name == io_thread.name for name, _ in probe.calls)
     finally:
+        go.set()
         stop.set()
         io_thread.join()
 
