@@ -309,7 +309,7 @@ def test_expired_requests_make_room_for_waiting_ones(
     for i in range(8):  # a full batch (max_batch_size 8) about to expire, held in the batcher
         inst._accept(inbound(i, request_bytes({"X": ragged_rows(1, 3, seed=i)}), soon))
     inst.inbox.put(inbound(100, request_bytes({"X": ragged_rows(1, 3, seed=100)})))
-    time.sleep(0.03)
+    wait_until(lambda: time.time_ns() > soon)  # the held batch's deadlines have passed
     pump_until_idle(inst)
     got = replies.by_id()
     assert {got[i].status for i in range(8)} == {errors.DEADLINE_EXCEEDED}
