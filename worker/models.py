@@ -122,6 +122,7 @@ class ModelTable:
         self.inline_max_s = inline_max_s
         self.inline: tuple[ModelInstance, ...] = ()  # replaced whole: the I/O thread reads it
         self._wake = wake  # makes the I/O thread pump at once (a stop queued for an inline one)
+        self._inline_lock = threading.Lock()
         self.device = device
         self._send_reply = send_reply
         self._send_ack = send_ack
@@ -281,7 +282,8 @@ class ModelTable:
             inst.shares_inbox = len(served.instances) > 1
             inst.start(self.inline_max_s if inline else 0.0)
         if inline:
-            self.inline = (*self.inline, *served.instances)
+            with self._inline_lock:
+                self.inline = (*self.inline, *served.instances)
         self.served = {**self.served, (spec.name, version): served}
         self._refresh_latest()
         self.load_errors.pop(f"{spec.name}:{version}", None)
@@ -315,9 +317,8 @@ class ModelTable:
         for inst in served.instances:
             inst.join(5.0)
         # An inline instance that did not finish in time stays pumped (and its model open)
-        # until it has answered what it holds; a finished one is forgotten.
-        gone = {id(i) for i in served.instances if i.finished}
-        self.inline = tuple(i for i in self.inline if id(i) not in gone)
+        # until it has answered what it holds: ``reap`` then closes it. A finished one goes.
+        self._forget_inline([i for i in served.instances if i.finished])
         refuse_leftovers(served)
         if self._flush is not None:
             self._flush()
@@ -326,7 +327,20 @@ class ModelTable:
                 inst.model.close()
             else:
                 logger.warning("%s still busy after unload; its model stays loaded", inst.name)
+                inst.orphaned = True
+                inst.stop()  # refuse_leftovers took its stop marker from the inbox
         logger.info("model %s version %s unloaded", *key)
+
+    def reap(self, inst: ModelInstance) -> None:
+        """An orphaned inline instance (see ``_retire``) finished: forget it, close its model."""
+        self._forget_inline([inst])
+        inst.model.close()
+        logger.info("%s finished after its unload; model closed", inst.name)
+
+    def _forget_inline(self, instances: list[ModelInstance]) -> None:
+        gone = {id(i) for i in instances}
+        with self._inline_lock:  # the control thread and the I/O thread (``reap``) both write
+            self.inline = tuple(i for i in self.inline if id(i) not in gone)
 
     def _refresh_latest(self) -> None:
         latest: dict[str, str] = {}

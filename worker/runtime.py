@@ -169,6 +169,8 @@ class ModelInstance:
     def stop(self) -> None:
         self.inbox.put(_STOP)
 
+    orphaned = False  # set by the owner that gave up waiting for it to finish
+
     @property
     def finished(self) -> bool:
         """Stopped and done: nothing held will be run or answered any more by it."""
@@ -188,7 +190,8 @@ class ModelInstance:
             if self._pump_thread in (None, threading.get_ident()):
                 # Stopped by the pumping thread itself, or never pumped (the worker stops
                 # before its loop ran): finish the work here.
-                self.pump()
+                if self.pump() is None:
+                    self._inline_done.wait(0.01)  # nothing to run yet: do not spin
             else:
                 self._inline_done.wait(0.01)
         if not self.inline:  # moved to its thread meanwhile
@@ -220,6 +223,8 @@ class ModelInstance:
         Returns seconds until this instance wants to be pumped again (0 = at once), or None
         when it holds nothing."""
         with self._pump_lock:  # only ever contended when a joiner pumps (see ``join``)
+            if not self.inline:  # moved to its thread while this caller waited for the lock
+                return None
             return self._pump()
 
     def _pump(self) -> float | None:

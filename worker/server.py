@@ -336,6 +336,8 @@ class WorkerServer:
                 wait_s = inst.pump()
                 if wait_s is not None and (soonest is None or wait_s < soonest):
                     soonest = wait_s
+                elif inst.orphaned and inst.finished:
+                    self.models.reap(inst)
         return soonest
 
     def _forward(self) -> None:
@@ -466,8 +468,8 @@ class WorkerServer:
         # pump it to the end: keep pumping while waiting for it.
         give_up = time.monotonic() + 5.0
         while self._control_thread.is_alive() and time.monotonic() < give_up:
-            self._pump_inline()
-            self._control_thread.join(0.01)
+            if self._pump_inline() != 0.0:  # no batch just ran: give the control thread time
+                self._control_thread.join(0.01)
         # Closes every socket, the other threads' inproc sockets included.
         self.ctx.destroy(linger=200)
         logger.info("[shutdown] worker: stopped")

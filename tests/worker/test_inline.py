@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fabric import errors
+from fabric.errors import RequestError
 from worker.config import WorkerConfig
 from worker.loaders import LoadedModel, load_model
 from worker.models import ModelTable
@@ -375,3 +377,43 @@ def test_close_pumps_while_the_control_thread_retires_an_inline_model(tmp_path: 
     server.close()
     assert time.monotonic() - started < 3.0
     assert inst.finished
+
+
+def test_a_pump_waiting_for_the_lock_does_not_run_a_moved_instance(
+    ragged: tuple[LoadedModel, Probe],
+) -> None:
+    """Once the instance moved to its own thread, a pump that was already on its way (a joiner
+    and the I/O thread racing) must leave it alone."""
+    model, probe = ragged
+    inst, replies = make_instance(model, inline_max_s=1.0)
+    inst._leave_inline(2.0)
+    inst.inbox.put(inbound(1, request_bytes({"X": ragged_rows(1, 3, seed=1)})))
+    assert inst.pump() is None
+    assert replies.wait_for(1)[0].status == errors.OK
+    assert [name for name, _ in probe.calls] == [inst.name]  # run by its thread only
+    inst.stop()
+    inst.join(WAIT_S)
+
+
+def test_an_instance_left_busy_by_unload_is_reaped_when_done(tmp_path: Path) -> None:
+    """unload gave up waiting (join timed out): the instance keeps being pumped, gets its stop
+    again, and the I/O thread closes its model once it has finished."""
+    write_model(tmp_path, "one", "mlp", batching())
+    config = WorkerConfig(
+        brokers=("tcp://127.0.0.1:9",), model_repository=str(tmp_path), inline_compute_ms=20
+    )
+    server = WorkerServer(config)
+    try:
+        server.load_repository()
+        (inst,) = server.models.inline
+        assert inst.pump() is None  # this thread pumps, as the I/O thread does
+        inst.join = lambda timeout_s: None  # type: ignore[method-assign]  # as if timed out
+        server.models.unload("one", "")
+        assert inst.orphaned and not inst.finished
+        assert server.models.inline == (inst,)
+        wait_until(lambda: (server._pump_inline(), server.models.inline == ())[1])
+        assert inst.finished
+        with pytest.raises(RequestError):  # its model is closed
+            inst.model.execute({"X": np.ones((1, 4), np.float32)})
+    finally:
+        server.close()
