@@ -324,6 +324,10 @@ class WorkerServer:
                     if link.socket in events and self._drain_broker(link):
                         link.last_heard = time.monotonic()
                         link.backoff.reset()
+                        # The broker is there after all (this process was only paused, e.g.
+                        # SIGSTOP): a reconnect now would drop, with the old socket, requests
+                        # the broker has just leased to this worker again.
+                        link.reconnect_at = 0.0
         finally:
             self.close()
 
