@@ -41,6 +41,25 @@ SMALL_MAX_MESSAGE_BYTES = 64 * 1024
 T = TypeVar("T")
 
 
+PORT_TAKEN = "Address already in use"
+PORT_ATTEMPTS = 3
+
+
+def _popen(argv: Sequence[str], log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The system must not depend on the test runner's path tweaks.
+    env.pop("PYTHONPATH", None)
+    return subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,22 +201,20 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{self.name}-{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # The system must not depend on the test runner's path tweaks.
-        env.pop("PYTHONPATH", None)
         argv = [PYTHON, *args]
-        popen = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        proc = Proc(name, popen, log_path, log_file, argv, port)
+        proc = Proc(name, _popen(argv, log_file), log_path, log_file, argv, port)
         self.procs.append(proc)
         return proc
+
+    def _restart_on_new_port(self, proc: Proc) -> None:
+        """Start a process that died before binding again, with a new ``--port``."""
+        argv = list(proc.args)
+        proc.port = free_port()
+        argv[argv.index("--port") + 1] = str(proc.port)
+        proc.log_file.write(f"\n[stack] port taken; restarting on {proc.port}\n".encode())
+        proc.log_file.flush()
+        proc.args = argv
+        proc.popen = _popen(argv, proc.log_file)
 
     def start_broker(self, extra_args: Sequence[str] = ()) -> Proc:
         return self._spawn(
@@ -254,13 +271,23 @@ class Stack:
 
     def wait_live(self, frontend: Proc | None = None, timeout_s: float = 30.0) -> None:
         fe = frontend or self.frontend
-        client = self.client(fe)
-        wait_for(
-            lambda: client.is_server_live(client_timeout=1.0),
-            timeout_s=timeout_s,
-            what=f"{fe.name} ServerLive on {fe.url}",
-            watch=self.procs,
-        )
+        for attempt in range(PORT_ATTEMPTS):
+            client = self.client(fe)
+            try:
+                wait_for(
+                    lambda client=client: client.is_server_live(client_timeout=1.0),
+                    timeout_s=timeout_s,
+                    what=f"{fe.name} ServerLive on {fe.url}",
+                    watch=self.procs,
+                )
+                return
+            except ProcessDied:
+                # free_port() only finds a port free a moment ago: another process may take
+                # it before the frontend binds. That is the harness's race, not a failure.
+                taken = not fe.alive() and PORT_TAKEN in fe.log_text()
+                if not taken or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self._restart_on_new_port(fe)
 
     def wait_ready(
         self,
