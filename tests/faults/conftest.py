@@ -25,7 +25,12 @@ import pytest
 
 from tests.faults.harness import RECORDS, Call, FaultStack, Record, summarize
 from tests.faults.models import build_fault_repo
-from tests.integration.stack import PYTHON, REPO_ROOT, SMALL_MAX_MESSAGE_BYTES
+from tests.integration.stack import (
+    PYTHON,
+    REPO_ROOT,
+    SMALL_MAX_MESSAGE_BYTES,
+    owned_stacks,
+)
 
 SHARED_MODELS = (
     "work",
@@ -72,17 +77,10 @@ def _register(request: pytest.FixtureRequest, stack: FaultStack) -> None:
 def make_stack(
     fault_repo: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[[], FaultStack]]:
-    stacks: list[FaultStack] = []
-
-    def make() -> FaultStack:
-        stack = FaultStack(log_dir=tmp_path, model_repository=fault_repo, name=f"f{len(stacks)}")
-        stacks.append(stack)
-        _register(request, stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.stop()
+    yield from owned_stacks(
+        lambda i: FaultStack(log_dir=tmp_path, model_repository=fault_repo, name=f"f{i}"),
+        lambda stack: _register(request, stack),
+    )
 
 
 class _Shared:

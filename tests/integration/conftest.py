@@ -29,6 +29,7 @@ from tests.integration.stack import (
     REPO_ROOT,
     SMALL_MAX_MESSAGE_BYTES,
     Stack,
+    owned_stacks,
 )
 
 MAX_FAILED_STARTS = 2
@@ -257,17 +258,10 @@ def make_stack(
     model_repo: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[[], Stack]]:
     """Stacks owned by one test, started empty: call ``start_*`` on them."""
-    stacks: list[Stack] = []
-
-    def make() -> Stack:
-        stack = Stack(log_dir=tmp_path, model_repository=model_repo, name=f"s{len(stacks)}")
-        stacks.append(stack)
-        _register(request, stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.stop()
+    yield from owned_stacks(
+        lambda i: Stack(log_dir=tmp_path, model_repository=model_repo, name=f"s{i}"),
+        lambda stack: _register(request, stack),
+    )
 
 
 @pytest.hookimpl(wrapper=True)

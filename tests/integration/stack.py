@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
@@ -39,6 +39,7 @@ SMALL_MAX_MESSAGE_BYTES = 64 * 1024
 """``--max-message-bytes`` of the shared stack's second frontend."""
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Stack")
 
 
 PORT_TAKEN = "Address already in use"
@@ -371,3 +372,21 @@ class Stack:
                 f"{proc.tail(lines)}"
             )
         return "\n".join(parts)
+
+
+def owned_stacks(
+    make_one: Callable[[int], S], register: Callable[[S], None]
+) -> Iterator[Callable[[], S]]:
+    """The body of a ``make_stack`` fixture: stacks made on demand (``make_one`` gets their
+    number), each registered for the failure report, all stopped when the test ends."""
+    stacks: list[S] = []
+
+    def make() -> S:
+        stack = make_one(len(stacks))
+        stacks.append(stack)
+        register(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()

@@ -285,8 +285,10 @@ def test_model_whose_worker_died_is_unavailable_while_others_serve(
     # Both in one look: a frontend that missed the broker's heartbeats for a moment (two busy
     # cores) calls every model unready, which is not what this waits for.
     wait_for(
-        lambda: not client.is_model_ready("mlp", client_timeout=1.0)
-        and client.is_model_ready("simple", client_timeout=1.0),
+        lambda: (
+            not client.is_model_ready("mlp", client_timeout=1.0)
+            and client.is_model_ready("simple", client_timeout=1.0)
+        ),
         timeout_s=5.0,
         what="ModelReady(mlp) false and ModelReady(simple) true after mlp's only worker died",
         watch=[stack.broker, stack.frontend],
