@@ -162,6 +162,25 @@ def peers_libdir() -> str:
 
 
 # --------------------------------------------------------------------------- systems
+def peer_argv(script: str, repo: Path, grpc_port: int, http_port: int, *extra: str) -> list[str]:
+    """The command line of a peer server script (the options ``bench/peer_args.py`` defines)."""
+    return [
+        str(PEERS_PY),
+        str(BENCH_DIR / script),
+        "--model-file",
+        str(repo / MODEL / "1" / "model.pt"),
+        "--model",
+        MODEL,
+        "--width",
+        str(R.MODELS[MODEL]),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        *extra,
+    ]
+
+
 def run_pytriton(args, log_dir: Path, rnd: int, repo: Path, tmp: Path) -> tuple[list, dict]:
     grpc_port, http_port = R.free_port(), R.free_port()
     url = f"127.0.0.1:{grpc_port}"
@@ -177,24 +196,16 @@ def run_pytriton(args, log_dir: Path, rnd: int, repo: Path, tmp: Path) -> tuple[
         procs.append(
             R.Proc(
                 "server",
-                [
-                    str(PEERS_PY),
-                    str(BENCH_DIR / "pytriton_server.py"),
-                    "--model-file",
-                    str(repo / MODEL / "1" / "model.pt"),
-                    "--model",
-                    MODEL,
-                    "--width",
-                    str(R.MODELS[MODEL]),
-                    "--grpc-port",
-                    str(grpc_port),
-                    "--http-port",
-                    str(http_port),
+                peer_argv(
+                    "pytriton_server.py",
+                    repo,
+                    grpc_port,
+                    http_port,
                     "--token-file",
                     str(token_file),
                     "--workspace",
                     str(workspace),
-                ],
+                ),
                 log_dir / f"r{rnd}-pytriton",
                 env={
                     "LD_LIBRARY_PATH": peers_libdir(),
@@ -234,20 +245,7 @@ def run_ray(args, log_dir: Path, rnd: int, repo: Path) -> tuple[list, dict]:
         procs.append(
             R.Proc(
                 "server",
-                [
-                    str(PEERS_PY),
-                    str(BENCH_DIR / "ray_server.py"),
-                    "--model-file",
-                    str(repo / MODEL / "1" / "model.pt"),
-                    "--model",
-                    MODEL,
-                    "--width",
-                    str(R.MODELS[MODEL]),
-                    "--grpc-port",
-                    str(grpc_port),
-                    "--http-port",
-                    str(http_port),
-                ],
+                peer_argv("ray_server.py", repo, grpc_port, http_port),
                 log_dir / f"r{rnd}-ray",
                 env={
                     HOOK_ENV: str(BENCH_DIR / "ray_loopback.py"),

@@ -16,21 +16,15 @@ the interpreter's LIBDIR (``bench.peers`` does).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
 
+from peer_args import peer_parser  # this script's folder is on sys.path
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-file", required=True, type=Path)
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=500)
+    p = peer_parser(__doc__.splitlines()[0])
     p.add_argument("--token-file", type=Path, required=True)
     p.add_argument("--workspace", type=Path, default=None)
     args = p.parse_args()

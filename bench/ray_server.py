@@ -18,7 +18,6 @@ services bind 127.0.0.1; the dashboard is off.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -26,18 +25,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+from peer_args import peer_parser  # this script's folder is on sys.path
+
 SERVICER = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-file", required=True, type=Path)
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=500)
+    p = peer_parser(__doc__.splitlines()[0])
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO)
