@@ -1,15 +1,17 @@
 """Benchmark driver (``make bench``): our stack against baselines measured in the same run.
 
-Every round measures, back to back on the same machine, for each benchmark model:
+Every round starts, side by side on the same machine:
 
-1. the bare grpc.aio server (``bench.bare_server``) answering with that model's output size, the
-   ceiling of Python gRPC;
+1. for each benchmark model, the bare grpc.aio server (``bench.bare_server``) answering with that
+   model's output size, the ceiling of Python gRPC;
 2. our stack: broker, one worker and one frontend as separate processes, started the way users
    start them, on a temporary model repository holding the demo models
    (``python -m worker.demo_models DIR``) and the compute-heavy ``wide_mlp``
    (``python -m bench.wide_model DIR``);
 
-each at every requested concurrency with the closed-loop load generator (``bench.loadgen``).
+then measures each model at every requested concurrency with the closed-loop load generator
+(``bench.loadgen``), both systems at one point back to back before the next point (in alternating
+order), so that a ratio compares measurements seconds apart; idle, both use no CPU.
 Then, once per model, the model called in-process (``bench.inprocess``) at the batch sizes the
 worker actually executed, so the worker's compute time per batch (from
 ``get_inference_statistics``: ``batch_stats[b].compute_infer``) is set against the bare model at
@@ -468,6 +470,28 @@ def sweep(target: Target, models: list[str], args: argparse.Namespace) -> list[d
     return out
 
 
+def sweep_interleaved(
+    targets: dict[str, list[Target]], args: argparse.Namespace, rnd: int = 0
+) -> list[dict]:
+    """Every system at one point, back to back, before the next point: a ratio then compares
+    measurements seconds apart instead of minutes, which on a shared VM drift by 20 %.
+
+    ``targets`` maps each model to the systems (all up at once) that serve it. The order of
+    the systems alternates from point to point and round to round, so neither always runs
+    first (on caches another system warmed, or after a quiet spell).
+    """
+    out = []
+    step = rnd
+    for model, systems in targets.items():
+        for c in args.concurrency:
+            order = systems if step % 2 == 0 else systems[::-1]
+            step += 1
+            for target in order:
+                print(f"bench:   {target.system} {model} c={c}", file=sys.stderr)
+                out.append(measure(target, model, c, args))
+    return out
+
+
 def idle_cpu(procs: list[Proc], seconds: float) -> dict[str, float]:
     """Each process's CPU use (fraction of one core) while nothing is sent: polling, heartbeats."""
     if seconds <= 0:
@@ -491,46 +515,54 @@ def _loadavg() -> float:
 
 
 # --------------------------------------------------------------------------- systems
-def run_bare(args, log_dir: Path, rnd: int, model: str) -> list[dict]:
+def start_bare(args, log_dir: Path, rnd: int, model: str) -> Target:
     """The bare grpc.aio server answering ``model`` with a fixed response of its output size."""
     port = free_port()
     url = f"127.0.0.1:{port}"
-    procs: list[Proc] = []
-    out: list[dict] = []
-    system = "bare"
+    proc = Proc(
+        "server",
+        [
+            sys.executable,
+            "-m",
+            "bench.bare_server",
+            "--port",
+            str(port),
+            "--model",
+            model,
+            "--width",
+            str(MODELS[model]),
+        ],
+        log_dir / f"r{rnd}-bare-{model}",
+    )
     try:
-        procs.append(
-            Proc(
-                "server",
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.bare_server",
-                    "--port",
-                    str(port),
-                    "--model",
-                    model,
-                    "--width",
-                    str(MODELS[model]),
-                ],
-                log_dir / f"r{rnd}-bare-{model}",
-            )
-        )
-        wait_ready(url, procs, [model])
-        target = Target(system, url, procs)
-        out += sweep(target, [model], args)
-        out.append(
-            {
-                "system": system,
-                "model": model,
-                "idle_cpu_util": idle_cpu(procs, args.idle_seconds),
-                "idle_rss_mb": idle_rss(procs),
-            }
-        )
+        wait_ready(url, [proc], [model])
+    except BaseException:
+        stop_all([proc])
+        raise
+    return Target("bare", url, [proc])
+
+
+def bare_idle(target: Target, model: str, args) -> dict:
+    return {
+        "system": target.system,
+        "model": model,
+        "idle_cpu_util": idle_cpu(target.procs, args.idle_seconds),
+        "idle_rss_mb": idle_rss(target.procs),
+    }
+
+
+def run_bare(args, log_dir: Path, rnd: int, model: str) -> list[dict]:
+    """The bare server alone: started, swept over every concurrency, stopped."""
+    out: list[dict] = []
+    try:
+        target = start_bare(args, log_dir, rnd, model)
     except StackError as exc:
-        out.append({"system": system, "model": model, "error": str(exc)})
+        return [{"system": "bare", "model": model, "error": str(exc)}]
+    try:
+        out += sweep(target, [model], args)
+        out.append(bare_idle(target, model, args))
     finally:
-        stop_all(procs)
+        stop_all(target.procs)
     return out
 
 
@@ -611,15 +643,25 @@ def start_ours(args, log_dir: Path, repo: Path, models: list[str]) -> tuple[Targ
     return Target("ours", url, procs, stats=True), info
 
 
+def start_ours_idle(args, log_dir: Path, rnd: int, repo: Path, models: list[str]):
+    """``start_ours``, then its idle CPU and memory once start-up work has settled."""
+    target, info = start_ours(args, log_dir / f"r{rnd}-ours", repo, models)
+    try:
+        time.sleep(1.0)  # let start-up work (warm-up, announcements) settle first
+        info["idle_cpu_util"] = idle_cpu(target.procs, args.idle_seconds)
+        info["idle_rss_mb"] = idle_rss(target.procs)
+    except BaseException:
+        stop_all(target.procs)
+        raise
+    return target, info
+
+
 def run_ours(args, log_dir: Path, rnd: int, repo: Path, models: list[str]) -> tuple[list, dict]:
     out: list[dict] = []
     info: dict = {}
     target: Target | None = None
     try:
-        target, info = start_ours(args, log_dir / f"r{rnd}-ours", repo, models)
-        time.sleep(1.0)  # let start-up work (warm-up, announcements) settle first
-        info["idle_cpu_util"] = idle_cpu(target.procs, args.idle_seconds)
-        info["idle_rss_mb"] = idle_rss(target.procs)
+        target, info = start_ours_idle(args, log_dir, rnd, repo, models)
         out += sweep(target, models, args)
     except StackError as exc:
         out.append({"system": "ours", "error": str(exc)})
@@ -627,6 +669,37 @@ def run_ours(args, log_dir: Path, rnd: int, repo: Path, models: list[str]) -> tu
         if target is not None:
             info["exit_codes"] = stop_all(target.procs)
     return out, info
+
+
+def run_round(args, log_dir: Path, rnd: int, repo: Path | None, models: list[str]) -> dict:
+    """One round of ``make bench``: the bare server for each model and our stack, all up at
+    once, measured point by point (``sweep_interleaved``)."""
+    entry: dict = {"round": rnd, "results": [], "info": {}}
+    out: list[dict] = entry["results"]
+    bare: dict[str, Target] = {}
+    ours: Target | None = None
+    try:
+        for model in models:
+            print(f"bench: round {rnd + 1}/{args.rounds}: starting bare, {model}", file=sys.stderr)
+            try:
+                bare[model] = start_bare(args, log_dir, rnd, model)
+            except StackError as exc:
+                out.append({"system": "bare", "model": model, "error": str(exc)})
+        if repo is not None and not args.skip_ours:
+            print(f"bench: round {rnd + 1}/{args.rounds}: starting our stack", file=sys.stderr)
+            try:
+                ours, entry["info"]["ours"] = start_ours_idle(args, log_dir, rnd, repo, models)
+            except StackError as exc:
+                out.append({"system": "ours", "error": str(exc)})
+        targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
+        out += sweep_interleaved(targets, args, rnd)
+        out += [bare_idle(t, m, args) for m, t in bare.items()]
+    finally:
+        for t in bare.values():
+            stop_all(t.procs)
+        if ours is not None:
+            entry["info"].setdefault("ours", {})["exit_codes"] = stop_all(ours.procs)
+    return entry
 
 
 def build_repo(repo: Path, log_dir: Path, models: list[str]) -> str | None:
@@ -1175,16 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: cannot build the model repository; our stack is skipped\n{err}")
             repo = None
         for rnd in range(args.rounds):
-            entry: dict = {"round": rnd, "results": [], "info": {}}
-            for model in models:
-                print(f"bench: round {rnd + 1}/{args.rounds}: bare, {model}", file=sys.stderr)
-                entry["results"] += run_bare(args, log_dir, rnd, model)
-            if repo is not None and not args.skip_ours:
-                print(f"bench: round {rnd + 1}/{args.rounds}: our stack", file=sys.stderr)
-                res, info = run_ours(args, log_dir, rnd, repo, models)
-                entry["results"] += res
-                entry["info"]["ours"] = info
-            report["rounds"].append(entry)
+            report["rounds"].append(run_round(args, log_dir, rnd, repo, models))
         all_results = [r for rnd in report["rounds"] for r in rnd["results"]]
         for model in models:
             sizes = inprocess_sizes(all_results, model)
