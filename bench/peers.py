@@ -1,6 +1,6 @@
 """Peers (``make bench-peers``): the same model on PyTriton and Ray Serve, same load, same run.
 
-Every round measures, back to back, the ``mlp`` demo model (FP32 Linear(256,256)-ReLU-
+Every round measures the ``mlp`` demo model (FP32 Linear(256,256)-ReLU-
 Linear(256,256), seed 0, one torch thread, max batch 64, 500 µs queue delay) served by:
 
 1. ``bare``: the bare grpc.aio server (``bench.bare_server``), the ceiling of Python gRPC;
@@ -10,7 +10,9 @@ Linear(256,256), seed 0, one torch thread, max batch 64, 500 µs queue delay) se
    (``bench/ray_server.py``);
 
 each at the same concurrencies with the same closed-loop load generator (``bench.loadgen``), then
-the model in-process at the batch sizes executed (see ``bench.run``).
+the model in-process at the batch sizes executed (see ``bench.run``). The first three are up at
+once and measured point by point, back to back in alternating order, so that ratios compare
+measurements seconds apart; Ray, which uses ~10 % of a core while idle, runs on its own after them.
 
 The peers run in their own virtualenv, ``bench/.venv-peers``, made here on first use:
 ``torch==2.13.0`` (pinned: an unpinned torch downloads GBs of CUDA wheels),
@@ -181,57 +183,94 @@ def peer_argv(script: str, repo: Path, grpc_port: int, http_port: int, *extra: s
     ]
 
 
-def run_pytriton(args, log_dir: Path, rnd: int, repo: Path, tmp: Path) -> tuple[list, dict]:
+def start_pytriton(args, log_dir: Path, rnd: int, repo: Path, tmp: Path) -> tuple[R.Target, dict]:
+    """PyTriton serving ``MODEL``, ready and idle-measured; its workspace goes with its procs."""
     grpc_port, http_port = R.free_port(), R.free_port()
     url = f"127.0.0.1:{grpc_port}"
     token = os.urandom(16).hex()
     token_file = tmp / f"pytriton-token-{rnd}"
     token_file.write_text(token)
     workspace = tmp / f"pytriton-ws-{rnd}"
-    procs: list[R.Proc] = []
-    out: list[dict] = []
-    info: dict = {}
+    info: dict = {"workspace": str(workspace)}
     headers = {"triton-grpc-protocol-triton-access-token": token}
+    proc = R.Proc(
+        "server",
+        peer_argv(
+            "pytriton_server.py",
+            repo,
+            grpc_port,
+            http_port,
+            "--token-file",
+            str(token_file),
+            "--workspace",
+            str(workspace),
+        ),
+        log_dir / f"r{rnd}-pytriton",
+        env={
+            "LD_LIBRARY_PATH": peers_libdir(),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        },
+        cwd=str(REPO_ROOT),
+        grace_s=15.0,
+    )
     try:
-        procs.append(
-            R.Proc(
-                "server",
-                peer_argv(
-                    "pytriton_server.py",
-                    repo,
-                    grpc_port,
-                    http_port,
-                    "--token-file",
-                    str(token_file),
-                    "--workspace",
-                    str(workspace),
-                ),
-                log_dir / f"r{rnd}-pytriton",
-                env={
-                    "LD_LIBRARY_PATH": peers_libdir(),
-                    "OMP_NUM_THREADS": "1",
-                    "MKL_NUM_THREADS": "1",
-                },
-                cwd=str(REPO_ROOT),
-                grace_s=15.0,
-            )
-        )
         t0 = time.monotonic()
-        R.wait_ready(url, procs, [MODEL], timeout=PEER_READY_TIMEOUT_S)
+        R.wait_ready(url, [proc], [MODEL], timeout=PEER_READY_TIMEOUT_S)
         info["ready_s"] = time.monotonic() - t0
         info["sanity_error"] = R.sanity_check(url, MODEL)
         info["statistics"] = R.batch_snapshot(url, MODEL, headers) is not None
-        target = R.Target("pytriton", url, procs, stats=info["statistics"], stats_headers=headers)
+        target = R.Target("pytriton", url, [proc], stats=info["statistics"], stats_headers=headers)
         time.sleep(1.0)
-        info["idle_cpu_util"] = R.idle_cpu(procs, args.idle_seconds)
-        info["idle_rss_mb"] = R.idle_rss(procs)
-        out += R.sweep(target, [MODEL], args)
-    except R.StackError as exc:
-        out.append({"system": "pytriton", "model": MODEL, "error": str(exc)})
+        info["idle_cpu_util"] = R.idle_cpu(target.procs, args.idle_seconds)
+        info["idle_rss_mb"] = R.idle_rss(target.procs)
+    except BaseException:
+        stop_pytriton([proc], info)
+        raise
+    return target, info
+
+
+def stop_pytriton(procs: list[R.Proc], info: dict) -> None:
+    info["exit_codes"] = R.stop_all(procs)
+    shutil.rmtree(info["workspace"], ignore_errors=True)
+
+
+def run_interleaved(
+    args, log_dir: Path, rnd: int, repo: Path, tmp: Path, systems: list[str], entry: dict
+) -> None:
+    """Bare, ours and PyTriton, all up at once, measured point by point
+    (``R.sweep_interleaved``). Ray stays out: it uses ~10 % of a core while idle."""
+    out: list[dict] = entry["results"]
+    up: dict[str, R.Target] = {}
+    pt_info: dict | None = None
+    try:
+        for system in ("bare", "ours", "pytriton"):
+            if system not in systems:
+                continue
+            print(f"bench.peers: round {rnd + 1}/{args.rounds}: starting {system}", file=sys.stderr)
+            try:
+                if system == "bare":
+                    up[system] = R.start_bare(args, log_dir, rnd, MODEL)
+                elif system == "ours":
+                    up[system], entry["info"]["ours"] = R.start_ours_idle(
+                        args, log_dir, rnd, repo, [MODEL]
+                    )
+                else:
+                    up[system], pt_info = start_pytriton(args, log_dir, rnd, repo, tmp)
+                    entry["info"]["pytriton"] = pt_info
+            except R.StackError as exc:
+                out.append({"system": system, "model": MODEL, "error": str(exc)})
+        out += R.sweep_interleaved({MODEL: list(up.values())}, args, rnd)
+        if "bare" in up:
+            out.append(R.bare_idle(up["bare"], MODEL, args))
     finally:
-        info["exit_codes"] = R.stop_all(procs)
-        shutil.rmtree(workspace, ignore_errors=True)
-    return out, info
+        for system, target in up.items():
+            if system == "pytriton" and pt_info is not None:
+                stop_pytriton(target.procs, pt_info)
+            elif system == "ours":
+                entry["info"]["ours"]["exit_codes"] = R.stop_all(target.procs)
+            else:
+                R.stop_all(target.procs)
 
 
 def run_ray(args, log_dir: Path, rnd: int, repo: Path) -> tuple[list, dict]:
@@ -469,22 +508,12 @@ def main(argv: list[str] | None = None) -> int:
             systems = [s for s in systems if s == "bare"]
         for rnd in range(args.rounds):
             entry: dict = {"round": rnd, "results": [], "info": {}}
-            for system in systems:
-                print(f"bench.peers: round {rnd + 1}/{args.rounds}: {system}", file=sys.stderr)
-                if system == "bare":
-                    entry["results"] += R.run_bare(args, log_dir, rnd, MODEL)
-                elif system == "ours":
-                    res, info = R.run_ours(args, log_dir, rnd, repo, [MODEL])
-                    entry["results"] += res
-                    entry["info"]["ours"] = info
-                elif system == "pytriton":
-                    res, info = run_pytriton(args, log_dir, rnd, repo, tmp)
-                    entry["results"] += res
-                    entry["info"]["pytriton"] = info
-                elif system == "ray":
-                    res, info = run_ray(args, log_dir, rnd, repo)
-                    entry["results"] += res
-                    entry["info"]["ray"] = info
+            run_interleaved(args, log_dir, rnd, repo, tmp, systems, entry)
+            if "ray" in systems:
+                print(f"bench.peers: round {rnd + 1}/{args.rounds}: ray", file=sys.stderr)
+                res, info = run_ray(args, log_dir, rnd, repo)
+                entry["results"] += res
+                entry["info"]["ray"] = info
             report["rounds"].append(entry)
         results = [r for rnd in report["rounds"] for r in rnd["results"]]
         sizes = R.inprocess_sizes(results, MODEL)

@@ -551,21 +551,6 @@ def bare_idle(target: Target, model: str, args) -> dict:
     }
 
 
-def run_bare(args, log_dir: Path, rnd: int, model: str) -> list[dict]:
-    """The bare server alone: started, swept over every concurrency, stopped."""
-    out: list[dict] = []
-    try:
-        target = start_bare(args, log_dir, rnd, model)
-    except StackError as exc:
-        return [{"system": "bare", "model": model, "error": str(exc)}]
-    try:
-        out += sweep(target, [model], args)
-        out.append(bare_idle(target, model, args))
-    finally:
-        stop_all(target.procs)
-    return out
-
-
 def start_ours(args, log_dir: Path, repo: Path, models: list[str]) -> tuple[Target, dict]:
     """Broker, worker, frontend on free loopback ports; waits until every model is ready."""
     p_front, p_work, p_grpc = free_port(), free_port(), free_port()
@@ -654,21 +639,6 @@ def start_ours_idle(args, log_dir: Path, rnd: int, repo: Path, models: list[str]
         stop_all(target.procs)
         raise
     return target, info
-
-
-def run_ours(args, log_dir: Path, rnd: int, repo: Path, models: list[str]) -> tuple[list, dict]:
-    out: list[dict] = []
-    info: dict = {}
-    target: Target | None = None
-    try:
-        target, info = start_ours_idle(args, log_dir, rnd, repo, models)
-        out += sweep(target, models, args)
-    except StackError as exc:
-        out.append({"system": "ours", "error": str(exc)})
-    finally:
-        if target is not None:
-            info["exit_codes"] = stop_all(target.procs)
-    return out, info
 
 
 def run_round(args, log_dir: Path, rnd: int, repo: Path | None, models: list[str]) -> dict:
