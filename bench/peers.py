@@ -313,14 +313,25 @@ def run_ray(args, log_dir: Path, rnd: int, repo: Path) -> tuple[list, dict]:
 
 
 # --------------------------------------------------------------------------- report
-def versus_table(summary: list[dict], concurrencies: list[int], systems: list[str]) -> list[str]:
-    """Our stack against each peer at each concurrency (same run, medians over rounds)."""
+def versus_table(
+    rounds: list[dict], summary: list[dict], concurrencies: list[int], systems: list[str]
+) -> list[str]:
+    """Our stack against each peer at each concurrency: every ratio (and the p50 difference) is
+    taken within a round first, then the median over rounds is shown."""
 
-    def row(system: str, c: int) -> dict | None:
-        for r in summary:
-            if r["system"] == system and r["concurrency"] == c and r["rounds"]:
-                return r
-        return None
+    def within(other: str, c: int, value) -> float | None:
+        per_round = []
+        for rnd in rounds:
+            mine = R._find(rnd["results"], "ours", MODEL, c)
+            theirs = R._find(rnd["results"], other, MODEL, c)
+            if mine and theirs and "error" not in mine and "error" not in theirs:
+                v = value(mine, theirs)
+                if v is not None:
+                    per_round.append(v)
+        return R._median(per_round)
+
+    def ratio(key: str):
+        return lambda a, b: a[key] / b[key] if a.get(key) and b.get(key) else None
 
     peers = [s for s in systems if s not in ("ours",)]
     head = "| conc. | ours req/s | " + " | ".join(
@@ -331,19 +342,26 @@ def versus_table(summary: list[dict], concurrencies: list[int], systems: list[st
         "|---:|---:|" + "---:|---:|" * len(peers) + "---:|",
     ]
     for c in concurrencies:
-        ours = row("ours", c)
+        ours = next(
+            (r for r in summary if r["system"] == "ours" and r["concurrency"] == c and r["rounds"]),
+            None,
+        )
         if ours is None:
             continue
         cells = [str(c), R._f(ours["throughput"], ",.0f")]
         for p in peers:
-            other = row(p, c)
-            if other and other["throughput"] and other["p99_ms"]:
-                cells.append(f"{ours['throughput'] / other['throughput']:.2f}x")
-                cells.append(f"{ours['p99_ms'] / other['p99_ms']:.2f}x")
-            else:
-                cells += ["-", "-"]
-        bare = row("bare", c)
-        diff = ours["p50_ms"] - bare["p50_ms"] if bare and bare["p50_ms"] is not None else None
+            for key in ("throughput", "p99_ms"):
+                x = within(p, c, ratio(key))
+                cells.append("-" if x is None else f"{x:.2f}x")
+        diff = within(
+            "bare",
+            c,
+            lambda a, b: (
+                a["p50_ms"] - b["p50_ms"]
+                if a.get("p50_ms") is not None and b.get("p50_ms") is not None
+                else None
+            ),
+        )
         cells.append(R._f(diff, "+.2f") + (" ms" if diff is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -376,10 +394,11 @@ def to_markdown(report: dict) -> str:
         "",
         *R.results_table(report["summary"], MODEL),
         "",
-        "Our stack against each system, same round (targets at c=64 in PEERS.md: ≥ 0.6x bare, "
+        "Our stack against each system: ratios within each round, median over rounds (targets at "
+        "c=64 in PEERS.md: ≥ 0.6x bare, "
         "≥ 1.5x PyTriton with lower p99; c=1 p50 within 1.5 ms of bare):",
         "",
-        *versus_table(report["summary"], meta["concurrency"], systems),
+        *versus_table(report["rounds"], report["summary"], meta["concurrency"], systems),
         "",
     ]
     bs = R.batch_size_table(report, MODEL)
