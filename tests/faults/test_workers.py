@@ -39,6 +39,18 @@ def serving_pids(calls: list[Call]) -> set[int]:
     return {c.pid for c in calls if c.status == OK}
 
 
+def run_until(
+    load: ClosedLoop, since_s: float, n: int, what: str, *, margin_s: float = 0.0
+) -> None:
+    """Keep the load going until ``n`` calls sent at or after ``since_s`` (monotonic), and
+    ``margin_s`` or more before now, have ended."""
+    load.wait_until(
+        lambda calls: len(between(calls, since_s, time.monotonic() - margin_s)) >= n,
+        timeout_s=30.0,
+        what=f"{n} calls answered {what}",
+    )
+
+
 def wait_both_serve(load: ClosedLoop, stack: FaultStack) -> None:
     pids = {w.pid for w in stack.workers}
     load.wait_until(
@@ -58,10 +70,10 @@ def test_sigkill_one_of_two_workers_under_load(
     load.start()
     try:
         wait_both_serve(load, stack)
-        time.sleep(2.0)
+        run_until(load, time.monotonic(), 200, "with both workers up")
         killed_at = time.monotonic()
         stack.kill(victim)
-        time.sleep(8.0)
+        run_until(load, killed_at + DETECT_S + 1.0, 300, "after the kill was detected")
     finally:
         calls = load.stop()
     rec = chaos.record("1 SIGKILL 1 of 2 workers, 32 callers", calls)
@@ -85,10 +97,11 @@ def test_sigstop_worker_then_sigcont_rejoins(
     load.start()
     try:
         wait_both_serve(load, stack)
-        time.sleep(1.0)
+        run_until(load, time.monotonic(), 100, "with both workers up")
         stopped_at = time.monotonic()
         stack.suspend(victim)
-        time.sleep(DETECT_S + 2.0)
+        # The checks below count calls sent up to 0.3 s before SIGCONT: keep a margin of 0.5 s.
+        run_until(load, stopped_at + DETECT_S + 0.5, 150, "while a worker hangs", margin_s=0.5)
         resumed_at = time.monotonic()
         stack.resume(victim)
         # It rejoins: answers from the resumed worker again, within a few seconds.
@@ -98,7 +111,7 @@ def test_sigstop_worker_then_sigcont_rejoins(
             what=f"the resumed worker (pid {victim.pid}) answering again",
         )
         rejoined_after_s = time.monotonic() - resumed_at
-        time.sleep(1.0)
+        run_until(load, resumed_at + rejoined_after_s, 150, "after the worker rejoined")
     finally:
         calls = load.stop()
     rec = chaos.record(
@@ -148,7 +161,8 @@ def test_calls_right_after_an_idle_worker_dies(
     load = ClosedLoop(stack.frontend.url, "work", concurrency=4, timeout_s=CALL_TIMEOUT_S)
     load.start()
     try:
-        time.sleep(DETECT_S + 1.0)
+        # Through the detection window: until calls sent after it are answered too.
+        run_until(load, killed_at + DETECT_S + 1.0, 20, "after the kill was detected")
     finally:
         calls = load.stop()
     rec = chaos.record("1b SIGKILL an idle worker, then 4 callers at once", calls)
