@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,8 +389,16 @@ def batch_delta(before: dict | None, after: dict | None) -> dict | None:
 
 
 # --------------------------------------------------------------------------- one measurement
-def measure(target: Target, model: str, concurrency: int, args: argparse.Namespace) -> dict:
-    """Closed-loop load at one concurrency; CPU, memory and batch statistics over the window."""
+def measure(
+    target: Target,
+    model: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    siblings: Sequence[Proc] = (),
+) -> dict:
+    """Closed-loop load at one concurrency; CPU, memory and batch statistics over the window.
+    ``siblings``: processes of other systems this run keeps up meanwhile (idle), whose CPU
+    does not count as the noise of processes this run did not start."""
     marks: dict[str, dict] = {}
     procs = target.procs
 
@@ -402,6 +411,7 @@ def measure(target: Target, model: str, concurrency: int, args: argparse.Namespa
             "wakeups": {p.name: tree_wakeups(p.pid, kids) for p in procs},
             "rss": {p.name: tree_rss_mb(p.pid, kids) for p in procs},
             "client": sum(tree_cpu_s(pid, kids) for pid in client_pids),
+            "siblings": sum(tree_cpu_s(p.pid, kids) for p in siblings),
             "self": tree_cpu_s(os.getpid(), {}),
             "stats": (
                 batch_snapshot(target.url, model, target.stats_headers) if target.stats else None
@@ -438,6 +448,7 @@ def measure(target: Target, model: str, concurrency: int, args: argparse.Namespa
         cpu = {name: b["cpu"][name] - a["cpu"][name] for name in a["cpu"]}
         client = b["client"] - a["client"]
         ours = sum(cpu.values()) + client + (b["self"] - a["self"])
+        ours += b["siblings"] - a["siblings"]
         per_k = (lambda s: s / res.requests * 1000) if res.requests else (lambda s: None)
         rec["window_s"] = window
         rec["cpu_s"] = cpu
@@ -482,13 +493,15 @@ def sweep_interleaved(
     """
     out = []
     step = rnd
+    everyone = list({id(t): t for ts in targets.values() for t in ts}.values())
     for model, systems in targets.items():
         for c in args.concurrency:
             order = systems if step % 2 == 0 else systems[::-1]
             step += 1
             for target in order:
                 print(f"bench:   {target.system} {model} c={c}", file=sys.stderr)
-                out.append(measure(target, model, c, args))
+                others = [p for t in everyone if t is not target for p in t.procs]
+                out.append(measure(target, model, c, args, others))
     return out
 
 
