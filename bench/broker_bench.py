@@ -34,332 +34,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from bench import run as R
-from bench.report import REPO_ROOT
+import msgspec
 
-MODEL = "mlp"
-WIDTH = 256
-TCP = "tcp://127.0.0.1:{}"
-
-
-# --------------------------------------------------------------------------- payloads
-def request_payload() -> bytes:
-    """A serialized ModelInferRequest for mlp: FP32 [1, 256] raw input (about 1 KiB)."""
-    import numpy as np
-    from tritonclient.grpc import service_pb2
-
-    req = service_pb2.ModelInferRequest(model_name=MODEL)
-    inp = req.inputs.add()
-    inp.name = "INPUT0"
-    inp.datatype = "FP32"
-    inp.shape.extend([1, WIDTH])
-    req.raw_input_contents.append(
-        np.random.default_rng(0).standard_normal((1, WIDTH)).astype(np.float32).tobytes()
-    )
-    return req.SerializeToString()
-
-
-def model_config_bytes() -> bytes:
-    """``models/mlp/config.pbtxt`` as the serialized ModelConfig a worker announces."""
-    from google.protobuf import text_format
-
-    # tritonclient's copy of model_config.proto: the same wire format as protos/, and it can
-    # live in one process with tritonclient's service_pb2 (ours cannot: duplicate symbols).
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    text = (REPO_ROOT / "models" / MODEL / "config.pbtxt").read_text()
-    return text_format.Parse(text, mc.ModelConfig()).SerializeToString(deterministic=True)
-
-
-# --------------------------------------------------------------------------- fake peers
-def _messages(frames: list[bytes]) -> list[list[bytes]]:
-    """Frames after the tag of every message in one received ZeroMQ message (BATCH unpacked)."""
-    from fabric.protocol import TYPE_FRAME, MsgType, unpack_batch
-
-    if frames[1] == TYPE_FRAME[MsgType.BATCH]:
-        return unpack_batch(frames[2])
-    return [frames[1:]]
-
-
-def fake_worker(args: argparse.Namespace) -> dict:
-    import zmq
-
-    from bench.bare_server import fixed_response
-    from fabric.protocol import (
-        PROTOCOL_TAG,
-        TYPE_FRAME,
-        HeartbeatHeader,
-        ModelAnnouncement,
-        MsgType,
-        ReadyHeader,
-        ReplyHeader,
-        RequestHeader,
-        coalesce,
-        decode_header,
-        encode,
-        encode_header,
-    )
-    from fabric.sockets import make_socket
-
-    ctx: zmq.Context = zmq.Context()
-    socks = []
-    ready = encode(
-        MsgType.READY,
-        ReadyHeader([ModelAnnouncement(MODEL, "1", model_config_bytes(), args.capacity)]),
-    )
-    heartbeat = encode(MsgType.HEARTBEAT, HeartbeatHeader())
-    for i in range(args.n):
-        s = make_socket(ctx, zmq.DEALER, identity=f"fake-worker-{os.getpid()}-{i}".encode())
-        s.connect(args.endpoint)
-        s.send_multipart(ready)
-        socks.append(s)
-    poller = zmq.Poller()
-    for s in socks:
-        poller.register(s, zmq.POLLIN)
-    response = fixed_response(MODEL, WIDTH)
-    t_req, t_reply, t_hb, t_dis = (
-        TYPE_FRAME[MsgType.REQUEST],
-        TYPE_FRAME[MsgType.REPLY],
-        TYPE_FRAME[MsgType.HEARTBEAT],
-        TYPE_FRAME[MsgType.DISCONNECT],
-    )
-    ok_headers: dict[int, bytes] = {}
-    stop = _stop_flag()
-    requests = replies = 0
-    next_hb = time.monotonic() + 0.5
-    while not stop:
-        now = time.monotonic()
-        if now >= next_hb:
-            for s in socks:
-                s.send_multipart(heartbeat, zmq.NOBLOCK)
-            next_hb = now + 0.5
-        for s, _ in poller.poll(100):
-            out: list[list[bytes]] = []
-            for _ in range(1000):
-                try:
-                    frames = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                for m in _messages(frames):
-                    kind = m[0]
-                    if kind == t_req:
-                        requests += 1
-                        if args.no_reply:
-                            continue
-                        rid = decode_header(MsgType.REQUEST, m[1]).request_id
-                        assert isinstance(rid, int)
-                        head = ok_headers.get(rid)
-                        if head is None:
-                            head = encode_header(ReplyHeader(rid, "OK"))
-                        out.append([PROTOCOL_TAG, t_reply, head, m[2], response])
-                    elif kind == t_dis:
-                        s.send_multipart(ready)
-                    elif kind != t_hb:
-                        pass
-            if not out:
-                continue
-            replies += len(out)
-            if args.coalesce:
-                for i in range(0, len(out), args.chunk):
-                    s.send_multipart(coalesce(out[i : i + args.chunk]))
-            else:
-                for m in out:
-                    s.send_multipart(m)
-    _ = RequestHeader  # the header type the broker forwards, decoded above
-    for s in socks:
-        s.close(linger=0)
-    ctx.term()
-    return {"requests": requests, "replies": replies}
-
-
-def fake_frontend(args: argparse.Namespace) -> dict:
-    import zmq
-
-    from fabric.protocol import (
-        PROTOCOL_TAG,
-        TYPE_FRAME,
-        MsgType,
-        ReplyHeader,
-        RequestHeader,
-        coalesce,
-        decode_header,
-        encode_header,
-    )
-    from fabric.sockets import make_socket
-
-    ctx: zmq.Context = zmq.Context()
-    payload = request_payload()
-    t_req, t_reply = TYPE_FRAME[MsgType.REQUEST], TYPE_FRAME[MsgType.REPLY]
-    socks = []
-    next_id = [1] * args.n
-    for i in range(args.n):
-        s = make_socket(ctx, zmq.DEALER, identity=f"fake-frontend-{os.getpid()}-{i}".encode())
-        s.connect(args.endpoint)
-        socks.append(s)
-    poller = zmq.Poller()
-    for s in socks:
-        poller.register(s, zmq.POLLIN)
-
-    def send(i: int, count: int) -> None:
-        s = socks[i]
-        msgs = []
-        for _ in range(count):
-            rid = next_id[i]
-            next_id[i] += 1
-            head = encode_header(RequestHeader(rid, MODEL, "", 0))
-            msgs.append([PROTOCOL_TAG, t_req, head, payload])
-        if args.coalesce:
-            for k in range(0, len(msgs), args.chunk):
-                s.send_multipart(coalesce(msgs[k : k + args.chunk]))
-        else:
-            for m in msgs:
-                s.send_multipart(m)
-
-    _sleep_until(args.start_at - args.warmup)
-    for i in range(args.n):
-        send(i, args.window)
-    t_start, t_end = args.start_at, args.start_at + args.duration
-    in_window = errors = total = 0
-    sample: str = ""
-    index = {s: i for i, s in enumerate(socks)}
-    while True:
-        now = time.monotonic()
-        if now >= t_end:
-            break
-        for s, _ in poller.poll(50):
-            got = 0
-            for _ in range(1000):
-                try:
-                    frames = s.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                for m in _messages(frames):
-                    if m[0] != t_reply:
-                        continue
-                    got += 1
-                    header = decode_header(MsgType.REPLY, m[1])
-                    assert isinstance(header, ReplyHeader)
-                    if header.status != "OK":
-                        errors += 1
-                        sample = sample or f"{header.status}: {header.message}"
-            if got:
-                total += got
-                now = time.monotonic()
-                if t_start <= now < t_end:
-                    in_window += got
-                send(index[s], got)
-    for s in socks:
-        s.close(linger=0)
-    ctx.term()
-    return {"replies_in_window": in_window, "replies": total, "errors": errors, "sample": sample}
-
-
-def _stop_flag() -> list[int]:
-    """A list that becomes truthy on SIGTERM/SIGINT."""
-    flag: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: flag.append(1))
-    return flag
-
-
-def _sleep_until(t: float) -> None:
-    while (left := t - time.monotonic()) > 0:
-        time.sleep(min(left, 0.2))
-
-
-# --------------------------------------------------------------------------- driver helpers
-def start_broker(log_dir: Path, name: str, extra: list[str] | None = None) -> tuple:
-    pf, pw, pm = R.free_port(), R.free_port(), R.free_port()
-    proc = R.Proc(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "broker",
-            "--frontend-bind",
-            TCP.format(pf),
-            "--worker-bind",
-            TCP.format(pw),
-            "--metrics-port",
-            str(pm),
-            *(extra or []),
-        ],
-        log_dir,
-    )
-    _wait_metrics(pm, proc)
-    return proc, TCP.format(pf), TCP.format(pw), pm
-
-
-def _metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
-
-
-def _wait_metrics(port: int, proc: R.Proc, timeout: float = 20.0) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if not proc.alive():
-            raise R.StackError(f"broker exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        try:
-            _metrics(port)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise R.StackError(f"broker metrics not up after {timeout:.0f} s:\n{proc.log_tail()}")
-
-
-def _wait_gauge(port: int, key: str, want: float, timeout: float) -> float | None:
-    t0 = time.monotonic()
-    value = None
-    while time.monotonic() - t0 < timeout:
-        try:
-            value = _metrics(port).get(key)
-        except OSError:
-            value = None
-        if value is not None and value >= want:
-            return value
-        time.sleep(0.2)
-    return value
-
-
-def role(argv: list[str], log_dir: Path, name: str) -> R.Proc:
-    return R.Proc(name, [sys.executable, "-m", "bench.broker_bench", *argv], log_dir)
-
-
-def _role_result(p: R.Proc, timeout: float = 30.0) -> dict:
-    try:
-        p.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.stop()
-        return {"error": f"{p.name} did not finish"}
-    for line in reversed(p.log_path.read_text(errors="replace").splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"error": f"{p.name} exited {p.popen.returncode}:\n{p.log_tail()}"}
+from bench.broker_roles import (
+    MODEL,
+    fake_frontend,
+    fake_worker,
+    messages,
+    request_payload,
+    role,
+    role_result,
+    sleep_until,
+    start_broker,
+    wait_gauge,
+)
+from bench.cli import git_dirty, git_sha
+from bench.lifecycle import Proc, StackError, free_port, stop_all
+from bench.markdown import fmt, git_text, per_tier
+from bench.measure import Target, measure
+from bench.procs import machine_busy_s, proc_mem_mb, tree_cpu_s, tree_wakeups
+from bench.ready import wait_ready
 
 
 # --------------------------------------------------------------------------- measurements
-def routing(args, log_dir: Path, coalesce: bool) -> dict:
+def routing(args: argparse.Namespace, log_dir: Path, coalesce: bool) -> dict[str, Any]:
     mode = "coalesced" if coalesce else "one message per request"
     d = log_dir / ("routing-coalesced" if coalesce else "routing-single")
-    rec: dict = {"mode": mode, "coalesce": coalesce}
-    procs: list[R.Proc] = []
+    rec: dict[str, Any] = {"mode": mode, "coalesce": coalesce}
+    procs: list[Proc] = []
     try:
         broker, fe_ep, wk_ep, mport = start_broker(d, "broker")
         procs.append(broker)
@@ -380,9 +88,9 @@ def routing(args, log_dir: Path, coalesce: bool) -> dict:
             "fake-workers",
         )
         procs.append(workers)
-        got = _wait_gauge(mport, "fabric_broker_workers", args.workers, 15.0)
+        got = wait_gauge(mport, "fabric_broker_workers", args.workers, 15.0)
         if got is None or got < args.workers:
-            raise R.StackError(f"fake workers did not register (gauge {got})")
+            raise StackError(f"fake workers did not register (gauge {got})")
         start_at = time.monotonic() + 1.5 + args.warmup
         frontends = role(
             [
@@ -406,26 +114,24 @@ def routing(args, log_dir: Path, coalesce: bool) -> dict:
             "fake-frontends",
         )
         procs.append(frontends)
-        _sleep_until(start_at)
-        kids = R._children_map()
-        busy0 = R.machine_busy_s()
-        cpu0 = {p.name: R.tree_cpu_s(p.pid, kids) for p in procs}
-        wake0 = R.tree_wakeups(broker.pid, kids)
-        _sleep_until(start_at + args.duration)
-        kids = R._children_map()
-        busy1 = R.machine_busy_s()
-        cpu1 = {p.name: R.tree_cpu_s(p.pid, kids) for p in procs}
-        wake1 = R.tree_wakeups(broker.pid, kids)
-        rec["broker_rss_mb"] = R.proc_mem_mb(broker.pid)
-        fres = _role_result(frontends)
+        sleep_until(start_at)
+        busy0 = machine_busy_s()
+        cpu0 = {p.name: tree_cpu_s(p.pid) for p in procs}
+        wake0 = tree_wakeups(broker.pid)
+        sleep_until(start_at + args.duration)
+        busy1 = machine_busy_s()
+        cpu1 = {p.name: tree_cpu_s(p.pid) for p in procs}
+        wake1 = tree_wakeups(broker.pid)
+        rec["broker_rss_mb"] = proc_mem_mb(broker.pid)
+        fres = role_result(frontends)
         workers.stop()
-        wres = _role_result(workers, 5.0)
+        wres = role_result(workers, 5.0)
         rec["frontends"], rec["workers"] = fres, wres
         if "error" in fres:
-            raise R.StackError(fres["error"])
+            raise StackError(fres["error"])
         n = fres["replies_in_window"]
         cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
-        ours = sum(cpu.values()) + R.tree_cpu_s(os.getpid(), {}) * 0
+        ours = sum(cpu.values())
         rec.update(
             {
                 "duration_s": args.duration,
@@ -441,14 +147,14 @@ def routing(args, log_dir: Path, coalesce: bool) -> dict:
                 "foreign_cpu_util": max(0.0, (busy1 - busy0) - ours) / args.duration,
             }
         )
-    except R.StackError as exc:
+    except StackError as exc:
         rec["error"] = str(exc)
     finally:
-        R.stop_all(procs)
+        stop_all(procs)
     return rec
 
 
-def queued_memory(args, log_dir: Path) -> dict:
+def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     """Broker RSS with ``args.queued`` requests waiting for credit."""
     import zmq
 
@@ -465,8 +171,8 @@ def queued_memory(args, log_dir: Path) -> dict:
     from fabric.sockets import make_socket
 
     d = log_dir / "queued"
-    rec: dict = {"queued_target": args.queued, "capacity": 4}
-    procs: list[R.Proc] = []
+    rec: dict[str, Any] = {"queued_target": args.queued, "capacity": 4}
+    procs: list[Proc] = []
     ctx: zmq.Context = zmq.Context()
     sock = None
     try:
@@ -491,9 +197,9 @@ def queued_memory(args, log_dir: Path) -> dict:
                 "fake-worker",
             )
         )
-        _wait_gauge(mport, "fabric_broker_workers", 1, 15.0)
+        wait_gauge(mport, "fabric_broker_workers", 1, 15.0)
         time.sleep(1.0)
-        rec["idle_rss_mb"] = R.proc_mem_mb(broker.pid)
+        rec["idle_rss_mb"] = proc_mem_mb(broker.pid)
         sock = make_socket(ctx, zmq.DEALER, identity=b"fake-frontend-queue")
         sock.connect(fe_ep)
         payload = request_payload()
@@ -507,17 +213,17 @@ def queued_memory(args, log_dir: Path) -> dict:
         for k in range(0, total, 100):
             sock.send_multipart(coalesce(msgs[k : k + 100]))
         key = f'fabric_broker_queue_depth{{model="{MODEL}",version="1"}}'
-        depth = _wait_gauge(mport, key, args.queued, 30.0)
+        depth = wait_gauge(mport, key, args.queued, 30.0)
         rec["queue_depth"] = depth
         time.sleep(0.5)
-        rec["queued_rss_mb"] = R.proc_mem_mb(broker.pid)
+        rec["queued_rss_mb"] = proc_mem_mb(broker.pid)
         rejected = 0
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            for m in _messages(frames):
+            for m in messages(frames):
                 if m[0] == TYPE_FRAME[MsgType.REPLY]:
                     h = decode_header(MsgType.REPLY, m[1])
                     if isinstance(h, ReplyHeader) and h.status != "OK":
@@ -527,21 +233,21 @@ def queued_memory(args, log_dir: Path) -> dict:
         idle = rec["idle_rss_mb"].get("VmRSS")
         if rss is not None and idle is not None and depth:
             rec["bytes_per_queued"] = (rss - idle) * 1024 * 1024 / depth
-    except R.StackError as exc:
+    except StackError as exc:
         rec["error"] = str(exc)
     finally:
         if sock is not None:
             sock.close(linger=0)
         ctx.term()
-        R.stop_all(procs)
+        stop_all(procs)
     return rec
 
 
-def frontend_memory(args, log_dir: Path) -> dict:
+def frontend_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     """The real frontend with the broker and an instant fake worker, under loadgen at c=128."""
     d = log_dir / "frontend"
-    rec: dict = {"concurrency": args.frontend_concurrency}
-    procs: list[R.Proc] = []
+    rec: dict[str, Any] = {"concurrency": args.frontend_concurrency}
+    procs: list[Proc] = []
     try:
         broker, fe_ep, wk_ep, _ = start_broker(d, "broker")
         procs.append(broker)
@@ -562,9 +268,9 @@ def frontend_memory(args, log_dir: Path) -> dict:
                 "fake-worker",
             )
         )
-        port = R.free_port()
+        port = free_port()
         procs.append(
-            R.Proc(
+            Proc(
                 "frontend",
                 [
                     sys.executable,
@@ -581,11 +287,11 @@ def frontend_memory(args, log_dir: Path) -> dict:
             )
         )
         url = f"127.0.0.1:{port}"
-        R.wait_ready(url, procs, [MODEL])
-        rec["idle_rss_mb"] = R.proc_mem_mb(procs[-1].pid)
-        target = R.Target("fake-worker stack", url, procs)
-        m = R.measure(target, MODEL, args.frontend_concurrency, args)
-        rec["frontend_rss_mb"] = R.proc_mem_mb(procs[-1].pid)
+        wait_ready(url, procs, [MODEL])
+        rec["idle_rss_mb"] = proc_mem_mb(procs[-1].pid)
+        target = Target("fake-worker stack", url, procs)
+        m = msgspec.to_builtins(measure(target, MODEL, args.frontend_concurrency, args))
+        rec["frontend_rss_mb"] = proc_mem_mb(procs[-1].pid)
         rec["load"] = {
             k: m.get(k)
             for k in (
@@ -601,20 +307,20 @@ def frontend_memory(args, log_dir: Path) -> dict:
                 "error",
             )
         }
-    except R.StackError as exc:
+    except StackError as exc:
         rec["error"] = str(exc)
     finally:
-        R.stop_all(procs)
+        stop_all(procs)
     return rec
 
 
 # --------------------------------------------------------------------------- report
-def to_markdown(report: dict) -> str:
+def to_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = [
         "## One broker process in isolation (`python -m bench.broker_bench`)",
         "",
-        f"Run {meta['timestamp']} (UTC), {R.git_text(meta)}, {meta['cpus']} CPUs, "
+        f"Run {meta['timestamp']} (UTC), {git_text(meta)}, {meta['cpus']} CPUs, "
         f"{meta['duration_s']:g} s measured after {meta['warmup_s']:g} s warm-up; "
         f"{meta['frontends']} fake frontend sockets x {meta['window']} requests in flight, "
         f"{meta['workers']} fake worker sockets x capacity {meta['capacity']}, in two "
@@ -632,8 +338,8 @@ def to_markdown(report: dict) -> str:
             continue
         lines.append(
             f"| {r['mode']} | {r['routed_per_s']:,.0f} | {r['broker_cpu_util'] * 100:.0f}% "
-            f"| {R._f(r['broker_cpu_s_per_1k'], '.4f')} | {R._f(r['per_broker_core_s'], ',.0f')} "
-            f"| {R._f(r['broker_wakeups_per_req'], '.2f')} "
+            f"| {fmt(r['broker_cpu_s_per_1k'], '.4f')} | {fmt(r['per_broker_core_s'], ',.0f')} "
+            f"| {fmt(r['broker_wakeups_per_req'], '.2f')} "
             f"| {r['fake_frontends_cpu_util'] * 100:.0f}% "
             f"| {r['fake_workers_cpu_util'] * 100:.0f}% "
             f"| {r['foreign_cpu_util'] * 100:.0f}% | {r['errors']} |"
@@ -650,12 +356,12 @@ def to_markdown(report: dict) -> str:
         lines.append(f"- **Broker with queued requests**: failed: {q['error']}")
     elif q:
         lines.append(
-            f"- **Broker RSS with {R._f(q.get('queue_depth'), ',.0f')} queued requests** "
+            f"- **Broker RSS with {fmt(q.get('queue_depth'), ',.0f')} queued requests** "
             f"(fake worker capacity 4, never replies; {q.get('payload_bytes')} B payloads): "
-            f"{R._f(q['queued_rss_mb'].get('VmRSS'), '.1f')} MB (peak "
-            f"{R._f(q['queued_rss_mb'].get('VmHWM'), '.1f')} MB), idle "
-            f"{R._f(q['idle_rss_mb'].get('VmRSS'), '.1f')} MB, about "
-            f"{R._f(q.get('bytes_per_queued'), ',.0f')} B per queued request; "
+            f"{fmt(q['queued_rss_mb'].get('VmRSS'), '.1f')} MB (peak "
+            f"{fmt(q['queued_rss_mb'].get('VmHWM'), '.1f')} MB), idle "
+            f"{fmt(q['idle_rss_mb'].get('VmRSS'), '.1f')} MB, about "
+            f"{fmt(q.get('bytes_per_queued'), ',.0f')} B per queued request; "
             f"{q.get('rejected', 0)} rejected. Goal ≤ 80 MB."
         )
     f = report.get("frontend", {})
@@ -665,21 +371,21 @@ def to_markdown(report: dict) -> str:
         load = f.get("load", {})
         lines.append(
             f"- **Frontend RSS under load** (real frontend, broker, fake worker answering at once; "
-            f"loadgen c={f['concurrency']}): {R._f(f['frontend_rss_mb'].get('VmRSS'), '.1f')} MB "
-            f"at the end (peak {R._f(f['frontend_rss_mb'].get('VmHWM'), '.1f')} MB), idle "
-            f"{R._f(f['idle_rss_mb'].get('VmRSS'), '.1f')} MB. Goal ≤ 120 MB. Under that load: "
-            f"{R._f(load.get('throughput'), ',.0f')} req/s, p50 {R._f(load.get('p50_ms'), '.2f')}"
-            f" ms, p99 {R._f(load.get('p99_ms'), '.2f')} ms, {load.get('errors')} errors, CPU s "
-            f"per 1k req {R._per_tier(load.get('cpu_s_per_1k') or {}, '.3f')}, wake-ups/req "
-            f"{R._per_tier(load.get('wakeups_per_req') or {}, '.1f')}, other CPU "
-            f"{R._f((load.get('foreign_cpu_util') or 0) * 100, '.0f')}%."
+            f"loadgen c={f['concurrency']}): {fmt(f['frontend_rss_mb'].get('VmRSS'), '.1f')} MB "
+            f"at the end (peak {fmt(f['frontend_rss_mb'].get('VmHWM'), '.1f')} MB), idle "
+            f"{fmt(f['idle_rss_mb'].get('VmRSS'), '.1f')} MB. Goal ≤ 120 MB. Under that load: "
+            f"{fmt(load.get('throughput'), ',.0f')} req/s, p50 {fmt(load.get('p50_ms'), '.2f')}"
+            f" ms, p99 {fmt(load.get('p99_ms'), '.2f')} ms, {load.get('errors')} errors, CPU s "
+            f"per 1k req {per_tier(load.get('cpu_s_per_1k') or {}, '.3f')}, wake-ups/req "
+            f"{per_tier(load.get('wakeups_per_req') or {}, '.1f')}, other CPU "
+            f"{fmt((load.get('foreign_cpu_util') or 0) * 100, '.0f')}%."
         )
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--frontends", type=int, default=2, help="fake frontend sockets")
@@ -712,11 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = args.out / "logs" / f"broker-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {
+    report: dict[str, Any] = {
         "meta": {
             "timestamp": stamp,
-            "git": R.git_sha(),
-            "git_dirty": R.git_dirty(),
+            "git": git_sha(),
+            "git_dirty": git_dirty(),
             "cpus": os.cpu_count(),
             "duration_s": args.duration,
             "warmup_s": args.warmup,

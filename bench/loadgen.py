@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -180,7 +181,7 @@ def _child(
         try:
             import uvloop
 
-            runner = uvloop.run
+            runner: Callable[..., Any] = uvloop.run
         except ImportError:  # pragma: no cover
             runner = asyncio.run
         res = runner(
@@ -272,10 +273,10 @@ def run_load(
         t_end = t_start + duration
         _sleep_until(t_start)
         if on_window_start:
-            on_window_start([p.pid for p in procs])
+            on_window_start([p.pid for p in procs if p.pid is not None])
         _sleep_until(t_end)
         if on_window_end:
-            on_window_end([p.pid for p in procs])
+            on_window_end([p.pid for p in procs if p.pid is not None])
 
         lat: list[float] = []
         for _ in procs:

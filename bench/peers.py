@@ -43,157 +43,62 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import run as R
-from bench.report import BENCH_DIR, PEERS_VENV, REPO_ROOT
+from bench.batchstats import batch_snapshot
+from bench.cli import add_common_args, new_meta, parse_ints, write_outputs
+from bench.compare import attach_inprocess, inprocess_sizes, run_inprocess
+from bench.lifecycle import Proc, StackError, free_port, stop_all
+from bench.markdown import (
+    TABLE_NOTES,
+    batch_size_table,
+    failures_section,
+    fmt,
+    idle_line,
+    inprocess_section,
+    meta_line,
+    results_table,
+)
+from bench.measure import Target, idle_cpu, idle_rss, idle_sample, sweep, sweep_interleaved
+from bench.models import MODEL_BLURB, MODELS
+from bench.peers_venv import HOOK_ENV, MODEL, ensure_venv, peer_argv, peers_libdir
+from bench.ready import sanity_check, wait_ready
+from bench.report import BENCH_DIR, REPO_ROOT
+from bench.results import (
+    Measurement,
+    Report,
+    Round,
+    RoundRecord,
+    StackInfo,
+    StartFailure,
+    SummaryRow,
+)
+from bench.summary import summarize, within_rounds
+from bench.systems import build_repo, start_bare, start_ours_idle
 
-MODEL = "mlp"
 SYSTEMS = ("bare", "ours", "pytriton", "ray")
-PEERS_PY = PEERS_VENV / "bin" / "python"
-BASE_SPECS = ["torch==2.13.0", "nvidia-pytriton==0.7.0", "matplotlib"]
-RAY_SPEC = "ray[serve]==2.60.0"
-BASE_MARKER = PEERS_VENV / ".bench-base-installed"
-RAY_MARKER = PEERS_VENV / ".bench-ray-installed"
-HOOK_PTH = "bench_ray_loopback.pth"
-HOOK_ENV = "BENCH_RAY_LOOPBACK_HOOK"
+DEFAULT_CONCURRENCY = "1,8,32,64,128"
 NETNS_ENV = "BENCH_PEERS_NETNS"
 PEER_READY_TIMEOUT_S = 240.0
+SETTLE_S = 1.0
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-# --------------------------------------------------------------------------- the peers venv
-def _pip(specs: list[str], timeout: float) -> tuple[bool, str]:
-    t0 = time.monotonic()
-    try:
-        r = subprocess.run(
-            [str(PEERS_PY), "-m", "pip", "install", "-q", *specs],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return False, f"`pip install {' '.join(specs)}` did not finish in {timeout:.0f} s"
-    took = time.monotonic() - t0
-    if r.returncode != 0:
-        err = "\n".join(ln for ln in r.stderr.splitlines() if "is ignored" not in ln)[-1500:]
-        return False, f"`pip install {' '.join(specs)}` failed after {took:.0f} s:\n{err}"
-    return True, f"installed {' '.join(specs)} in {took:.0f} s"
-
-
-def ensure_venv(ray: bool, install: bool, ray_timeout: float) -> dict:
-    """Make ``bench/.venv-peers`` (base packages, then Ray if asked); what happened, per part."""
-    status: dict = {"venv": str(PEERS_VENV), "notes": []}
-    if not PEERS_PY.exists():
-        if not install:
-            status["base_error"] = f"{PEERS_VENV} does not exist (run without --no-install)"
-            return status
-        r = subprocess.run(
-            [sys.executable, "-m", "venv", str(PEERS_VENV)], capture_output=True, text=True
-        )
-        if r.returncode != 0:
-            status["base_error"] = f"python -m venv failed: {r.stderr[-800:]}"
-            return status
-    if not BASE_MARKER.exists():
-        if not install:
-            status["base_error"] = "peer packages not installed (run without --no-install)"
-            return status
-        ok, msg = _pip(BASE_SPECS, timeout=1200)
-        status["notes"].append(msg)
-        if not ok:
-            status["base_error"] = msg
-            return status
-        BASE_MARKER.write_text(" ".join(BASE_SPECS) + "\n")
-    if ray:
-        if not RAY_MARKER.exists():
-            if install:
-                ok, msg = _pip([RAY_SPEC], timeout=ray_timeout)
-                status["notes"].append(msg)
-                if ok:
-                    RAY_MARKER.write_text(RAY_SPEC + "\n")
-                else:
-                    status["ray_error"] = msg + " (skipped: Ray Serve must install quickly)"
-            else:
-                status["ray_error"] = "Ray Serve not installed (run without --no-install)"
-        if RAY_MARKER.exists():
-            _install_hook()
-    status["versions"] = _versions()
-    return status
-
-
-def _install_hook() -> None:
-    """The .pth that runs ``bench/ray_loopback.py`` in every peers-venv process when asked to."""
-    site = subprocess.run(
-        [str(PEERS_PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    line = (
-        f"import os, runpy; os.environ.get({HOOK_ENV!r}) and "
-        f"runpy.run_path(os.environ[{HOOK_ENV!r}])\n"
-    )
-    (Path(site) / HOOK_PTH).write_text(line)
-
-
-def _versions() -> dict[str, str]:
-    code = (
-        "import importlib.metadata as m, json\n"
-        "out = {}\n"
-        "for p in ('torch', 'nvidia-pytriton', 'tritonclient', 'ray', 'matplotlib'):\n"
-        "    try:\n"
-        "        out[p] = m.version(p)\n"
-        "    except m.PackageNotFoundError:\n"
-        "        pass\n"
-        "print(json.dumps(out))\n"
-    )
-    r = subprocess.run([str(PEERS_PY), "-c", code], capture_output=True, text=True)
-    try:
-        return json.loads(r.stdout)
-    except json.JSONDecodeError:
-        return {}
-
-
-def peers_libdir() -> str:
-    return subprocess.run(
-        [str(PEERS_PY), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-
-
-# --------------------------------------------------------------------------- systems
-def peer_argv(script: str, repo: Path, grpc_port: int, http_port: int, *extra: str) -> list[str]:
-    """The command line of a peer server script (the options ``bench/peer_args.py`` defines)."""
-    return [
-        str(PEERS_PY),
-        str(BENCH_DIR / script),
-        "--model-file",
-        str(repo / MODEL / "1" / "model.pt"),
-        "--model",
-        MODEL,
-        "--width",
-        str(R.MODELS[MODEL]),
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
-        *extra,
-    ]
-
-
-def start_pytriton(args, log_dir: Path, rnd: int, repo: Path, tmp: Path) -> tuple[R.Target, dict]:
+def start_pytriton(
+    args: argparse.Namespace, log_dir: Path, rnd: int, repo: Path, tmp: Path
+) -> tuple[Target, StackInfo]:
     """PyTriton serving ``MODEL``, ready and idle-measured; its workspace goes with its procs."""
-    grpc_port, http_port = R.free_port(), R.free_port()
+    grpc_port, http_port = free_port(), free_port()
     url = f"127.0.0.1:{grpc_port}"
     token = os.urandom(16).hex()
     token_file = tmp / f"pytriton-token-{rnd}"
     token_file.write_text(token)
     workspace = tmp / f"pytriton-ws-{rnd}"
-    info: dict = {"workspace": str(workspace)}
+    info = StackInfo(workspace=str(workspace))
     headers = {"triton-grpc-protocol-triton-access-token": token}
-    proc = R.Proc(
+    proc = Proc(
         "server",
         peer_argv(
             "pytriton_server.py",
@@ -206,43 +111,46 @@ def start_pytriton(args, log_dir: Path, rnd: int, repo: Path, tmp: Path) -> tupl
             str(workspace),
         ),
         log_dir / f"r{rnd}-pytriton",
-        env={
-            "LD_LIBRARY_PATH": peers_libdir(),
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        },
+        env={"LD_LIBRARY_PATH": peers_libdir(), **ONE_THREAD},
         cwd=str(REPO_ROOT),
         grace_s=15.0,
     )
     try:
         t0 = time.monotonic()
-        R.wait_ready(url, [proc], [MODEL], timeout=PEER_READY_TIMEOUT_S)
-        info["ready_s"] = time.monotonic() - t0
-        info["sanity_error"] = R.sanity_check(url, MODEL)
-        info["statistics"] = R.batch_snapshot(url, MODEL, headers) is not None
-        target = R.Target("pytriton", url, [proc], stats=info["statistics"], stats_headers=headers)
-        time.sleep(1.0)
-        info["idle_cpu_util"] = R.idle_cpu(target.procs, args.idle_seconds)
-        info["idle_rss_mb"] = R.idle_rss(target.procs)
+        wait_ready(url, [proc], [MODEL], timeout=PEER_READY_TIMEOUT_S)
+        info.ready_s = time.monotonic() - t0
+        info.sanity_error = sanity_check(url, MODEL, MODELS[MODEL])
+        info.statistics = batch_snapshot(url, MODEL, headers) is not None
+        target = Target("pytriton", url, [proc], stats=info.statistics, stats_headers=headers)
+        time.sleep(SETTLE_S)
+        info.idle_cpu_util = idle_cpu(target.procs, args.idle_seconds)
+        info.idle_rss_mb = idle_rss(target.procs)
     except BaseException:
         stop_pytriton([proc], info)
         raise
     return target, info
 
 
-def stop_pytriton(procs: list[R.Proc], info: dict) -> None:
-    info["exit_codes"] = R.stop_all(procs)
-    shutil.rmtree(info["workspace"], ignore_errors=True)
+def stop_pytriton(procs: list[Proc], info: StackInfo) -> None:
+    info.exit_codes = stop_all(procs)
+    if info.workspace:
+        shutil.rmtree(info.workspace, ignore_errors=True)
 
 
 def run_interleaved(
-    args, log_dir: Path, rnd: int, repo: Path, tmp: Path, systems: list[str], entry: dict
+    args: argparse.Namespace,
+    log_dir: Path,
+    rnd: int,
+    repo: Path,
+    tmp: Path,
+    systems: list[str],
+    entry: Round,
 ) -> None:
     """Bare, ours and PyTriton, all up at once, measured point by point
-    (``R.sweep_interleaved``). Ray stays out: it uses ~10 % of a core while idle."""
-    out: list[dict] = entry["results"]
-    up: dict[str, R.Target] = {}
-    pt_info: dict | None = None
+    (``sweep_interleaved``). Ray stays out: it uses ~10 % of a core while idle."""
+    out = entry.results
+    up: dict[str, Target] = {}
+    pt_info: StackInfo | None = None
     try:
         for system in ("bare", "ours", "pytriton"):
             if system not in systems:
@@ -250,88 +158,86 @@ def run_interleaved(
             print(f"bench.peers: round {rnd + 1}/{args.rounds}: starting {system}", file=sys.stderr)
             try:
                 if system == "bare":
-                    up[system] = R.start_bare(args, log_dir, rnd, MODEL)
+                    up[system] = start_bare(log_dir, rnd, MODEL)
                 elif system == "ours":
-                    up[system], entry["info"]["ours"] = R.start_ours_idle(
+                    up[system], entry.info["ours"] = start_ours_idle(
                         args, log_dir, rnd, repo, [MODEL]
                     )
                 else:
                     up[system], pt_info = start_pytriton(args, log_dir, rnd, repo, tmp)
-                    entry["info"]["pytriton"] = pt_info
-            except R.StackError as exc:
-                out.append({"system": system, "model": MODEL, "error": str(exc)})
-        out += R.sweep_interleaved({MODEL: list(up.values())}, args, rnd)
+                    entry.info["pytriton"] = pt_info
+            except StackError as exc:
+                out.append(StartFailure(system=system, model=MODEL, error=str(exc)))
+        out += sweep_interleaved({MODEL: list(up.values())}, args, rnd)
         if "bare" in up:
-            out.append(R.bare_idle(up["bare"], MODEL, args))
+            out.append(idle_sample(up["bare"], MODEL, args.idle_seconds))
     finally:
         for system, target in up.items():
             if system == "pytriton" and pt_info is not None:
                 stop_pytriton(target.procs, pt_info)
             elif system == "ours":
-                entry["info"]["ours"]["exit_codes"] = R.stop_all(target.procs)
+                entry.info["ours"].exit_codes = stop_all(target.procs)
             else:
-                R.stop_all(target.procs)
+                stop_all(target.procs)
 
 
-def run_ray(args, log_dir: Path, rnd: int, repo: Path) -> tuple[list, dict]:
-    grpc_port, http_port = R.free_port(), R.free_port()
+def run_ray(
+    args: argparse.Namespace, log_dir: Path, rnd: int, repo: Path
+) -> tuple[list[RoundRecord], StackInfo]:
+    """Ray Serve on its own: started, measured at every concurrency, stopped."""
+    grpc_port, http_port = free_port(), free_port()
     url = f"127.0.0.1:{grpc_port}"
     headers = {"application": MODEL}  # Ray Serve's gRPC proxy routes by this metadata key
-    procs: list[R.Proc] = []
-    out: list[dict] = []
-    info: dict = {}
+    procs: list[Proc] = []
+    out: list[RoundRecord] = []
+    info = StackInfo()
     try:
         procs.append(
-            R.Proc(
+            Proc(
                 "server",
                 peer_argv("ray_server.py", repo, grpc_port, http_port),
                 log_dir / f"r{rnd}-ray",
                 env={
                     HOOK_ENV: str(BENCH_DIR / "ray_loopback.py"),
                     "RAY_USAGE_STATS_ENABLED": "0",
-                    "OMP_NUM_THREADS": "1",
-                    "MKL_NUM_THREADS": "1",
+                    **ONE_THREAD,
                 },
                 cwd=str(REPO_ROOT),
                 grace_s=20.0,
             )
         )
         t0 = time.monotonic()
-        R.wait_ready(url, procs, [MODEL], timeout=PEER_READY_TIMEOUT_S, headers=headers)
-        info["ready_s"] = time.monotonic() - t0
-        info["sanity_error"] = R.sanity_check(url, MODEL, headers)
-        target = R.Target("ray", url, procs, infer_headers=headers)
-        time.sleep(1.0)
-        info["idle_cpu_util"] = R.idle_cpu(procs, args.idle_seconds)
-        info["idle_rss_mb"] = R.idle_rss(procs)
-        out += R.sweep(target, [MODEL], args)
-    except R.StackError as exc:
-        out.append({"system": "ray", "model": MODEL, "error": str(exc)})
+        wait_ready(url, procs, [MODEL], timeout=PEER_READY_TIMEOUT_S, headers=headers)
+        info.ready_s = time.monotonic() - t0
+        info.sanity_error = sanity_check(url, MODEL, MODELS[MODEL], headers)
+        target = Target("ray", url, procs, infer_headers=headers)
+        time.sleep(SETTLE_S)
+        info.idle_cpu_util = idle_cpu(procs, args.idle_seconds)
+        info.idle_rss_mb = idle_rss(procs)
+        out += sweep(target, [MODEL], args)
+    except StackError as exc:
+        out.append(StartFailure(system="ray", model=MODEL, error=str(exc)))
     finally:
-        info["exit_codes"] = R.stop_all(procs)
+        info.exit_codes = stop_all(procs)
     return out, info
 
 
 # --------------------------------------------------------------------------- report
 def versus_table(
-    rounds: list[dict], summary: list[dict], concurrencies: list[int], systems: list[str]
+    rounds: list[Round], summary: list[SummaryRow], concurrencies: list[int], systems: list[str]
 ) -> list[str]:
     """Our stack against each peer at each concurrency: every ratio (and the p50 difference) is
     taken within a round first, then the median over rounds is shown."""
 
-    def within(other: str, c: int, value) -> float | None:
-        per_round = []
-        for rnd in rounds:
-            mine = R._find(rnd["results"], "ours", MODEL, c)
-            theirs = R._find(rnd["results"], other, MODEL, c)
-            if mine and theirs and "error" not in mine and "error" not in theirs:
-                v = value(mine, theirs)
-                if v is not None:
-                    per_round.append(v)
-        return R._median(per_round)
+    def ratio(key: str) -> Callable[[Measurement, Measurement], float | None]:
+        def value(a: Measurement, b: Measurement) -> float | None:
+            x, y = getattr(a, key), getattr(b, key)
+            return float(x / y) if x and y else None
 
-    def ratio(key: str):
-        return lambda a, b: a[key] / b[key] if a.get(key) and b.get(key) else None
+        return value
+
+    def p50_diff(a: Measurement, b: Measurement) -> float | None:
+        return a.p50_ms - b.p50_ms if a.p50_ms is not None and b.p50_ms is not None else None
 
     peers = [s for s in systems if s not in ("ours",)]
     head = "| conc. | ours req/s | " + " | ".join(
@@ -343,41 +249,32 @@ def versus_table(
     ]
     for c in concurrencies:
         ours = next(
-            (r for r in summary if r["system"] == "ours" and r["concurrency"] == c and r["rounds"]),
-            None,
+            (r for r in summary if r.system == "ours" and r.concurrency == c and r.rounds), None
         )
         if ours is None:
             continue
-        cells = [str(c), R._f(ours["throughput"], ",.0f")]
+        cells = [str(c), fmt(ours.throughput, ",.0f")]
         for p in peers:
             for key in ("throughput", "p99_ms"):
-                x = within(p, c, ratio(key))
+                x = within_rounds(rounds, "ours", p, MODEL, c, ratio(key))
                 cells.append("-" if x is None else f"{x:.2f}x")
-        diff = within(
-            "bare",
-            c,
-            lambda a, b: (
-                a["p50_ms"] - b["p50_ms"]
-                if a.get("p50_ms") is not None and b.get("p50_ms") is not None
-                else None
-            ),
-        )
-        cells.append(R._f(diff, "+.2f") + (" ms" if diff is not None else ""))
+        diff = within_rounds(rounds, "ours", "bare", MODEL, c, p50_diff)
+        cells.append(fmt(diff, "+.2f") + (" ms" if diff is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def to_markdown(report: dict) -> str:
-    meta = report["meta"]
+def to_markdown(report: Report) -> str:
+    meta = report.meta
     systems = meta["systems"]
-    inst = report.get("install", {})
+    inst = report.install
     versions = inst.get("versions", {})
     lines = [
         "## Peers: the same model on PyTriton and Ray Serve (`make bench-peers`)",
         "",
-        R.meta_line(meta),
+        meta_line(meta),
         "",
-        f"Model `{MODEL}`: {R.MODEL_BLURB[MODEL]}; max batch 64, 500 µs queue delay, one torch "
+        f"Model `{MODEL}`: {MODEL_BLURB[MODEL]}; max batch 64, 500 µs queue delay, one torch "
         "thread, everywhere. Peers from `bench/.venv-peers`: "
         + (", ".join(f"{k} {v}" for k, v in versions.items()) or "not installed")
         + ". PyTriton = Triton server + Python backend stub + the PyTriton process running the "
@@ -392,27 +289,27 @@ def to_markdown(report: dict) -> str:
             else "Measured in the machine's own network namespace."
         ),
         "",
-        *R.results_table(report["summary"], MODEL),
+        *results_table(report.summary, MODEL),
         "",
         "Our stack against each system: ratios within each round, median over rounds (targets at "
         "c=64 in PEERS.md: ≥ 0.6x bare, "
         "≥ 1.5x PyTriton with lower p99; c=1 p50 within 1.5 ms of bare):",
         "",
-        *versus_table(report["rounds"], report["summary"], meta["concurrency"], systems),
+        *versus_table(report.rounds, report.summary, meta["concurrency"], systems),
         "",
     ]
-    bs = R.batch_size_table(report, MODEL)
+    bs = batch_size_table(report, MODEL)
     if bs:
         lines += [*bs, ""]
     if meta.get("plot"):
         lines += [f"![throughput against p99 latency]({meta['plot']})", ""]
-    lines += R.TABLE_NOTES
-    idle = R.idle_line(report)
+    lines += TABLE_NOTES
+    idle = idle_line(report)
     if idle:
         lines.append(idle)
     lines.append("")
-    lines += R.failures_section(report)
-    lines += R.inprocess_section(report, [MODEL])
+    lines += failures_section(report)
+    lines += inprocess_section(report, [MODEL])
     return "\n".join(lines) + "\n"
 
 
@@ -442,8 +339,8 @@ def _quote(s: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    R.add_common_args(parser, duration=8.0, warmup=2.0)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_common_args(parser, duration=8.0, warmup=2.0)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
     parser.add_argument(
         "--inprocess-seconds", type=float, default=0.3, help="timed seconds per batch size"
@@ -455,9 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.duration = 8.0 if args.duration is None else args.duration
     args.warmup = 2.0 if args.warmup is None else args.warmup
-    args.concurrency = [
-        int(c) for c in (args.concurrency or R.DEFAULT_CONCURRENCY).split(",") if c.strip()
-    ]
+    args.concurrency = parse_ints(args.concurrency or DEFAULT_CONCURRENCY)
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -506,45 +401,40 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = args.out / "logs" / f"peers-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {
-        "meta": {
-            **R.new_meta(args, stamp, log_dir),
-            "models": [MODEL],
-            "systems": systems,
-            "netns": _in_private_netns(),
-        },
-        "install": install,
-        "rounds": [],
-        "inprocess": {},
-        "notes": notes,
+    meta = {
+        **new_meta(args, stamp, log_dir),
+        "models": [MODEL],
+        "systems": systems,
+        "netns": _in_private_netns(),
     }
+    report = Report(meta=meta, install=install, notes=notes)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp_s:
         tmp = Path(tmp_s)
         repo = tmp / "models"
-        err = R.build_repo(repo, log_dir, [MODEL])
+        err = build_repo(repo, log_dir, [MODEL], frozenset())
         if err:
-            report["repo_error"] = err
+            report.repo_error = err
             systems = [s for s in systems if s == "bare"]
         for rnd in range(args.rounds):
-            entry: dict = {"round": rnd, "results": [], "info": {}}
+            entry = Round(round=rnd)
             run_interleaved(args, log_dir, rnd, repo, tmp, systems, entry)
             if "ray" in systems:
                 print(f"bench.peers: round {rnd + 1}/{args.rounds}: ray", file=sys.stderr)
                 res, info = run_ray(args, log_dir, rnd, repo)
-                entry["results"] += res
-                entry["info"]["ray"] = info
-            report["rounds"].append(entry)
-        results = [r for rnd in report["rounds"] for r in rnd["results"]]
-        sizes = R.inprocess_sizes(results, MODEL)
+                entry.results += res
+                entry.info["ray"] = info
+            report.rounds.append(entry)
+        results = [r for rnd in report.rounds for r in rnd.results]
+        sizes = inprocess_sizes(results, MODEL)
         print(f"bench.peers: {MODEL} in-process at batch sizes {sizes}", file=sys.stderr)
-        report["inprocess"][MODEL] = R.run_inprocess(
+        report.inprocess[MODEL] = run_inprocess(
             None if err else repo, MODEL, sizes, args.inprocess_seconds
         )
-    R.attach_inprocess(report)
-    report["meta"]["systems"] = systems
-    report["summary"] = R.summarize(report["rounds"], args.concurrency, systems, [MODEL])
-    report["meta"]["elapsed_s"] = time.monotonic() - t_begin
-    return R.write_outputs(report, args, "peers", to_markdown)
+    attach_inprocess(report)
+    report.meta["systems"] = systems
+    report.summary = summarize(report.rounds, args.concurrency, systems, [MODEL])
+    report.meta["elapsed_s"] = time.monotonic() - t_begin
+    return write_outputs(report, args, "peers", to_markdown)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from peer_args import peer_parser  # this script's folder is on sys.path
 
@@ -107,7 +108,9 @@ def main() -> None:
         http_options=HTTPOptions(host="127.0.0.1", port=args.http_port),
         grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[SERVICER]),
     )
-    serve.run(Model.bind(), name=name, route_prefix=f"/{name}")
+    # serve.deployment turns the class into a Deployment; mypy sees no stubs for ray.
+    deployment: Any = Model
+    serve.run(deployment.bind(), name=name, route_prefix=f"/{name}")
     print(f"ray serve serving {name} on 127.0.0.1:{args.grpc_port}", flush=True)
 
     stop = threading.Event()

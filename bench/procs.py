@@ -1,0 +1,119 @@
+"""Process sampling: CPU seconds, wake-ups and memory of process trees, and machine-wide CPU.
+
+Everything goes through psutil except two figures psutil does not expose on Linux: voluntary
+context switches summed over every thread (``num_ctx_switches`` is the leader thread's only) and
+the peak resident set ``VmHWM``; those two are read from ``/proc/<pid>[/task/<tid>]/status``.
+A process that exits while it is sampled simply stops counting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its live descendants ([] when ``pid`` is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except _GONE:
+        return []
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+    except _GONE:
+        return 0.0
+    # Only the process's own time: reaped children's time is already gone from the live tree.
+    return t.user + t.system
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime (seconds) of ``pid`` and its live descendants."""
+    return sum(_cpu_s(p) for p in tree(pid))
+
+
+def _status_field(path: Path, key: str) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return None
+
+
+def _thread_wakeups(pid: int) -> int:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    total = 0
+    for tid in tids:
+        n = _status_field(Path(f"/proc/{pid}/task/{tid}/status"), "voluntary_ctxt_switches:")
+        total += n or 0
+    return total
+
+
+def tree_wakeups(pid: int) -> int:
+    """Voluntary context switches (sleeps that ended in a wake-up) of every thread in the tree."""
+    return sum(_thread_wakeups(p.pid) for p in tree(pid))
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (peak resident) of one process, in MiB."""
+    out: dict[str, float] = {}
+    try:
+        out["VmRSS"] = psutil.Process(pid).memory_info().rss / 2**20
+    except _GONE:
+        return out
+    hwm_kib = _status_field(Path(f"/proc/{pid}/status"), "VmHWM:")
+    if hwm_kib is not None:
+        out["VmHWM"] = hwm_kib / 1024
+    return out
+
+
+def _rss_mb(proc: psutil.Process) -> float:
+    try:
+        return float(proc.memory_info().rss) / 2**20
+    except _GONE:
+        return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its live descendants, MiB (shared pages count each time)."""
+    return sum(_rss_mb(p) for p in tree(pid))
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent not idle (all cores)."""
+    t = psutil.cpu_times()
+    # user nice system irq softirq steal; idle and iowait are not busy, guest time is already
+    # inside user and nice.
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+
+
+def loadavg() -> float:
+    """The one-minute load average."""
+    return os.getloadavg()[0]
+
+
+def session_members(sid: int) -> list[int]:
+    """Every live process of session ``sid`` other than its leader."""
+    out = []
+    for pid in psutil.pids():
+        if pid == sid:
+            continue
+        try:
+            if os.getsid(pid) == sid:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
