@@ -290,10 +290,10 @@ def frontend_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         wait_ready(url, procs, [MODEL])
         rec["idle_rss_mb"] = proc_mem_mb(procs[-1].pid)
         target = Target("fake-worker stack", url, procs)
-        m = msgspec.to_builtins(measure(target, MODEL, args.frontend_concurrency, args))
+        m = measure(target, MODEL, args.frontend_concurrency, args)
         rec["frontend_rss_mb"] = proc_mem_mb(procs[-1].pid)
         rec["load"] = {
-            k: m.get(k)
+            k: msgspec.to_builtins(getattr(m, k))
             for k in (
                 "throughput",
                 "p50_ms",
