@@ -22,7 +22,16 @@ from bench.batchstats import batch_delta, batch_snapshot
 from bench.lifecycle import Proc, dead
 from bench.loadgen import run_load
 from bench.models import MODELS
-from bench.procs import loadavg, machine_busy_s, tree_cpu_s, tree_rss_mb, tree_wakeups
+from bench.procs import (
+    cpu_s,
+    loadavg,
+    machine_busy_s,
+    rss_mb,
+    tree,
+    tree_cpu_s,
+    tree_rss_mb,
+    wakeups,
+)
 from bench.results import BatchSnapshot, IdleSample, Measurement
 
 
@@ -54,12 +63,14 @@ class Mark:
 
 
 def take_mark(target: Target, model: str, client_pids: list[int], siblings: Sequence[Proc]) -> Mark:
+    # Each process tree is listed once per mark: listing walks all of /proc.
+    trees = {p.name: tree(p.pid) for p in target.procs}
     return Mark(
         t=time.monotonic(),
         busy=machine_busy_s(),
-        cpu={p.name: tree_cpu_s(p.pid) for p in target.procs},
-        wakeups={p.name: tree_wakeups(p.pid) for p in target.procs},
-        rss={p.name: tree_rss_mb(p.pid) for p in target.procs},
+        cpu={name: cpu_s(procs) for name, procs in trees.items()},
+        wakeups={name: wakeups(procs) for name, procs in trees.items()},
+        rss={name: rss_mb(procs) for name, procs in trees.items()},
         client=sum(tree_cpu_s(pid) for pid in client_pids),
         siblings=sum(tree_cpu_s(p.pid) for p in siblings),
         own=tree_cpu_s(os.getpid()),

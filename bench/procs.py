@@ -34,9 +34,14 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def cpu_s(procs: list[psutil.Process]) -> float:
+    """utime + stime (seconds) of these processes."""
+    return sum(_cpu_s(p) for p in procs)
+
+
 def tree_cpu_s(pid: int) -> float:
     """utime + stime (seconds) of ``pid`` and its live descendants."""
-    return sum(_cpu_s(p) for p in tree(pid))
+    return cpu_s(tree(pid))
 
 
 def _status_field(path: Path, key: str) -> int | None:
@@ -62,9 +67,15 @@ def _thread_wakeups(pid: int) -> int:
     return total
 
 
+def wakeups(procs: list[psutil.Process]) -> int:
+    """Voluntary context switches (sleeps that ended in a wake-up) of every thread of these
+    processes."""
+    return sum(_thread_wakeups(p.pid) for p in procs)
+
+
 def tree_wakeups(pid: int) -> int:
-    """Voluntary context switches (sleeps that ended in a wake-up) of every thread in the tree."""
-    return sum(_thread_wakeups(p.pid) for p in tree(pid))
+    """``wakeups`` of ``pid`` and its live descendants."""
+    return wakeups(tree(pid))
 
 
 def proc_mem_mb(pid: int) -> dict[str, float]:
@@ -87,9 +98,14 @@ def _rss_mb(proc: psutil.Process) -> float:
         return 0.0
 
 
+def rss_mb(procs: list[psutil.Process]) -> float:
+    """Resident memory of these processes, MiB (shared pages count each time)."""
+    return sum(_rss_mb(p) for p in procs)
+
+
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its live descendants, MiB (shared pages count each time)."""
-    return sum(_rss_mb(p) for p in tree(pid))
+    """``rss_mb`` of ``pid`` and its live descendants."""
+    return rss_mb(tree(pid))
 
 
 def machine_busy_s() -> float:
