@@ -20,6 +20,7 @@ def parse_ints(text: str) -> list[int]:
 
 
 def git_sha() -> str:
+    """The short commit the run measured ("?" outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
@@ -44,6 +45,7 @@ def git_dirty() -> list[str]:
 
 
 def new_meta(args: argparse.Namespace, stamp: str, log_dir: Path) -> dict[str, Any]:
+    """The report's ``meta``: when, what code, which machine, with which settings."""
     return {
         "timestamp": stamp,
         "git": git_sha(),
@@ -60,6 +62,7 @@ def new_meta(args: argparse.Namespace, stamp: str, log_dir: Path) -> dict[str, A
 
 
 def add_common_args(parser: argparse.ArgumentParser, duration: float, warmup: float) -> None:
+    """The flags ``bench.run`` and ``bench.peers`` share (defaults shown in their help)."""
     parser.add_argument(
         "--duration", type=float, default=None, help=f"measured seconds per point ({duration:g})"
     )
