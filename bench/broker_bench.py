@@ -38,10 +38,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import msgspec
-
+from bench.broker_results import (
+    BrokerReport,
+    FrontendMemory,
+    QueuedMemory,
+    Routing,
+    to_json,
+)
 from bench.broker_roles import (
     MODEL,
     fake_frontend,
@@ -60,13 +64,15 @@ from bench.markdown import fmt, git_text, per_tier
 from bench.measure import Target, measure
 from bench.procs import machine_busy_s, proc_mem_mb, tree_cpu_s, tree_wakeups
 from bench.ready import wait_ready
+from bench.results import Measurement
 
 
 # --------------------------------------------------------------------------- measurements
-def routing(args: argparse.Namespace, log_dir: Path, coalesce: bool) -> dict[str, Any]:
+def routing(args: argparse.Namespace, log_dir: Path, coalesce: bool) -> Routing:
+    """Fake frontends and workers through a fresh broker; its CPU per routed request."""
     mode = "coalesced" if coalesce else "one message per request"
     d = log_dir / ("routing-coalesced" if coalesce else "routing-single")
-    rec: dict[str, Any] = {"mode": mode, "coalesce": coalesce}
+    rec = Routing(mode=mode, coalesce=coalesce)
     procs: list[Proc] = []
     try:
         broker, fe_ep, wk_ep, mport = start_broker(d, "broker")
@@ -122,39 +128,34 @@ def routing(args: argparse.Namespace, log_dir: Path, coalesce: bool) -> dict[str
         busy1 = machine_busy_s()
         cpu1 = {p.name: tree_cpu_s(p.pid) for p in procs}
         wake1 = tree_wakeups(broker.pid)
-        rec["broker_rss_mb"] = proc_mem_mb(broker.pid)
+        rec.broker_rss_mb = proc_mem_mb(broker.pid)
         fres = role_result(frontends)
         workers.stop()
-        wres = role_result(workers, 5.0)
-        rec["frontends"], rec["workers"] = fres, wres
+        rec.frontends, rec.workers = fres, role_result(workers, 5.0)
         if "error" in fres:
             raise StackError(fres["error"])
         n = fres["replies_in_window"]
         cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
         ours = sum(cpu.values())
-        rec.update(
-            {
-                "duration_s": args.duration,
-                "routed_per_s": n / args.duration,
-                "errors": fres["errors"],
-                "error_sample": fres.get("sample"),
-                "broker_cpu_util": cpu["broker"] / args.duration,
-                "broker_cpu_s_per_1k": cpu["broker"] / n * 1000 if n else None,
-                "per_broker_core_s": n / cpu["broker"] if cpu["broker"] else None,
-                "broker_wakeups_per_req": (wake1 - wake0) / n if n else None,
-                "fake_frontends_cpu_util": cpu["fake-frontends"] / args.duration,
-                "fake_workers_cpu_util": cpu["fake-workers"] / args.duration,
-                "foreign_cpu_util": max(0.0, (busy1 - busy0) - ours) / args.duration,
-            }
-        )
+        rec.duration_s = args.duration
+        rec.routed_per_s = n / args.duration
+        rec.errors = fres["errors"]
+        rec.error_sample = fres.get("sample")
+        rec.broker_cpu_util = cpu["broker"] / args.duration
+        rec.broker_cpu_s_per_1k = cpu["broker"] / n * 1000 if n else None
+        rec.per_broker_core_s = n / cpu["broker"] if cpu["broker"] else None
+        rec.broker_wakeups_per_req = (wake1 - wake0) / n if n else None
+        rec.fake_frontends_cpu_util = cpu["fake-frontends"] / args.duration
+        rec.fake_workers_cpu_util = cpu["fake-workers"] / args.duration
+        rec.foreign_cpu_util = max(0.0, (busy1 - busy0) - ours) / args.duration
     except StackError as exc:
-        rec["error"] = str(exc)
+        rec.error = str(exc)
     finally:
         stop_all(procs)
     return rec
 
 
-def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+def queued_memory(args: argparse.Namespace, log_dir: Path) -> QueuedMemory:
     """Broker RSS with ``args.queued`` requests waiting for credit."""
     import zmq
 
@@ -171,7 +172,7 @@ def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     from fabric.sockets import make_socket
 
     d = log_dir / "queued"
-    rec: dict[str, Any] = {"queued_target": args.queued, "capacity": 4}
+    rec = QueuedMemory(queued_target=args.queued, capacity=4)
     procs: list[Proc] = []
     ctx: zmq.Context = zmq.Context()
     sock = None
@@ -199,11 +200,11 @@ def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         )
         wait_gauge(mport, "fabric_broker_workers", 1, 15.0)
         time.sleep(1.0)
-        rec["idle_rss_mb"] = proc_mem_mb(broker.pid)
+        rec.idle_rss_mb = proc_mem_mb(broker.pid)
         sock = make_socket(ctx, zmq.DEALER, identity=b"fake-frontend-queue")
         sock.connect(fe_ep)
         payload = request_payload()
-        rec["payload_bytes"] = len(payload)
+        rec.payload_bytes = len(payload)
         t_req = TYPE_FRAME[MsgType.REQUEST]
         total = args.queued + 4
         msgs = [
@@ -214,9 +215,9 @@ def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             sock.send_multipart(coalesce(msgs[k : k + 100]))
         key = f'fabric_broker_queue_depth{{model="{MODEL}",version="1"}}'
         depth = wait_gauge(mport, key, args.queued, 30.0)
-        rec["queue_depth"] = depth
+        rec.queue_depth = depth
         time.sleep(0.5)
-        rec["queued_rss_mb"] = proc_mem_mb(broker.pid)
+        rec.queued_rss_mb = proc_mem_mb(broker.pid)
         rejected = 0
         while True:
             try:
@@ -228,13 +229,13 @@ def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                     h = decode_header(MsgType.REPLY, m[1])
                     if isinstance(h, ReplyHeader) and h.status != "OK":
                         rejected += 1
-        rec["rejected"] = rejected
-        rss = rec["queued_rss_mb"].get("VmRSS")
-        idle = rec["idle_rss_mb"].get("VmRSS")
+        rec.rejected = rejected
+        rss = rec.queued_rss_mb.get("VmRSS")
+        idle = rec.idle_rss_mb.get("VmRSS")
         if rss is not None and idle is not None and depth:
-            rec["bytes_per_queued"] = (rss - idle) * 1024 * 1024 / depth
+            rec.bytes_per_queued = (rss - idle) * 1024 * 1024 / depth
     except StackError as exc:
-        rec["error"] = str(exc)
+        rec.error = str(exc)
     finally:
         if sock is not None:
             sock.close(linger=0)
@@ -243,10 +244,10 @@ def queued_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     return rec
 
 
-def frontend_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+def frontend_memory(args: argparse.Namespace, log_dir: Path) -> FrontendMemory:
     """The real frontend with the broker and an instant fake worker, under loadgen at c=128."""
     d = log_dir / "frontend"
-    rec: dict[str, Any] = {"concurrency": args.frontend_concurrency}
+    rec = FrontendMemory(concurrency=args.frontend_concurrency)
     procs: list[Proc] = []
     try:
         broker, fe_ep, wk_ep, _ = start_broker(d, "broker")
@@ -288,35 +289,69 @@ def frontend_memory(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         )
         url = f"127.0.0.1:{port}"
         wait_ready(url, procs, [MODEL])
-        rec["idle_rss_mb"] = proc_mem_mb(procs[-1].pid)
+        rec.idle_rss_mb = proc_mem_mb(procs[-1].pid)
         target = Target("fake-worker stack", url, procs)
-        m = measure(target, MODEL, args.frontend_concurrency, args)
-        rec["frontend_rss_mb"] = proc_mem_mb(procs[-1].pid)
-        rec["load"] = {
-            k: msgspec.to_builtins(getattr(m, k))
-            for k in (
-                "throughput",
-                "p50_ms",
-                "p99_ms",
-                "errors",
-                "error_samples",
-                "cpu_s_per_1k",
-                "wakeups_per_req",
-                "rss_mb",
-                "foreign_cpu_util",
-                "error",
-            )
-        }
+        rec.load = measure(target, MODEL, args.frontend_concurrency, args)
+        rec.frontend_rss_mb = proc_mem_mb(procs[-1].pid)
     except StackError as exc:
-        rec["error"] = str(exc)
+        rec.error = str(exc)
     finally:
         stop_all(procs)
     return rec
 
 
 # --------------------------------------------------------------------------- report
-def to_markdown(report: dict[str, Any]) -> str:
-    meta = report["meta"]
+def pct(x: float | None) -> str:
+    """A fraction of one core as a whole percentage."""
+    return fmt(None if x is None else x * 100, ".0f") + "%"
+
+
+def routing_row(r: Routing) -> str:
+    if r.error is not None:
+        return f"| {r.mode} | failed: {r.error[:200]} |" + " |" * 8
+    return (
+        f"| {r.mode} | {fmt(r.routed_per_s, ',.0f')} | {pct(r.broker_cpu_util)} "
+        f"| {fmt(r.broker_cpu_s_per_1k, '.4f')} | {fmt(r.per_broker_core_s, ',.0f')} "
+        f"| {fmt(r.broker_wakeups_per_req, '.2f')} "
+        f"| {pct(r.fake_frontends_cpu_util)} | {pct(r.fake_workers_cpu_util)} "
+        f"| {pct(r.foreign_cpu_util)} | {r.errors} |"
+    )
+
+
+def queued_line(q: QueuedMemory) -> str:
+    if q.error is not None:
+        return f"- **Broker with queued requests**: failed: {q.error}"
+    return (
+        f"- **Broker RSS with {fmt(q.queue_depth, ',.0f')} queued requests** "
+        f"(fake worker capacity {q.capacity}, never replies; {q.payload_bytes} B payloads): "
+        f"{fmt(q.queued_rss_mb.get('VmRSS'), '.1f')} MB (peak "
+        f"{fmt(q.queued_rss_mb.get('VmHWM'), '.1f')} MB), idle "
+        f"{fmt(q.idle_rss_mb.get('VmRSS'), '.1f')} MB, about "
+        f"{fmt(q.bytes_per_queued, ',.0f')} B per queued request; "
+        f"{q.rejected} rejected. Goal ≤ 80 MB."
+    )
+
+
+def frontend_line(f: FrontendMemory) -> str:
+    if f.error is not None:
+        return f"- **Frontend under load**: failed: {f.error[:500]}"
+    load = f.load or Measurement(system="", model=MODEL, concurrency=f.concurrency)
+    return (
+        f"- **Frontend RSS under load** (real frontend, broker, fake worker answering at once; "
+        f"loadgen c={f.concurrency}): {fmt(f.frontend_rss_mb.get('VmRSS'), '.1f')} MB "
+        f"at the end (peak {fmt(f.frontend_rss_mb.get('VmHWM'), '.1f')} MB), idle "
+        f"{fmt(f.idle_rss_mb.get('VmRSS'), '.1f')} MB. Goal ≤ 120 MB. Under that load: "
+        f"{fmt(load.throughput, ',.0f')} req/s, p50 {fmt(load.p50_ms, '.2f')}"
+        f" ms, p99 {fmt(load.p99_ms, '.2f')} ms, {load.errors} errors, CPU s "
+        f"per 1k req {per_tier(load.cpu_s_per_1k, '.3f')}, wake-ups/req "
+        f"{per_tier(load.wakeups_per_req, '.1f')}, other CPU "
+        f"{pct(load.foreign_cpu_util or 0.0)}."
+    )
+
+
+def to_markdown(report: BrokerReport) -> str:
+    """The ``broker-latest.md`` section."""
+    meta = report.meta
     lines = [
         "## One broker process in isolation (`python -m bench.broker_bench`)",
         "",
@@ -331,55 +366,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         "| req/s per broker core | broker wake-ups/req | fake frontends CPU | fake workers CPU "
         "| other CPU | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["routing"]:
-        if "error" in r:
-            lines.append(f"| {r['mode']} | failed: {r['error'][:200]} |" + " |" * 8)
-            continue
-        lines.append(
-            f"| {r['mode']} | {r['routed_per_s']:,.0f} | {r['broker_cpu_util'] * 100:.0f}% "
-            f"| {fmt(r['broker_cpu_s_per_1k'], '.4f')} | {fmt(r['per_broker_core_s'], ',.0f')} "
-            f"| {fmt(r['broker_wakeups_per_req'], '.2f')} "
-            f"| {r['fake_frontends_cpu_util'] * 100:.0f}% "
-            f"| {r['fake_workers_cpu_util'] * 100:.0f}% "
-            f"| {r['foreign_cpu_util'] * 100:.0f}% | {r['errors']} |"
-        )
-    lines += [
+        *(routing_row(r) for r in report.routing),
         "",
         "req/s per broker core = requests routed per CPU second the broker used (what one fully "
         "busy core would route; goal ≥ 30,000). 'other CPU' = CPU used by processes not started "
         "by this benchmark (% of one core).",
         "",
     ]
-    q = report.get("queued", {})
-    if "error" in q:
-        lines.append(f"- **Broker with queued requests**: failed: {q['error']}")
-    elif q:
-        lines.append(
-            f"- **Broker RSS with {fmt(q.get('queue_depth'), ',.0f')} queued requests** "
-            f"(fake worker capacity 4, never replies; {q.get('payload_bytes')} B payloads): "
-            f"{fmt(q['queued_rss_mb'].get('VmRSS'), '.1f')} MB (peak "
-            f"{fmt(q['queued_rss_mb'].get('VmHWM'), '.1f')} MB), idle "
-            f"{fmt(q['idle_rss_mb'].get('VmRSS'), '.1f')} MB, about "
-            f"{fmt(q.get('bytes_per_queued'), ',.0f')} B per queued request; "
-            f"{q.get('rejected', 0)} rejected. Goal ≤ 80 MB."
-        )
-    f = report.get("frontend", {})
-    if "error" in f:
-        lines.append(f"- **Frontend under load**: failed: {f['error'][:500]}")
-    elif f:
-        load = f.get("load", {})
-        lines.append(
-            f"- **Frontend RSS under load** (real frontend, broker, fake worker answering at once; "
-            f"loadgen c={f['concurrency']}): {fmt(f['frontend_rss_mb'].get('VmRSS'), '.1f')} MB "
-            f"at the end (peak {fmt(f['frontend_rss_mb'].get('VmHWM'), '.1f')} MB), idle "
-            f"{fmt(f['idle_rss_mb'].get('VmRSS'), '.1f')} MB. Goal ≤ 120 MB. Under that load: "
-            f"{fmt(load.get('throughput'), ',.0f')} req/s, p50 {fmt(load.get('p50_ms'), '.2f')}"
-            f" ms, p99 {fmt(load.get('p99_ms'), '.2f')} ms, {load.get('errors')} errors, CPU s "
-            f"per 1k req {per_tier(load.get('cpu_s_per_1k') or {}, '.3f')}, wake-ups/req "
-            f"{per_tier(load.get('wakeups_per_req') or {}, '.1f')}, other CPU "
-            f"{fmt((load.get('foreign_cpu_util') or 0) * 100, '.0f')}%."
-        )
+    if report.queued is not None:
+        lines.append(queued_line(report.queued))
+    if report.frontend is not None:
+        lines.append(frontend_line(report.frontend))
     return "\n".join(lines) + "\n"
 
 
@@ -418,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = args.out / "logs" / f"broker-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "meta": {
+    report = BrokerReport(
+        meta={
             "timestamp": stamp,
             "git": git_sha(),
             "git_dirty": git_dirty(),
@@ -432,26 +429,24 @@ def main(argv: list[str] | None = None) -> int:
             "capacity": args.capacity,
             "logs": str(log_dir),
         },
-        "routing": [],
-    }
+    )
     for coalesce in (False, True):
         print(f"bench.broker_bench: routing, coalesce={coalesce}", file=sys.stderr)
-        report["routing"].append(routing(args, log_dir, coalesce))
+        report.routing.append(routing(args, log_dir, coalesce))
     print("bench.broker_bench: broker RSS with queued requests", file=sys.stderr)
-    report["queued"] = queued_memory(args, log_dir)
+    report.queued = queued_memory(args, log_dir)
     print("bench.broker_bench: frontend RSS under load", file=sys.stderr)
-    report["frontend"] = frontend_memory(args, log_dir)
-    report["meta"]["elapsed_s"] = time.monotonic() - t0
+    report.frontend = frontend_memory(args, log_dir)
+    report.meta["elapsed_s"] = time.monotonic() - t0
 
     from bench import report as report_mod
 
-    (args.out / f"broker-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"broker-{stamp}.json").write_bytes(to_json(report))
     md = to_markdown(report)
     (args.out / "broker-latest.md").write_text(md)
     report_mod.write_latest(args.out)
     print(md)
-    failed = [r for r in report["routing"] if "error" in r]
-    return 1 if failed or "error" in report["queued"] or "error" in report["frontend"] else 0
+    return 1 if report.failed() else 0
 
 
 if __name__ == "__main__":

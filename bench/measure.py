@@ -10,7 +10,6 @@ reports statistics, what executed (``bench.batchstats``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from bench.procs import (
     cpu_s,
     loadavg,
     machine_busy_s,
+    own_cpu_s,
     rss_mb,
     tree,
     tree_cpu_s,
@@ -73,7 +73,7 @@ def take_mark(target: Target, model: str, client_pids: list[int], siblings: Sequ
         rss={name: rss_mb(procs) for name, procs in trees.items()},
         client=sum(tree_cpu_s(pid) for pid in client_pids),
         siblings=sum(tree_cpu_s(p.pid) for p in siblings),
-        own=tree_cpu_s(os.getpid()),
+        own=own_cpu_s(),
         stats=batch_snapshot(target.url, model, target.stats_headers) if target.stats else None,
     )
 

@@ -39,6 +39,11 @@ def cpu_s(procs: list[psutil.Process]) -> float:
     return sum(_cpu_s(p) for p in procs)
 
 
+def own_cpu_s() -> float:
+    """utime + stime (seconds) of this process alone (its children are counted as theirs)."""
+    return _cpu_s(psutil.Process())
+
+
 def tree_cpu_s(pid: int) -> float:
     """utime + stime (seconds) of ``pid`` and its live descendants."""
     return cpu_s(tree(pid))

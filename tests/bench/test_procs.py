@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.lifecycle import Proc
 from bench.procs import (
     machine_busy_s,
+    own_cpu_s,
     proc_mem_mb,
     session_members,
     tree,
@@ -26,6 +27,7 @@ def test_own_process_is_sampled() -> None:
     while time.process_time() < end:
         pass
     assert tree_cpu_s(os.getpid()) > t0
+    assert 0 < own_cpu_s() <= tree_cpu_s(os.getpid())
     mem = proc_mem_mb(os.getpid())
     assert mem["VmRSS"] > 1 and mem["VmHWM"] >= mem["VmRSS"] * 0.5
     assert tree_rss_mb(os.getpid()) >= mem["VmRSS"] * 0.99
