@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
+
 from bench.batchstats import batch_delta
 from bench.compare import compare_compute, inprocess_call_us, inprocess_sizes
 from bench.markdown import failures_section, fmt, per_tier, results_table
+from bench.measure import Mark, window_costs
 from bench.results import (
     BatchSnapshot,
     ComputeDelta,
@@ -148,3 +151,34 @@ def test_make_bench_measures_mlp_wait_at_c1_and_c64() -> None:
     assert args.model_concurrency == {"mlp_wait": [1, 64]}
     args, models = parse_args(["--quick"])
     assert models == ["mlp"] and args.concurrency == [1, 64]
+
+
+def test_window_costs_per_request_and_the_noise_gauge() -> None:
+    a = Mark(
+        t=0.0,
+        busy=10.0,
+        cpu={"w": 1.0},
+        wakeups={"w": 5},
+        rss={"w": 9.0},
+        client=0.0,
+        siblings=0.0,
+        own=0.0,
+    )
+    b = Mark(
+        t=2.0,
+        busy=13.0,
+        cpu={"w": 2.0},
+        wakeups={"w": 25},
+        rss={"w": 10.0},
+        client=0.5,
+        siblings=0.5,
+        own=0.0,
+    )
+    costs = window_costs(a, b, requests=100)
+    assert costs["cpu_s_per_1k"] == {"w": 10.0}
+    assert costs["wakeups_per_req"] == {"w": 0.2}
+    assert costs["foreign_cpu_util"] == 0.5  # 3 s busy, 2 s of it ours, over 2 s
+    assert "compute" not in costs
+    m = Measurement(system="ours", model="mlp", concurrency=1)
+    full = msgspec.structs.replace(m, **costs)
+    assert full.rss_mb == {"w": 10.0} and full.window_s == 2.0
