@@ -204,7 +204,7 @@ class Supervisor:
                 current = [r for r in self.replicas if r.spec.tier is self._stop_tier]
                 for r in current:
                     if r.alive() and r.kill_at is not None and now >= r.kill_at:
-                        self.say(f"[shutdown] {r.name} still running after {self.grace_s:.0f}s; "
+                        self.say(f"[shutdown] {r.name} still running after {self.grace_s:g}s; "
                                  "SIGKILL")  # fmt: skip
                         self._kill(r)
                         r.kill_at = None
