@@ -140,6 +140,7 @@ class Supervisor:
         os.set_blocking(r.proc.stdout.fileno(), False)
         self._sel.register(r.proc.stdout, selectors.EVENT_READ, r)
         r.policy.started()
+        self.say(f"started {r.name} pid {r.proc.pid}")
 
     def _drain_output(self, r: Replica) -> None:
         """Read what is left in an exited child's pipe, then forget the pipe."""
