@@ -71,10 +71,11 @@ def check_ports(plan: list[ProcessSpec]) -> str | None:
 
 def banner(o: Options, plan: list[ProcessSpec]) -> str:
     lines = [
-        f"serving on {o.host}:{o.port} (gRPC, KServe v2) with {o.frontends} frontend(s), "
+        f"gRPC (KServe v2) on {o.host}:{o.port} once ready: {o.frontends} frontend(s), "
         f"{o.brokers} broker(s), {o.workers} worker(s); models from {o.models}; Ctrl-C stops"
     ]
-    metrics = [f"{s.name} {s.metrics_port}" for s in plan if s.metrics_port]
+    with_metrics = sorted((s for s in plan if s.metrics_port), key=lambda s: s.metrics_port)
+    metrics = [f"{s.name} {s.metrics_port}" for s in with_metrics]
     if metrics:
         lines.append("metrics (http://127.0.0.1:PORT/metrics): " + ", ".join(metrics))
     if importlib.util.find_spec("tritonclient") is None:
