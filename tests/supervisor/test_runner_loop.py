@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from supervisor.plan import ProcessSpec, Tier
+from supervisor.plan import PortUse, ProcessSpec, Tier
 from supervisor.policy import RestartConfig
 from supervisor.runner import Supervisor
 
@@ -135,3 +135,19 @@ def test_second_signal_kills_at_once() -> None:
     assert sup.run() == 0
     assert time.monotonic() - started < 30.0
     assert "second signal (SIGTERM): killing every process now" in out.getvalue()
+
+
+def test_a_child_that_cannot_bind_is_given_up_in_one_line() -> None:
+    out = io.StringIO()
+    code = "print('OSError: [Errno 98] Address already in use', flush=True); raise SystemExit(1)"
+    taken = ProcessSpec(
+        "frontend-1", Tier.FRONTEND, ("-c", code), (PortUse("127.0.0.1", 8123, "metrics"),)
+    )
+    plan = [spec("broker-0", Tier.BROKER), spec("worker-0", Tier.WORKER),
+            spec("frontend-0", Tier.FRONTEND), taken]  # fmt: skip
+    sup = Supervisor(plan, out=out, grace_s=10.0, restart=FAST)
+    after(lambda: "giving up on it" in out.getvalue(), term_self())
+    assert sup.run() == 0
+    text = out.getvalue()
+    assert "[run] frontend-1 could not bind (8123): address already in use; giving up on it" in text
+    assert "restarting frontend-1" not in text
