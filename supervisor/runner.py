@@ -89,7 +89,6 @@ class Supervisor:
         self.replicas = [Replica(s, RestartPolicy(self.clock, self.restart)) for s in self.plan]
         self._sel = selectors.DefaultSelector()
         self._preexec = _pdeathsig_preexec()
-        self._signals_seen = 0
         self._stopping = False
         self._stop_tier: Tier | None = None
         self._failed = False
@@ -160,6 +159,7 @@ class Supervisor:
         assert r.proc is not None
         code = r.proc.returncode
         r.reaped = True
+        r.kill_at = None
         self._drain_output(r)
         if self._stopping:
             return
@@ -243,19 +243,22 @@ class Supervisor:
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return
-        self._signals_seen += 1
         name = signal.Signals(signum).name
-        if self._signals_seen == 1:
+        if not self._stopping:
             self.say(f"[shutdown] {name}: stopping frontends, then workers, then brokers")
             self._begin_stop()
-        else:
-            self.say(f"[shutdown] second signal ({name}): killing every process now")
+        elif signum == signal.SIGINT:
+            self.say("[shutdown] second Ctrl-C: killing every process now")
             self._kill_all()
+        else:
+            # Only a second Ctrl-C kills: `kill -TERM -<group>` of `make run` delivers SIGTERM
+            # twice (once to us, once forwarded by make), and that must still drain in order.
+            self.say(f"[shutdown] {name} again: already stopping (Ctrl-C again kills now)")
 
     def _timeout(self) -> float:
         now = self.clock()
         due = [r.restart_at for r in self.replicas if r.restart_at is not None]
-        due += [r.kill_at for r in self.replicas if r.kill_at is not None and self._stopping]
+        due += [r.kill_at for r in self.replicas if r.kill_at is not None and r.alive()]
         if not due:
             return TICK_S
         return max(0.0, min(TICK_S, min(due) - now))

@@ -20,6 +20,8 @@ import signal, sys, time
 name, mode = sys.argv[1], sys.argv[2]
 def term(*_):
     print("term", name, flush=True)
+    if mode == "slow":
+        time.sleep(1.0)
     if mode != "stubborn":
         sys.exit(0)
 signal.signal(signal.SIGTERM, term)
@@ -48,13 +50,17 @@ def after(condition: Callable[[], bool], then: Callable[[], None], timeout_s: fl
     threading.Thread(target=watch, name="test-trigger", daemon=True).start()
 
 
-def term_self(times: int = 1) -> Callable[[], None]:
+def signal_self(*signums: signal.Signals) -> Callable[[], None]:
     def send() -> None:
-        for _ in range(times):
-            os.kill(os.getpid(), signal.SIGTERM)
+        for signum in signums:
+            os.kill(os.getpid(), signum)
             time.sleep(0.3)
 
     return send
+
+
+def term_self() -> Callable[[], None]:
+    return signal_self(signal.SIGTERM)
 
 
 def test_crash_loop_gives_up_on_one_replica_and_the_rest_stop_in_order() -> None:
@@ -125,16 +131,30 @@ def test_stubborn_child_is_killed_after_the_grace() -> None:
     assert "term broker-0" in text
 
 
-def test_second_signal_kills_at_once() -> None:
+def test_second_ctrl_c_kills_at_once() -> None:
     out = io.StringIO()
     plan = [spec("broker-0", Tier.BROKER), spec("worker-0", Tier.WORKER),
             spec("frontend-0", Tier.FRONTEND, "stubborn")]  # fmt: skip
     sup = Supervisor(plan, out=out, grace_s=60.0, restart=FAST)
-    after(lambda: out.getvalue().count("up ") == 3, term_self(times=2))
+    after(lambda: out.getvalue().count("up ") == 3, signal_self(signal.SIGINT, signal.SIGINT))
     started = time.monotonic()
     assert sup.run() == 0
     assert time.monotonic() - started < 30.0
-    assert "second signal (SIGTERM): killing every process now" in out.getvalue()
+    assert "[run] [shutdown] second Ctrl-C: killing every process now" in out.getvalue()
+
+
+def test_a_repeated_sigterm_still_stops_in_order() -> None:
+    """``kill -TERM -<pgid>`` of ``make run``: SIGTERM from the kill, then make forwards one."""
+    out = io.StringIO()
+    plan = [spec("broker-0", Tier.BROKER), spec("worker-0", Tier.WORKER),
+            spec("frontend-0", Tier.FRONTEND, "slow")]  # fmt: skip
+    sup = Supervisor(plan, out=out, grace_s=60.0, restart=FAST)
+    after(lambda: out.getvalue().count("up ") == 3, signal_self(signal.SIGTERM, signal.SIGTERM))
+    assert sup.run() == 0
+    text = out.getvalue()
+    assert "SIGTERM again: already stopping" in text
+    terms = [line.split("| ")[1] for line in text.splitlines() if "| term" in line]
+    assert terms == ["term frontend-0", "term worker-0", "term broker-0"], text
 
 
 def test_a_child_that_cannot_bind_is_given_up_in_one_line() -> None:
