@@ -126,7 +126,9 @@ class FrontendServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                # On: `make run FRONTENDS=n` runs replicas on one port (the kernel spreads
+                # connections). A port held by anything else still fails to bind.
+                ("grpc.so_reuseport", 1),
             ]
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
