@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -168,7 +169,7 @@ def _options(cls: type, env_prefix: str) -> list[_Option]:
                 env=meta.env or f"{env_prefix}_{f.name.upper()}",
                 setting=meta,
                 default=f.default,
-                group=next(k for k in cls.__mro__ if f.name in k.__dict__.get("__annotations__", {})),
+                group=next(k for k in cls.__mro__ if f.name in inspect.get_annotations(k)),
             )
         )
     # Stable: fields keep their order within a class; deeper classes (the tier's) come first.

@@ -8,7 +8,8 @@ Triton names versions by directory, so a version is normally a canonical non-neg
   newest numbered version whenever one exists;
 - non-numeric versions compare as strings among themselves.
 
-Non-ASCII digits ("²", "١") count as non-numeric: ``str.isdigit`` accepts them but ``int`` may not.
+Non-ASCII digits (superscript two, Arabic-Indic digits) count as non-numeric: ``str.isdigit``
+accepts them, ``int`` may not.
 """
 
 from __future__ import annotations

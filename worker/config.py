@@ -24,7 +24,9 @@ class WorkerConfig(CurveClientSettings):
     max_message_bytes: int = setting(
         256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
     )
-    min_credit: int = setting(4, "fewest requests a loaded model version takes at once (its credit floor)")
+    min_credit: int = setting(
+        4, "fewest requests a loaded model version takes at once (its credit floor)"
+    )
     torch_threads: int = setting(0, "torch intra-op threads, 0 = torch's default")
     inline_compute_ms: float = setting(
         20.0,
