@@ -140,7 +140,8 @@ class _Option:
 
     def help(self) -> str:
         choices = f" ({', '.join(self.setting.choices)})" if self.setting.choices else ""
-        return f"{self.setting.help}{choices} [{self.env}] (default: {_shown(self.default)})"
+        text = f"{self.setting.help}{choices} [{self.env}] (default: {_shown(self.default)})"
+        return text.replace("%", "%%")  # argparse %-formats help texts
 
 
 def _shown(value: Any) -> str:

@@ -17,7 +17,7 @@ class ToyConfig(FabricSettings):
     """Toy settings"""
 
     port: int = setting(8001, "port to serve on")
-    ratio: float = setting(0.5, "a fraction")
+    ratio: float = setting(0.5, "a fraction, 0.5 = 50%")
     name: str = setting("toy", "a name")
     peers: tuple[str, ...] = setting(("a", "b"), "peers, comma separated", flag="--peer")
     insecure: bool = setting(False, "skip encryption", env="FABRIC_INSECURE")
@@ -104,6 +104,7 @@ def test_help_shows_flags_environment_names_and_defaults(
     assert "--port INT port to serve on [TOY_PORT] (default: 8001)" in out
     assert "--peer LIST peers, comma separated [TOY_PEERS] (default: a,b)" in out
     assert "--insecure, --no-insecure skip encryption [FABRIC_INSECURE] (default: false)" in out
+    assert "a fraction, 0.5 = 50% [TOY_RATIO] (default: 0.5)" in out
     assert "[LOG_LEVEL] (default: INFO)" in out
     assert out.index("Toy settings") < out.index("Settings every tier has")  # own flags first
 
