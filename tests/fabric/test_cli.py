@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -145,3 +148,13 @@ def test_existing_flag_and_environment_names_still_work(monkeypatch: pytest.Monk
     assert worker.brokers == ("tcp://d:4", "tcp://e:5")
     assert (worker.device, worker.inline_compute_ms, worker.model_repository) == ("cpu", 0.0, "/m")
     assert (worker.torch_threads, worker.max_message_bytes) == (1, 1024)
+
+
+def test_a_real_process_reports_a_bad_environment_value_without_a_traceback() -> None:
+    env = {**os.environ, "BROKER_MAX_QUEUED": "lots"}
+    done = subprocess.run(
+        [sys.executable, "-m", "broker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "argument --max-queued [BROKER_MAX_QUEUED]: invalid int value 'lots'" in done.stderr
+    assert "Traceback" not in done.stderr
