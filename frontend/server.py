@@ -171,12 +171,8 @@ class FrontendServer:
         )
 
     def request_stop(self) -> None:
-        """Signal-safe: records the wish; ``run`` does the ordered shutdown."""
+        """Signal-safe: records the wish; ``run_until_stopped`` does the ordered shutdown."""
         self._stop.set()
-
-    async def run(self) -> None:
-        await self.start()
-        await self.run_until_stopped()
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()

@@ -20,6 +20,7 @@ import numpy as np
 from fabric import errors
 from fabric.errors import RequestError
 from fabric.protocol import ModelAnnouncement, PeerId
+from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
 
 from .loaders import LoadedModel, ModelLoadError, load_model
@@ -73,10 +74,6 @@ def refuse_leftovers(served: ServedVersion) -> None:
                 f"model '{item.header.model}' version was unloaded before the request ran",
                 None,
             )
-
-
-def _version_key(v: str) -> int:
-    return int(v) if v.isdigit() else -1
 
 
 def warm_up(model: LoadedModel, timed: bool = False) -> float | None:
@@ -192,7 +189,7 @@ class ModelTable:
         if not version:
             for key in [k for k in self.served if k[0] == name and k[1] not in wanted]:
                 self._stop(key)
-        return sorted((v for n, v in self.served if n == name), key=_version_key)
+        return sorted((v for n, v in self.served if n == name), key=version_sort_key)
 
     def unload(self, name: str, version: str = "") -> None:
         keys = [k for k in self.served if k[0] == name and (not version or k[1] == version)]
@@ -345,7 +342,7 @@ class ModelTable:
     def _refresh_latest(self) -> None:
         latest: dict[str, str] = {}
         for name, v in self.served:
-            if name not in latest or _version_key(v) > _version_key(latest[name]):
+            if name not in latest or version_sort_key(v) > version_sort_key(latest[name]):
                 latest[name] = v
         self.latest = latest
 
