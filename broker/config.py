@@ -20,7 +20,12 @@ class BrokerConfig(FabricSettings):
         256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
     )
     drain_grace_s: float = setting(5.0, "on shutdown, longest wait for requests in flight")
-    curve_secret_cert: str = setting("", "broker's CURVE .key_secret file; turns on encryption")
-    curve_clients_dir: str = setting(
-        "", "directory of allowed client .key files; empty = any client"
+    curve_secret_cert: str = setting(
+        "", "broker's CURVE .key_secret file (default: broker.key_secret of --fabric-keys)"
+    )
+    curve_frontends_dir: str = setting(
+        "", "allowed frontend .key files (default: allow/frontends of --fabric-keys); none = nobody"
+    )
+    curve_workers_dir: str = setting(
+        "", "allowed worker .key files (default: allow/workers of --fabric-keys); none = nobody"
     )

@@ -78,6 +78,16 @@ class FabricSettings:
     log_level: str = setting("INFO", "log threshold", env="LOG_LEVEL", choices=LOG_LEVELS)
     metrics_port: int = setting(0, "Prometheus port, 0 = no metrics endpoint")
     metrics_host: str = setting("127.0.0.1", "Prometheus bind address")
+    fabric_keys: str = setting(
+        "",
+        "CURVE key directory (python -m fabric.curve init DIR writes one); turns CURVE on",
+        env="FABRIC_KEYS",
+    )
+    insecure_fabric: bool = setting(
+        False,
+        "allow fabric endpoints off loopback without CURVE (no authentication, no encryption)",
+        env="FABRIC_INSECURE",
+    )
 
 
 @dataclass(frozen=True)
