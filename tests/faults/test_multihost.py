@@ -184,7 +184,7 @@ def test_worker_host_cut_restored_and_added(
             wk_ep,
             "--model-repository",
             str(fault_repo),
-        ],  # fmt: skip
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -208,7 +208,7 @@ def test_worker_host_cut_restored_and_added(
                 "--torch-threads",
                 "1",
                 *common,
-            ],  # fmt: skip
+            ],
             logs,
         )
 
@@ -228,7 +228,7 @@ def test_worker_host_cut_restored_and_added(
                 "--broker",
                 fe_ep,
                 *common,
-            ],  # fmt: skip
+            ],
             logs,
         )
     worker_procs = [start_worker(h) for h in workers]
