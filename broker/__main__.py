@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
+from fabric.curve import FabricSetupError, exit_on_setup_error
 
 from .config import ENV_PREFIX, BrokerConfig
 from .server import BrokerServer
@@ -23,7 +24,10 @@ def parse_args(argv: list[str] | None = None) -> BrokerConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "broker")
-    server = BrokerServer(config)
+    try:
+        server = BrokerServer(config)
+    except FabricSetupError as exc:
+        return exit_on_setup_error("serve-broker", exc)
     server.bind()
     if config.metrics_port:
         server.metrics.serve(config.metrics_host, config.metrics_port)

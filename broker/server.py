@@ -15,7 +15,7 @@ from typing import TypeVar
 import zmq
 
 from fabric import errors
-from fabric.curve import CurveServer
+from fabric.curve import broker_security, check_endpoints
 from fabric.protocol import (
     FRAME_TYPE,
     PROTOCOL_TAG,
@@ -58,17 +58,29 @@ class BrokerServer:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        curve = (
-            CurveServer.load(config.curve_secret_cert, config.curve_clients_dir)
-            if config.curve_secret_cert
-            else None
+        curve = broker_security(
+            config.fabric_keys,
+            config.curve_secret_cert,
+            config.curve_frontends_dir,
+            config.curve_workers_dir,
+        )
+        check_endpoints(
+            (config.frontend_bind, config.worker_bind),
+            curve=curve is not None,
+            insecure=config.insecure_fabric,
         )
         self._auth = curve.start_authenticator(self.ctx) if curve is not None else None
         self.frontends = make_socket(
-            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes, security=curve
+            self.ctx,
+            zmq.ROUTER,
+            max_message_bytes=config.max_message_bytes,
+            security=curve.for_frontends if curve is not None else None,
         )
         self.workers = make_socket(
-            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes, security=curve
+            self.ctx,
+            zmq.ROUTER,
+            max_message_bytes=config.max_message_bytes,
+            security=curve.for_workers if curve is not None else None,
         )
         self.dispatcher = Dispatcher(
             max_queued=config.max_queued,

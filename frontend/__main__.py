@@ -7,6 +7,7 @@ import signal
 import sys
 
 from fabric.cli import StopSignals, build_config, setup_logging, tune_gc
+from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
 from .config import ENV_PREFIX, FrontendConfig
 from .server import FrontendServer
@@ -40,6 +41,10 @@ async def _serve(config: FrontendConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "frontend")
+    try:
+        fabric_security(config, "frontend")
+    except FabricSetupError as exc:
+        return exit_on_setup_error("serve-frontend", exc)
     try:
         import uvloop
 

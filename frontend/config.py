@@ -15,6 +15,9 @@ class FrontendConfig(CurveClientSettings):
 
     host: str = setting("127.0.0.1", "address to serve gRPC on")
     port: int = setting(8001, "gRPC port")
+    reuse_port: bool = setting(
+        False, "share the gRPC port with other frontends (SO_REUSEPORT), as make run does"
+    )
     brokers: tuple[str, ...] = setting(
         ("tcp://127.0.0.1:5555",), "broker endpoint(s), comma separated", flag="--broker"
     )

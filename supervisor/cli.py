@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from fabric.curve import init_keys
+
 from .plan import Options, ProcessSpec, Tier, build_plan, duplicate_ports
 from .ports import port_in_use
 from .runner import GRACE_S, Supervisor
@@ -30,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
                    help="first broker's worker port; broker i adds 2i")  # fmt: skip
     p.add_argument("--metrics-port", type=int, default=8002,
                    help="first Prometheus port (frontend-0), others follow; 0 = off")  # fmt: skip
+    p.add_argument("--fabric-keys", default=".fabric-keys",
+                   help="CURVE key directory, written on first run (python -m fabric.curve "
+                   "init); '' = plain text on loopback")  # fmt: skip
     p.add_argument("--grace-s", type=float, default=GRACE_S,
                    help="per tier, SIGTERM to SIGKILL when stopping")  # fmt: skip
     p.add_argument("--worker-arg", action="append", default=[],
@@ -47,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
         broker_frontend_port=a.broker_frontend_port,
         broker_worker_port=a.broker_worker_port,
         metrics_port=a.metrics_port,
+        fabric_keys=str(Path(a.fabric_keys).resolve()) if a.fabric_keys else "",
         extra_worker_args=tuple(a.worker_arg),
         extra_frontend_args=tuple(a.frontend_arg),
         extra_broker_args=tuple(a.broker_arg),
@@ -70,9 +76,11 @@ def check_ports(plan: list[ProcessSpec]) -> str | None:
 
 
 def banner(o: Options, plan: list[ProcessSpec]) -> str:
+    fabric = f"CURVE keys in {o.fabric_keys}" if o.fabric_keys else "plain text (loopback)"
     lines = [
+        f"fabric: {fabric}",
         f"gRPC (KServe v2) on {o.host}:{o.port} once ready: {o.frontends} frontend(s), "
-        f"{o.brokers} broker(s), {o.workers} worker(s); models from {o.models}; Ctrl-C stops"
+        f"{o.brokers} broker(s), {o.workers} worker(s); models from {o.models}; Ctrl-C stops",
     ]
     with_metrics = sorted((s for s in plan if s.metrics_port), key=lambda s: s.metrics_port)
     metrics = [f"{s.name} {s.metrics_port}" for s in with_metrics]
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(options.models).is_dir():
         print(f"run: model repository {options.models} is not a directory", file=sys.stderr)
         return 2
+    if options.fabric_keys:
+        init_keys(options.fabric_keys)
     problem = check_ports(plan)
     if problem is not None:
         print(problem, file=sys.stderr)

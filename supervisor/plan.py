@@ -31,6 +31,7 @@ class Options:
     broker_frontend_port: int = 5555
     broker_worker_port: int = 5556
     metrics_port: int = 8002  # 0 = no metrics endpoints
+    fabric_keys: str = ""  # CURVE key directory given to every tier; "" = plain text (loopback)
     extra_worker_args: tuple[str, ...] = ()
     extra_frontend_args: tuple[str, ...] = ()
     extra_broker_args: tuple[str, ...] = ()
@@ -65,6 +66,7 @@ def build_plan(o: Options) -> list[ProcessSpec]:
     fe_eps = [f"tcp://{loopback}:{o.broker_frontend_port + 2 * i}" for i in range(o.brokers)]
     wk_eps = [f"tcp://{loopback}:{o.broker_worker_port + 2 * i}" for i in range(o.brokers)]
     next_metrics = iter(range(o.metrics_port, o.metrics_port + 1_000))
+    keys = ("--fabric-keys", o.fabric_keys) if o.fabric_keys else ()
 
     def metrics() -> tuple[list[str], tuple[PortUse, ...], int]:
         if not o.metrics_port:
@@ -77,7 +79,8 @@ def build_plan(o: Options) -> list[ProcessSpec]:
         m_args, m_ports, m_port = metrics()
         grpc_port = PortUse(o.host, o.port, "gRPC")
         args = ("-m", "frontend", "--host", o.host, "--port", str(o.port),
-                "--broker", ",".join(fe_eps), *m_args, *o.extra_frontend_args)  # fmt: skip
+                "--broker", ",".join(fe_eps), "--reuse-port", *keys, *m_args,
+                *o.extra_frontend_args)  # fmt: skip
         # The shared gRPC port is checked once, with the first frontend.
         ports = (grpc_port, *m_ports) if i == 0 else m_ports
         frontends.append(ProcessSpec(f"frontend-{i}", Tier.FRONTEND, args, ports, m_port))
@@ -86,7 +89,7 @@ def build_plan(o: Options) -> list[ProcessSpec]:
         m_args, m_ports, m_port = metrics()
         fe_port, wk_port = o.broker_frontend_port + 2 * i, o.broker_worker_port + 2 * i
         args = ("-m", "broker", "--frontend-bind", fe_eps[i], "--worker-bind", wk_eps[i],
-                *m_args, *o.extra_broker_args)  # fmt: skip
+                *keys, *m_args, *o.extra_broker_args)  # fmt: skip
         ports = (
             PortUse(loopback, fe_port, "broker frontend endpoint"),
             PortUse(loopback, wk_port, "broker worker endpoint"),
@@ -97,7 +100,7 @@ def build_plan(o: Options) -> list[ProcessSpec]:
     for i in range(o.workers):
         m_args, m_ports, m_port = metrics()
         args = ("-m", "worker", "--broker", ",".join(wk_eps), "--model-repository", o.models,
-                *m_args, *o.extra_worker_args)  # fmt: skip
+                *keys, *m_args, *o.extra_worker_args)  # fmt: skip
         workers.append(ProcessSpec(f"worker-{i}", Tier.WORKER, args, m_ports, m_port))
     return [*brokers, *workers, *frontends]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
+from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
 from .config import ENV_PREFIX, WorkerConfig
 
@@ -25,6 +26,10 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "worker")
+    try:
+        fabric_security(config, "worker")
+    except FabricSetupError as exc:
+        return exit_on_setup_error("serve-worker", exc)
     import torch
 
     from .server import WorkerServer

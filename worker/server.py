@@ -24,7 +24,7 @@ import msgspec
 import zmq
 
 from fabric import errors
-from fabric.curve import CurveClient
+from fabric.curve import fabric_security
 from fabric.errors import RequestError
 from fabric.heartbeat import Backoff
 from fabric.protocol import (
@@ -108,11 +108,7 @@ class WorkerServer:
         self.inproc.bind(self.inproc_endpoint)
         self.links = [BrokerLink(i, ep) for i, ep in enumerate(config.brokers)]
         self._poller = zmq.Poller()
-        self._curve = (
-            CurveClient.load(config.curve_server_key, config.curve_client_cert)
-            if config.curve_server_key
-            else None
-        )
+        self._curve = fabric_security(config, "worker")
         self.models = ModelTable(
             config.model_repository,
             self.device,
