@@ -43,6 +43,14 @@ def parse_args(argv: list[str] | None = None) -> FrontendConfig:
     f.add("--tls-key-file", "FRONTEND_TLS_KEY_FILE", d.tls_key_file, "PEM private key")
     f.add("--tls-client-ca-file", "FRONTEND_TLS_CLIENT_CA_FILE", d.tls_client_ca_file,
           "PEM CA; when set, clients must present a certificate it signed (mTLS)")  # fmt: skip
+    f.add("--stream-max-pending", "FRONTEND_STREAM_MAX_PENDING", d.stream_max_pending,
+          "per stream: requests in flight plus responses not yet sent; then reading "
+          "pauses", int)  # fmt: skip
+    f.add("--stream-idle-timeout-s", "FRONTEND_STREAM_IDLE_TIMEOUT_S", d.stream_idle_timeout_s,
+          "end a stream with no request and nothing in flight for this long; 0 = never",
+          float)  # fmt: skip
+    f.add("--max-concurrent-streams", "FRONTEND_MAX_CONCURRENT_STREAMS",
+          d.max_concurrent_streams, "calls open at once on one client connection", int)  # fmt: skip
     add_curve_client_flags(f, d)
     add_metrics_flags(f, "FRONTEND", d)
     add_fabric_flags(f, d)
@@ -65,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> FrontendConfig:
         tls_client_ca_file=a.tls_client_ca_file,
         curve_server_key=a.curve_server_key,
         curve_client_cert=a.curve_client_cert,
+        stream_max_pending=a.stream_max_pending,
+        stream_idle_timeout_s=a.stream_idle_timeout_s,
+        max_concurrent_streams=a.max_concurrent_streams,
     )
 
 

@@ -29,3 +29,6 @@ class FrontendConfig:
     tls_client_ca_file: str = ""  # PEM CA: clients must present a certificate it signed (mTLS)
     curve_server_key: str = ""  # broker's CURVE .key file: turns CURVE on
     curve_client_cert: str = ""  # this frontend's .key_secret (when the broker allow-lists)
+    stream_max_pending: int = 64  # per ModelStreamInfer: requests in flight + responses unsent
+    stream_idle_timeout_s: float = 300.0  # no request, nothing in flight: end it; 0 = never
+    max_concurrent_streams: int = 1024  # HTTP/2 streams (calls) per client connection

@@ -127,6 +127,7 @@ class FrontendServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
             ]
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
