@@ -96,11 +96,12 @@ class InferenceService:
         models = self.client.models()
         versions = {v: (e, n) for (m, v), (e, n) in models.items() if m == name}
         if not versions:
-            raise RequestError(errors.NOT_FOUND, f"unknown model '{name}'")
+            raise RequestError(errors.NOT_FOUND, f"unknown model {names.quote(name)}")
         if version:
             if version not in versions:
                 raise RequestError(
-                    errors.NOT_FOUND, f"unknown version '{version}' of model '{name}'"
+                    errors.NOT_FOUND,
+                    f"unknown version {names.quote(version)} of model {names.quote(name)}",
                 )
             entry = versions[version][0]
         else:
@@ -109,11 +110,17 @@ class InferenceService:
         try:
             return mc.ModelConfig.FromString(entry.config)
         except DecodeError as exc:
-            raise RequestError(errors.INTERNAL, f"model '{name}': bad config announced") from exc
+            raise RequestError(
+                errors.INTERNAL, f"model {names.quote(name)}: bad config announced"
+            ) from exc
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        try:
+            names.check_model(request.name, request.version, "name")
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
         models = self.client.models()
         ready = any(
             n > 0
@@ -172,6 +179,7 @@ class InferenceService:
         self, name: str, version: str, context: grpc.aio.ServicerContext
     ) -> mc.ModelConfig:
         try:
+            names.check_model(name, version, "name")
             return self._config(name, version, context)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
@@ -197,9 +205,14 @@ class InferenceService:
     async def infer(self, route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
         """One request through the fabric: admission, deadline, retries within the deadline
         and the retry budget, hedging where the model asks for it."""
-        if not route.model:
-            return Reply(errors.INVALID_ARGUMENT, "model_name is required", None)
         policy = self._policy(route.model)
+        if route.version or route.model not in self._policies:
+            # Announced names were checked by the broker; anything else is checked here,
+            # before it becomes a key, a label or part of a message.
+            try:
+                names.check_model(route.model, route.version)
+            except RequestError as exc:
+                return Reply(exc.code, exc.message, None)
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
         if remaining_s is not None:
             timeout_s = min(timeout_s, remaining_s)
@@ -457,18 +470,22 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        if not request.model_name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        await self._check_or_abort(request.model_name, context)
         await self._control("load", request.model_name, "", context)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        if not request.model_name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        await self._check_or_abort(request.model_name, context)
         await self._control("unload", request.model_name, "", context)
         return pb.RepositoryModelUnloadResponse()
+
+    async def _check_or_abort(self, model_name: str, context: grpc.aio.ServicerContext) -> None:
+        try:
+            names.check_model(model_name)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
 
     # ---- not offered ------------------------------------------------------------------
     async def unimplemented(self, request: object, context: grpc.aio.ServicerContext) -> None:
