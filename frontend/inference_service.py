@@ -207,8 +207,8 @@ class InferenceService:
         and the retry budget, hedging where the model asks for it."""
         policy = self._policy(route.model)
         if route.version or route.model not in self._policies:
-            # Announced names were checked by the broker; anything else is checked here,
-            # before it becomes a key, a label or part of a message.
+            # Announced names are directories of a worker's repository; any other name is
+            # checked here, before it becomes a key, a label or part of a message.
             try:
                 names.check_model(route.model, route.version)
             except RequestError as exc:
