@@ -206,7 +206,9 @@ class InferenceService:
         """One request through the fabric: admission, deadline, retries within the deadline
         and the retry budget, hedging where the model asks for it."""
         policy = self._policy(route.model)
-        if route.version or route.model not in self._policies:
+        if route.model not in self._policies or (
+            route.version and not names.valid_version(route.version)
+        ):
             # Announced names are directories of a worker's repository; any other name is
             # checked here, before it becomes a key, a label or part of a message.
             try:
