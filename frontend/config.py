@@ -36,3 +36,12 @@ class FrontendConfig(CurveClientSettings):
     tls_client_ca_file: str = setting(
         "", "PEM CA; when set, clients must present a certificate it signed (mTLS)"
     )
+    stream_max_pending: int = setting(
+        64, "per stream: requests in flight plus responses not yet sent; then reading pauses"
+    )
+    stream_idle_timeout_s: float = setting(
+        300.0, "end a stream with no request and nothing in flight for this long; 0 = never"
+    )
+    max_concurrent_streams: int = setting(
+        1024, "calls open at once on one client connection (HTTP/2 streams)"
+    )

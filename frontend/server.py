@@ -126,6 +126,7 @@ class FrontendServer:
                 # spreads connections). Off by default so that a second frontend started on
                 # a taken port fails to bind instead of silently sharing it.
                 ("grpc.so_reuseport", int(self.config.reuse_port)),
+                ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
             ]
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
