@@ -227,9 +227,7 @@ _PAYLOAD_FRAMES[MsgType.REQUEST] = (1, 1)
 _PAYLOAD_FRAMES[MsgType.REPLY] = (0, 1)
 
 
-def iter_messages(
-    frames: Sequence[Frame], *, routed: bool
-) -> Iterator[Message | MalformedMessage]:
+def iter_messages(frames: Sequence[Frame], *, routed: bool) -> Iterator[Message | MalformedMessage]:
     """Every message in ``frames`` (one ZeroMQ message without any routing identity), BATCH
     unpacked. ``routed``: read on the broker↔worker link, where per-request messages carry
     the frontend identity. Malformed input is yielded as ``MalformedMessage``, never raised."""
