@@ -130,7 +130,8 @@ class ReplyBuffer:
 
     Thread-safe: any thread may ``add``; ``take`` atomically hands everything added so far,
     by any thread, to its caller, who sends it (on its own socket). So each message is sent
-    exactly once, whichever thread flushes first; messages one thread added stay in order.
+    exactly once, by whichever thread flushes first. Two flushes on two threads may arrive
+    in either order; nothing depends on it (an ACK arriving after its REPLY is ignored).
     The owner (the worker server) is the only sender; the buffer never changes a message.
     """
 
