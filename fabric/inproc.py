@@ -101,7 +101,8 @@ def outbound(frames: Sequence[Frame]) -> Outbound:
     left as it is)."""
     if len(frames) < 4 or len(frames[0]) != 1:
         raise MalformedMessage(f"inproc message without link byte ({len(frames)} frames)")
-    return frames[0][0], list(frames[1:])
+    rest = frames[1:]
+    return frames[0][0], rest if isinstance(rest, list) else list(rest)
 
 
 def iter_inproc(frames: Sequence[Frame]) -> Iterator[Outbound | Signal]:
