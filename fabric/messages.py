@@ -15,12 +15,12 @@ header struct or its encoded frame). Builders that worker compute threads call (
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import msgspec
 
 from .protocol import (
-    FRAME_TYPE,
+    HEADER_TYPES,
     PROTOCOL_TAG,
     TYPE_FRAME,
     AckHeader,
@@ -41,7 +41,6 @@ from .protocol import (
     RequestHeader,
     RequestId,
     coalesce,
-    decode_header,
     encode_header,
     unpack_batch,
 )
@@ -226,6 +225,14 @@ _PAYLOAD_FRAMES: dict[MsgType, tuple[int, int]] = {t: (0, 0) for t in MsgType}
 _PAYLOAD_FRAMES[MsgType.REQUEST] = (1, 1)
 _PAYLOAD_FRAMES[MsgType.REPLY] = (0, 1)
 
+_Layout: TypeAlias = tuple[MsgType, "msgspec.msgpack.Decoder[Any]", bool, int, int]
+# Everything the reader needs per type frame, in one lookup keyed by the frame itself
+# (hashing bytes is cheap, hashing an enum member is a Python call).
+_LAYOUTS: dict[bytes, _Layout] = {
+    TYPE_FRAME[t]: (t, msgspec.msgpack.Decoder(h), t in _ROUTED, *_PAYLOAD_FRAMES[t])
+    for t, h in HEADER_TYPES.items()
+}
+
 
 def iter_messages(frames: Sequence[Frame], *, routed: bool) -> Iterator[Message | MalformedMessage]:
     """Every message in ``frames`` (one ZeroMQ message without any routing identity), BATCH
@@ -246,32 +253,32 @@ def iter_messages(frames: Sequence[Frame], *, routed: bool) -> Iterator[Message 
         yield exc
         return
     for sub in batch:
-        if sub[0] == _BATCH:
-            yield MalformedMessage("nested BATCH")
-        else:
-            yield _read(sub, 0, routed)
+        yield _read(sub, 0, routed)
 
 
 def _read(frames: Sequence[Frame], at: int, routed: bool) -> Message | MalformedMessage:
-    """The message whose type frame is ``frames[at]``."""
-    msg_type = FRAME_TYPE.get(bytes(frames[at]))
-    if msg_type is None:
-        return MalformedMessage(f"unknown message type {bytes(frames[at])!r}")
+    """The message whose type frame is ``frames[at]`` (the hot path: keep it lean)."""
+    key = frames[at]
+    layout = _LAYOUTS.get(key if type(key) is bytes else bytes(key))
+    if layout is None:
+        if key == _BATCH:
+            return MalformedMessage("nested BATCH")
+        return MalformedMessage(f"unknown message type {bytes(key)!r}")
+    msg_type, decoder, takes_route, fewest, most = layout
     header_frame = frames[at + 1]
     try:
-        header = decode_header(msg_type, header_frame)
-    except MalformedMessage as exc:
-        return exc
+        header = decoder.decode(header_frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return MalformedMessage(f"bad {msg_type.name} header: {exc}")
     first = at + 2
     route = b""
-    if routed and msg_type in _ROUTED:
+    if routed and takes_route:
         if len(frames) <= first:
             return MalformedMessage(f"{msg_type.name} without frontend identity")
-        route = bytes(frames[first])
+        frame = frames[first]
+        route = frame if type(frame) is bytes else bytes(frame)
         first += 1
-    fewest, most = _PAYLOAD_FRAMES[msg_type]
-    if not fewest <= len(frames) - first <= most:
-        return MalformedMessage(
-            f"{msg_type.name} with {len(frames) - first} payload frames ({fewest}..{most})"
-        )
-    return Message(msg_type, header, header_frame, route, frames[first:])  # type: ignore[arg-type]
+    count = len(frames) - first
+    if count < fewest or count > most:
+        return MalformedMessage(f"{msg_type.name} with {count} payload frames ({fewest}..{most})")
+    return Message(msg_type, header, header_frame, route, frames[first:])
