@@ -111,9 +111,10 @@ def request(
 ) -> list[Frame]:
     """F→B ``[tag, REQUEST, header, payload]``; B→W ``[tag, REQUEST, header, frontend,
     payload]``."""
+    head = header if type(header) is bytes else _frame(header)  # forwarded: no call
     if frontend is None:
-        return [_TAG, _REQUEST, _frame(header), payload]
-    return [_TAG, _REQUEST, _frame(header), frontend, payload]
+        return [_TAG, _REQUEST, head, payload]
+    return [_TAG, _REQUEST, head, frontend, payload]
 
 
 def reply(
@@ -122,7 +123,10 @@ def reply(
     frontend: PeerId | None = None,
 ) -> list[Frame]:
     """W→B ``[tag, REPLY, header, frontend, body?]``; B→F ``[tag, REPLY, header, body?]``."""
-    head = header if isinstance(header, bytes | memoryview) else msgspec.msgpack.encode(header)
+    if type(header) is bytes or isinstance(header, memoryview):
+        head: Frame = header
+    else:
+        head = msgspec.msgpack.encode(header)
     if frontend is None:
         return [_TAG, _REPLY, head, *body]
     return [_TAG, _REPLY, head, frontend, *body]
