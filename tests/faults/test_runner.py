@@ -36,6 +36,7 @@ from tests.integration.stack import (
     tail,
     wait_for,
 )
+from tests.integration.zmtp import greeting_mechanism
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -53,13 +54,15 @@ class Runner:
 
     def __init__(self, log_path: Path, repo: Path, *args: str) -> None:
         self.port = free_port()
+        self.broker_ports = (free_port(), free_port())
         self.log_path = log_path
         fast = f"--heartbeat-interval-s={HEARTBEAT_INTERVAL_S}"
         argv = [
             sys.executable, "scripts/run_local.py",
             "--models", str(repo), "--port", str(self.port),
-            "--broker-frontend-port", str(free_port()), "--broker-worker-port", str(free_port()),
-            "--metrics-port", "0",
+            "--broker-frontend-port", str(self.broker_ports[0]),
+            "--broker-worker-port", str(self.broker_ports[1]),
+            "--metrics-port", "0", "--fabric-keys", str(log_path.parent / "fabric-keys"),
             f"--worker-arg={fast}", "--worker-arg=--device=cpu",
             f"--broker-arg={fast}", f"--broker-arg=--heartbeat-liveness={HEARTBEAT_LIVENESS}",
             f"--frontend-arg={fast}", *args,
@@ -194,6 +197,8 @@ def test_two_frontends_share_the_port_repository_untouched_sigkill_takes_childre
     runner = Runner(tmp_path / "runner.log", work_repo, "--frontends", "2")
     runners.append(runner)
     runner.wait_ready(["work"])
+    for port in runner.broker_ports:  # make run's fabric is CURVE
+        assert greeting_mechanism("127.0.0.1", port) == "CURVE"
     pids = runner.pids()
     frontends = {pids["frontend-0"], pids["frontend-1"]}
     served_by: set[int] = set()

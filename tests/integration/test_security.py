@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import zmq
+import zmq.auth
 from tritonclient.utils import InferenceServerException
 
-from fabric.curve import init_keys
+from fabric import messages
+from fabric.curve import CurveClient, init_keys
+from fabric.protocol import ModelAnnouncement
+from fabric.sockets import make_socket, send_frames
 
 from .stack import HEARTBEAT_INTERVAL_S, PYTHON, REPO_ROOT, Stack, free_port, wait_for
+from .zmtp import greeting_mechanism
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -132,3 +140,70 @@ def test_curve_encrypts_and_allow_lists_the_tiers(
         stranger.infer("simple", inputs, client_timeout=10)
     assert info.value.status() == "StatusCode.UNAVAILABLE"
     assert not stranger.is_server_ready()
+
+
+def _fake_worker(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, security: CurveClient | None
+) -> zmq.Socket[bytes]:
+    """A DEALER speaking our own protocol that announces ``simple`` 1 and 99 with a bogus
+    config (the attack of a fake worker); it answers nothing."""
+    sock = make_socket(ctx, zmq.DEALER, security=security)
+    sock.connect(endpoint)
+    return sock
+
+
+def _announce(sock: zmq.Socket[bytes]) -> None:
+    bogus = b"\x0a\x06simple"  # a ModelConfig naming the model, and nothing else
+    frames = messages.ready(
+        [ModelAnnouncement("simple", v, bogus, capacity=1000) for v in ("1", "99")]
+    )
+    with contextlib.suppress(zmq.Again):  # not connected: CURVE refused the handshake
+        send_frames(sock, frames)
+
+
+def test_fake_workers_without_an_allowed_worker_key_get_nothing_and_change_nothing(
+    make_stack: Callable[[], Stack], tmp_path: Path
+) -> None:
+    keys = init_keys(tmp_path / "keys")
+    _pub, stranger_secret = zmq.auth.create_certificates(str(tmp_path), "stranger")
+    stack = make_stack()
+    curve = ["--fabric-keys", str(keys.root)]
+    port = _start(stack, curve, curve, curve)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    wait_for(lambda: client.is_model_ready("simple"), timeout_s=60,
+             what="model ready over CURVE", watch=stack.procs)  # fmt: skip
+    for addr in (stack.broker_frontend_addr, stack.broker_worker_addr):
+        host, _, bport = addr.removeprefix("tcp://").rpartition(":")
+        assert greeting_mechanism(host, int(bport)) == "CURVE", addr
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    fakes = {
+        "no key": _fake_worker(ctx, stack.broker_worker_addr, None),
+        "unknown key": _fake_worker(
+            ctx,
+            stack.broker_worker_addr,
+            CurveClient.load(str(keys.broker_public), stranger_secret),
+        ),
+        "frontend key": _fake_worker(
+            ctx, stack.broker_worker_addr, CurveClient.from_keys(keys.root, "frontend")
+        ),
+    }
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for sock in fakes.values():
+                _announce(sock)
+            time.sleep(0.1)
+        inputs, a = _simple_inputs()
+        for _ in range(50):
+            result = client.infer("simple", inputs, client_timeout=10)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
+        assert not client.is_model_ready("simple", "99")
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        assert {m.get("version", "") for m in index if m["name"] == "simple"} <= {"", "1"}
+        for what, sock in fakes.items():
+            assert sock.poll(500) == 0, f"the fake worker with {what} received traffic"
+    finally:
+        for sock in fakes.values():
+            sock.close(0)
+        ctx.term()
