@@ -16,6 +16,7 @@ from fabric.errors import RequestError
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 
+from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Cancel, Send
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
 from .metrics import RequestMetrics
@@ -41,12 +42,11 @@ def _version_key(v: str) -> tuple[int, int | str]:
 
 UNKNOWN_MODEL_LABEL = "<unknown>"
 _NO_TRACKER = LatencyTracker(window=1)  # shared by requests for models nobody announced
-_DEADLINE_REPLY = Reply(errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None)
 
 
 def _expire(fut: asyncio.Future[Reply]) -> None:
     if not fut.done():
-        fut.set_result(_DEADLINE_REPLY)
+        fut.set_result(DEADLINE_REPLY)  # read as "the deadline passed" by _next_event
 
 
 class InferenceService:
@@ -228,102 +228,123 @@ class InferenceService:
         timeout_s: float,
         known: bool,
     ) -> Reply:
-        start = time.monotonic()
-        give_up = start + timeout_s
+        """Runs one call's ``AttemptPlanner``: submits, cancels and waits as it says; the
+        decisions (retries, backoff, hedging, the deadline) are all the planner's."""
+        client = self.client
+        now = time.monotonic()
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
         tracker = self._latency.get(route.model) if known else _NO_TRACKER
         if tracker is None:
             tracker = self._latency[route.model] = LatencyTracker()
-        self.retry_budget.on_request()
-        attempt = 0
-        while True:
-            reply = await self._attempt(route, payload, policy, deadline_ns, give_up, tracker)
-            if reply.status == errors.OK:
-                tracker.observe(time.monotonic() - start)
-                return reply
-            remaining = give_up - time.monotonic()
-            if not self.retry_policy.should_retry(reply.status, attempt, remaining):
-                return reply
-            if not self.retry_budget.try_spend():
-                return reply
-            attempt += 1
-            self.counters["retries"] += 1
-            logger.debug(
-                "retrying %s id=%r after %s (attempt %d)",
-                route.model,
-                route.id,
-                reply.message,
-                attempt,
-            )
-            await asyncio.sleep(self.retry_policy.backoff_s(attempt, remaining))
+        planner = AttemptPlanner(
+            policy, tracker, self.retry_policy, self.retry_budget, now + timeout_s
+        )
+        # Attempt n is sent[n]: what submit returned, or None when it could not be sent.
+        sent: list[tuple[int, asyncio.Future[Reply], object] | None] = []
+        actions = planner.start(now)
+        try:
+            while True:
+                bounced: Reply | None = None
+                for action in actions:
+                    if isinstance(action, Send):
+                        bounced = self._send(action, route, payload, policy, deadline_ns, sent)
+                    elif isinstance(action, Cancel):
+                        entry = sent[action.attempt]
+                        if entry is not None:
+                            client.cancel(entry[0])
+                    else:
+                        return action.reply
+                if bounced is not None:  # a Send is always last in its batch
+                    actions = planner.on_reply(len(sent) - 1, bounced, time.monotonic())
+                else:
+                    actions = await self._next_event(planner, sent)
+        finally:
+            for attempt in planner.live:  # the caller went away mid-call
+                entry = sent[attempt]
+                if entry is not None:
+                    client.cancel(entry[0])
 
-    async def _attempt(
+    def _send(
         self,
+        action: Send,
         route: RequestRoute,
         payload: bytes,
         policy: ModelPolicy,
         deadline_ns: int,
-        give_up: float,
-        tracker: LatencyTracker,
-    ) -> Reply:
-        """One try, plus a hedged copy when the first is slow; the first good reply wins."""
-        client = self.client
+        sent: list[tuple[int, asyncio.Future[Reply], object] | None],
+    ) -> Reply | None:
+        """Submits one copy; the reply that stands for it when it cannot be sent."""
+        hedge_of = 0
+        if action.hedge_of != NOT_A_HEDGE:
+            first = sent[action.hedge_of]
+            hedge_of = first[0] if first is not None else 0
+        elif action.retry:
+            logger.debug(
+                "retrying %s id=%r (retry %d)",
+                route.model,
+                route.id,
+                action.retry,
+            )
         try:
-            first_id, first, _ = client.submit(
-                route.model, route.version, deadline_ns, payload, flags=policy.flags
+            sent.append(
+                self.client.submit(
+                    route.model,
+                    route.version,
+                    deadline_ns,
+                    payload,
+                    flags=policy.flags,
+                    hedge_of=hedge_of,
+                )
             )
         except RequestError as exc:
+            sent.append(None)
             return Reply(exc.code, exc.message, None)
-        hedge_s = tracker.hedge_delay_s(policy)
-        if hedge_s is None:
-            # The common path: one future, one timer handle; no asyncio.wait machinery.
+        if hedge_of:
+            self.counters["hedges"] += 1
+        elif action.retry:
+            self.counters["retries"] += 1
+        return None
+
+    @staticmethod
+    async def _next_event(
+        planner: AttemptPlanner, sent: list[tuple[int, asyncio.Future[Reply], object] | None]
+    ) -> tuple[Action, ...]:
+        """Waits for the next reply or the planner's next wakeup, whichever comes first, and
+        hands it to the planner."""
+        live = planner.live
+        wake = planner.next_wakeup()
+        if not live:  # backing off before a retry
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            return planner.on_timer(max(time.monotonic(), wake))
+        futures = [entry[1] for a in live if (entry := sent[a]) is not None]
+        if len(futures) == 1 and wake >= planner.give_up:
+            # The common path: one copy and nothing due before the deadline. One timer handle,
+            # no asyncio.wait machinery; at the deadline the timer answers the future itself.
+            fut = futures[0]
             timer = asyncio.get_running_loop().call_later(
-                max(0.0, give_up - time.monotonic()), _expire, first
+                max(0.0, wake - time.monotonic()), _expire, fut
             )
             try:
-                return await first
+                reply = await fut
             finally:
                 timer.cancel()
-                client.cancel(first_id)  # no-op once its reply arrived
-        live = {first: first_id}
-        try:
-            if hedge_s < give_up - time.monotonic():
-                done, _ = await asyncio.wait([first], timeout=hedge_s)
-                if not done and self.retry_budget.try_spend():
-                    try:
-                        hedge_id, hedge, _ = client.submit(
-                            route.model,
-                            route.version,
-                            deadline_ns,
-                            payload,
-                            flags=policy.flags,
-                            hedge_of=first_id,
-                        )
-                        live[hedge] = hedge_id
-                        self.counters["hedges"] += 1
-                    except RequestError:
-                        pass
-            failed: Reply | None = None
-            while live:
-                done, _ = await asyncio.wait(
-                    list(live),
-                    timeout=max(0.0, give_up - time.monotonic()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not done:
-                    return _DEADLINE_REPLY
-                for fut in done:
-                    del live[fut]
-                    reply = fut.result()
-                    if reply.status == errors.OK:
-                        return reply
-                    if failed is None or fut is first:
-                        failed = reply
-            assert failed is not None
-            return failed
-        finally:
-            for request_id in live.values():
-                client.cancel(request_id)
+            if reply is DEADLINE_REPLY:
+                return planner.on_timer(max(time.monotonic(), wake))
+            return planner.on_reply(live[0], reply, time.monotonic())
+        done, _ = await asyncio.wait(
+            futures,
+            timeout=max(0.0, wake - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        now = time.monotonic()
+        if not done:
+            return planner.on_timer(max(now, wake))
+        for attempt, fut in zip(list(live), futures, strict=True):
+            if fut in done:
+                actions = planner.on_reply(attempt, fut.result(), now)
+                if actions:  # the call's answer: later replies no longer matter
+                    return actions
+        return ()
 
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -417,7 +438,3 @@ class InferenceService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
         await self._control("unload", request.model_name, "", context)
         return pb.RepositoryModelUnloadResponse()
-
-    # ---- not offered ------------------------------------------------------------------
-    async def unimplemented(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not supported by this server")
