@@ -168,9 +168,9 @@ class AttemptPlanner:
         self._round_failed = None
         self._first = self.sent
         self.hedge_at = None
-        hedge_s = self._tracker.hedge_delay_s(self._policy) if self._policy.idempotent else None
+        hedge_s = self._tracker.hedge_delay_s(self._policy)
         # A hedge that could only be sent after the deadline is no hedge.
-        if hedge_s is not None and hedge_s < self.give_up - now:
+        if hedge_s is not None and self._policy.idempotent and hedge_s < self.give_up - now:
             self.hedge_at = now + hedge_s
         if self.sent == 0:
             self.sent = 1

@@ -46,7 +46,7 @@ _NO_TRACKER = LatencyTracker(window=1)  # shared by requests for models nobody a
 
 def _expire(fut: asyncio.Future[Reply]) -> None:
     if not fut.done():
-        fut.set_result(DEADLINE_REPLY)  # read as "the deadline passed" by _next_event
+        fut.set_result(DEADLINE_REPLY)  # read as "the deadline passed" by _attempts
 
 
 class InferenceService:
@@ -241,6 +241,7 @@ class InferenceService:
         )
         # Attempt n is sent[n]: what submit returned, or None when it could not be sent.
         sent: list[tuple[int, asyncio.Future[Reply], object] | None] = []
+        loop = asyncio.get_running_loop()
         actions = planner.start(now)
         try:
             while True:
@@ -256,8 +257,28 @@ class InferenceService:
                         return action.reply
                 if bounced is not None:  # a Send is always last in its batch
                     actions = planner.on_reply(len(sent) - 1, bounced, time.monotonic())
+                    continue
+                live = planner.live
+                wake = planner.next_wakeup()
+                if len(live) != 1 or wake < planner.give_up:
+                    actions = await self._next_event(planner, sent, wake)
+                    continue
+                # The common path, inline: one copy and nothing due before the deadline. One
+                # timer handle, no asyncio.wait machinery, no extra coroutine; at the deadline
+                # the timer answers the future itself.
+                attempt = live[0]
+                entry = sent[attempt]
+                assert entry is not None  # a copy that could not be sent is never live
+                fut = entry[1]
+                timer = loop.call_later(max(0.0, wake - time.monotonic()), _expire, fut)
+                try:
+                    reply = await fut
+                finally:
+                    timer.cancel()
+                if reply is DEADLINE_REPLY:
+                    actions = planner.on_timer(max(time.monotonic(), wake))
                 else:
-                    actions = await self._next_event(planner, sent)
+                    actions = planner.on_reply(attempt, reply, time.monotonic())
         finally:
             for attempt in planner.live:  # the caller went away mid-call
                 entry = sent[attempt]
@@ -307,30 +328,17 @@ class InferenceService:
 
     @staticmethod
     async def _next_event(
-        planner: AttemptPlanner, sent: list[tuple[int, asyncio.Future[Reply], object] | None]
+        planner: AttemptPlanner,
+        sent: list[tuple[int, asyncio.Future[Reply], object] | None],
+        wake: float,
     ) -> tuple[Action, ...]:
-        """Waits for the next reply or the planner's next wakeup, whichever comes first, and
-        hands it to the planner."""
+        """Waits for the first reply of several copies, the end of a backoff or the hedge
+        delay, whichever comes first, and hands it to the planner."""
         live = planner.live
-        wake = planner.next_wakeup()
         if not live:  # backing off before a retry
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
             return planner.on_timer(max(time.monotonic(), wake))
         futures = [entry[1] for a in live if (entry := sent[a]) is not None]
-        if len(futures) == 1 and wake >= planner.give_up:
-            # The common path: one copy and nothing due before the deadline. One timer handle,
-            # no asyncio.wait machinery; at the deadline the timer answers the future itself.
-            fut = futures[0]
-            timer = asyncio.get_running_loop().call_later(
-                max(0.0, wake - time.monotonic()), _expire, fut
-            )
-            try:
-                reply = await fut
-            finally:
-                timer.cancel()
-            if reply is DEADLINE_REPLY:
-                return planner.on_timer(max(time.monotonic(), wake))
-            return planner.on_reply(live[0], reply, time.monotonic())
         done, _ = await asyncio.wait(
             futures,
             timeout=max(0.0, wake - time.monotonic()),
