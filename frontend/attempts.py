@@ -43,50 +43,46 @@ DEADLINE_REPLY = Reply(errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for 
 NOT_A_HEDGE = -1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     attempt: int
     hedge_of: int  # attempt number of the copy this one hedges, or NOT_A_HEDGE
     retry: int  # 0 on the first round, k on the k-th retry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     reply: Reply
 
 
 Action = Send | Cancel | Finish
+# Not frozen: a frozen dataclass's __init__ costs several times more, and a Finish is made
+# for every call. Nothing mutates an action once made.
 
 _FIRST = (Send(0, NOT_A_HEDGE, 0),)  # the common first batch, shared by every call
 _NOTHING: tuple[Action, ...] = ()
+_OK = errors.OK
 
 
 class AttemptPlanner:
-    """One call's attempts. ``live`` lists the attempts in flight, oldest first."""
+    """One call's attempts. ``live`` lists the attempts in flight, oldest first.
 
-    __slots__ = (
-        "_budget",
-        "_first",
-        "_policy",
-        "_retry_policy",
-        "_rng",
-        "_round_failed",
-        "_started",
-        "_tracker",
-        "failed",
-        "finished",
-        "give_up",
-        "hedge_at",
-        "live",
-        "retries",
-        "retry_at",
-        "sent",
-    )
+    State that most calls never change (no retry, no hedge) lives in class-level defaults, so
+    a call that is answered at the first try sets only a handful of attributes.
+    """
+
+    _first = 0  # the current round's first copy
+    _round_failed: Reply | None = None
+    failed: Reply | None = None  # the last failed round's answer
+    retries = 0
+    hedge_at: float | None = None
+    retry_at: float | None = None
+    finished = False
 
     def __init__(
         self,
@@ -103,29 +99,31 @@ class AttemptPlanner:
         self._budget = budget
         self._rng = rng
         self._started = 0.0
-        self._first = 0  # the current round's first copy
         self.give_up = give_up
         self.live: list[int] = []
         self.sent = 0
-        self.retries = 0
-        self._round_failed: Reply | None = None
-        self.failed: Reply | None = None  # the last failed round's answer
-        self.hedge_at: float | None = None
-        self.retry_at: float | None = None
-        self.finished = False
 
     def start(self, now: float) -> tuple[Action, ...]:
         self._started = now
         self._budget.on_request()
-        return self._round(now)
+        hedge_s = self._tracker.hedge_delay_s(self._policy)
+        if hedge_s is not None:
+            self._arm_hedge(hedge_s, now)
+        self.sent = 1
+        self.live.append(0)
+        return _FIRST
 
     def on_reply(self, attempt: int, reply: Reply, now: float) -> tuple[Action, ...]:
         if self.finished or attempt not in self.live:
             return _NOTHING  # a copy already cancelled, or an answer already given
-        self.live.remove(attempt)
-        if reply.status == errors.OK:
+        live = self.live
+        live.remove(attempt)
+        if reply.status == _OK:
             self._tracker.observe(now - self._started)
-            return self._finish(reply)
+            if live or self.hedge_at is not None:
+                return self._finish(reply)
+            self.finished = True  # the common answer, without _finish's bookkeeping
+            return (Finish(reply),)
         if self._round_failed is None or attempt == self._first:
             self._round_failed = reply
         if self.live:
@@ -165,18 +163,18 @@ class AttemptPlanner:
         return Send(attempt, hedge_of, self.retries)
 
     def _round(self, now: float) -> tuple[Action, ...]:
+        """A retry: a fresh copy, hedged like the first try."""
         self._round_failed = None
         self._first = self.sent
-        self.hedge_at = None
         hedge_s = self._tracker.hedge_delay_s(self._policy)
-        # A hedge that could only be sent after the deadline is no hedge.
-        if hedge_s is not None and self._policy.idempotent and hedge_s < self.give_up - now:
-            self.hedge_at = now + hedge_s
-        if self.sent == 0:
-            self.sent = 1
-            self.live.append(0)
-            return _FIRST
+        if hedge_s is not None:
+            self._arm_hedge(hedge_s, now)
         return (self._send(NOT_A_HEDGE),)
+
+    def _arm_hedge(self, hedge_s: float, now: float) -> None:
+        # Never for non-idempotent models, and a hedge due after the deadline is no hedge.
+        if self._policy.idempotent and hedge_s < self.give_up - now:
+            self.hedge_at = now + hedge_s
 
     def _after_failure(self, failed: Reply, now: float) -> tuple[Action, ...]:
         remaining = self.give_up - now
@@ -190,7 +188,8 @@ class AttemptPlanner:
 
     def _finish(self, reply: Reply) -> tuple[Action, ...]:
         self.finished = True
-        self.hedge_at = self.retry_at = None
+        if self.hedge_at is not None or self.retry_at is not None:
+            self.hedge_at = self.retry_at = None
         if not self.live:
             return (Finish(reply),)
         actions: list[Action] = [Cancel(a) for a in self.live]

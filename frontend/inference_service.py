@@ -16,7 +16,7 @@ from fabric.errors import RequestError
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 
-from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Cancel, Send
+from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Finish, Send
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
 from .metrics import RequestMetrics
@@ -248,21 +248,40 @@ class InferenceService:
                 bounced: Reply | None = None
                 for action in actions:
                     if isinstance(action, Send):
-                        bounced = self._send(action, route, payload, policy, deadline_ns, sent)
-                    elif isinstance(action, Cancel):
+                        hedge_of = (
+                            0 if action.hedge_of == NOT_A_HEDGE else self._hedged_id(action, sent)
+                        )
+                        try:
+                            sent.append(
+                                client.submit(
+                                    route.model,
+                                    route.version,
+                                    deadline_ns,
+                                    payload,
+                                    flags=policy.flags,
+                                    hedge_of=hedge_of,
+                                )
+                            )
+                        except RequestError as exc:
+                            sent.append(None)
+                            bounced = Reply(exc.code, exc.message, None)
+                        else:
+                            if action.attempt:
+                                self._count_resend(action, route, planner.failed)
+                    elif isinstance(action, Finish):
+                        return action.reply
+                    else:
                         entry = sent[action.attempt]
                         if entry is not None:
                             client.cancel(entry[0])
-                    else:
-                        return action.reply
                 if bounced is not None:  # a Send is always last in its batch
                     actions = planner.on_reply(len(sent) - 1, bounced, time.monotonic())
                     continue
                 live = planner.live
-                wake = planner.next_wakeup()
-                if len(live) != 1 or wake < planner.give_up:
-                    actions = await self._next_event(planner, sent, wake)
+                if len(live) != 1 or planner.hedge_at is not None or planner.retry_at is not None:
+                    actions = await self._next_event(planner, sent, planner.next_wakeup())
                     continue
+                wake = planner.give_up
                 # The common path, inline: one copy and nothing due before the deadline. One
                 # timer handle, no asyncio.wait machinery, no extra coroutine; at the deadline
                 # the timer answers the future itself.
@@ -285,46 +304,27 @@ class InferenceService:
                 if entry is not None:
                     client.cancel(entry[0])
 
-    def _send(
-        self,
-        action: Send,
-        route: RequestRoute,
-        payload: bytes,
-        policy: ModelPolicy,
-        deadline_ns: int,
-        sent: list[tuple[int, asyncio.Future[Reply], object] | None],
-    ) -> Reply | None:
-        """Submits one copy; the reply that stands for it when it cannot be sent."""
-        hedge_of = 0
+    @staticmethod
+    def _hedged_id(
+        action: Send, sent: list[tuple[int, asyncio.Future[Reply], object] | None]
+    ) -> int:
+        """The request id of the copy a hedge duplicates (the fabric sends both to the same
+        broker, which keeps them on different workers)."""
+        first = sent[action.hedge_of]
+        return first[0] if first is not None else 0
+
+    def _count_resend(self, action: Send, route: RequestRoute, failed: Reply | None) -> None:
         if action.hedge_of != NOT_A_HEDGE:
-            first = sent[action.hedge_of]
-            hedge_of = first[0] if first is not None else 0
-        elif action.retry:
-            logger.debug(
-                "retrying %s id=%r (retry %d)",
-                route.model,
-                route.id,
-                action.retry,
-            )
-        try:
-            sent.append(
-                self.client.submit(
-                    route.model,
-                    route.version,
-                    deadline_ns,
-                    payload,
-                    flags=policy.flags,
-                    hedge_of=hedge_of,
-                )
-            )
-        except RequestError as exc:
-            sent.append(None)
-            return Reply(exc.code, exc.message, None)
-        if hedge_of:
             self.counters["hedges"] += 1
         elif action.retry:
             self.counters["retries"] += 1
-        return None
+            logger.debug(
+                "retrying %s id=%r after %s (retry %d)",
+                route.model,
+                route.id,
+                failed.message if failed is not None else "",
+                action.retry,
+            )
 
     @staticmethod
     async def _next_event(
