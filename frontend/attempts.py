@@ -70,7 +70,9 @@ _OK = errors.OK
 
 
 class AttemptPlanner:
-    """One call's attempts. ``live`` lists the attempts in flight, oldest first.
+    """One call's attempts. ``live`` lists the attempts in flight, oldest first; ``hedge_at``
+    and ``retry_at`` are both None when nothing is due before the deadline (``give_up``), which
+    lets the shell wait on a single copy with nothing but a deadline timer.
 
     State that most calls never change (no retry, no hedge) lives in class-level defaults, so
     a call that is answered at the first try sets only a handful of attributes.
@@ -104,6 +106,7 @@ class AttemptPlanner:
         self.sent = 0
 
     def start(self, now: float) -> tuple[Action, ...]:
+        """The first try; ``now`` also starts the latency recorded on success."""
         self._started = now
         self._budget.on_request()
         hedge_s = self._tracker.hedge_delay_s(self._policy)
@@ -114,6 +117,7 @@ class AttemptPlanner:
         return _FIRST
 
     def on_reply(self, attempt: int, reply: Reply, now: float) -> tuple[Action, ...]:
+        """A copy answered, or could not be sent (``reply`` then says why)."""
         if self.finished or attempt not in self.live:
             return _NOTHING  # a copy already cancelled, or an answer already given
         live = self.live
@@ -133,6 +137,7 @@ class AttemptPlanner:
         return self._after_failure(self._round_failed, now)
 
     def on_timer(self, now: float) -> tuple[Action, ...]:
+        """``next_wakeup()`` has come: the deadline, the end of a backoff, or a hedge delay."""
         if self.finished:
             return _NOTHING
         if now >= self.give_up:

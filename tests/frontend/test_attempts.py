@@ -368,3 +368,22 @@ def test_only_successes_are_recorded_with_their_whole_latency() -> None:
     assert tracker.p95() is None  # 49 samples: had failures counted, there would be 98
     call()
     assert tracker.p95() == pytest.approx(0.2)
+
+
+def test_first_copy_answering_before_the_hedge_delay_means_no_hedge() -> None:
+    p = planner(HEDGED)
+    p.start(T0)
+    assert p.on_reply(0, OK, T0 + 0.01) == (Finish(OK),)
+    assert p.hedge_at is None
+    assert p.on_timer(T0 + 0.05) == ()
+    assert p.sent == 1
+
+
+def test_deadline_reached_while_backing_off_answers_deadline_exceeded() -> None:
+    # A shell woken late (a busy loop) may find the deadline passed before the retry was sent.
+    p = planner(timeout_s=0.5)
+    p.start(T0)
+    assert p.on_reply(0, UNAVAILABLE, T0 + 0.1) == ()
+    assert p.live == []
+    assert p.on_timer(T0 + 0.6) == (Finish(DEADLINE_REPLY),)
+    assert p.retry_at is None and p.sent == 1
