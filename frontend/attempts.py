@@ -73,18 +73,26 @@ class AttemptPlanner:
     """One call's attempts. ``live`` lists the attempts in flight, oldest first; ``hedge_at``
     and ``retry_at`` are both None when nothing is due before the deadline (``give_up``), which
     lets the shell wait on a single copy with nothing but a deadline timer.
-
-    State that most calls never change (no retry, no hedge) lives in class-level defaults, so
-    a call that is answered at the first try sets only a handful of attributes.
     """
 
-    _first = 0  # the current round's first copy
-    _round_failed: Reply | None = None
-    failed: Reply | None = None  # the last failed round's answer
-    retries = 0
-    hedge_at: float | None = None
-    retry_at: float | None = None
-    finished = False
+    __slots__ = (
+        "_budget",
+        "_first",
+        "_policy",
+        "_retry_policy",
+        "_rng",
+        "_round_failed",
+        "_started",
+        "_tracker",
+        "failed",
+        "finished",
+        "give_up",
+        "hedge_at",
+        "live",
+        "retries",
+        "retry_at",
+        "sent",
+    )
 
     def __init__(
         self,
@@ -104,6 +112,13 @@ class AttemptPlanner:
         self.give_up = give_up
         self.live: list[int] = []
         self.sent = 0
+        self._first = 0  # the current round's first copy
+        self._round_failed: Reply | None = None
+        self.failed: Reply | None = None  # the last failed round's answer
+        self.retries = 0
+        self.hedge_at: float | None = None
+        self.retry_at: float | None = None
+        self.finished = False
 
     def start(self, now: float) -> tuple[Action, ...]:
         """The first try; ``now`` also starts the latency recorded on success."""
