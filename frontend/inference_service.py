@@ -13,9 +13,11 @@ from google.protobuf.message import DecodeError
 
 from fabric import errors, names
 from fabric.errors import RequestError
+from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 
+from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Finish, Send
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
 from .metrics import RequestMetrics
@@ -23,7 +25,8 @@ from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_con
 from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
 from .status import grpc_code
-from .wire import RequestRoute, scan_request, stream_error, stream_response
+from .streams import serve_stream
+from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +38,13 @@ def _datatype(dt: int) -> str:
     return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
 
 
-def _version_key(v: str) -> tuple[int, int | str]:
-    return (0, int(v)) if v.isdigit() else (1, v)
-
-
 UNKNOWN_MODEL_LABEL = "<unknown>"
 _NO_TRACKER = LatencyTracker(window=1)  # shared by requests for models nobody announced
-_DEADLINE_REPLY = Reply(errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None)
-
-
-class _StreamIdle:
-    """Put on a stream's response queue by its idle timer."""
-
-
-_STREAM_IDLE = _StreamIdle()
 
 
 def _expire(fut: asyncio.Future[Reply]) -> None:
     if not fut.done():
-        fut.set_result(_DEADLINE_REPLY)
+        fut.set_result(DEADLINE_REPLY)  # read as "the deadline passed" by _attempts
 
 
 class InferenceService:
@@ -106,7 +97,7 @@ class InferenceService:
             entry = versions[version][0]
         else:
             ready = [v for v, (_, n) in versions.items() if n > 0] or list(versions)
-            entry = versions[max(ready, key=_version_key)][0]
+            entry = versions[max(ready, key=version_sort_key)][0]
         try:
             return mc.ModelConfig.FromString(entry.config)
         except DecodeError as exc:
@@ -135,7 +126,7 @@ class InferenceService:
         config = await self._config_or_abort(request.name, request.version, context)
         known = {v: n for (m, v), (_, n) in self.client.models().items() if m == request.name}
         ready = [v for v, n in known.items() if n > 0]
-        versions = sorted(ready or known, key=_version_key)
+        versions = sorted(ready or known, key=version_sort_key)
         batch = [-1] if config.max_batch_size > 0 else []
 
         def tensors(specs: object) -> list[pb.ModelMetadataResponse.TensorMetadata]:
@@ -190,7 +181,9 @@ class InferenceService:
         if self._policies_version != self.client.catalog_version:
             latest: dict[str, tuple[str, bytes]] = {}
             for (name, version), (entry, _) in self.client.models().items():
-                if name not in latest or _version_key(version) > _version_key(latest[name][0]):
+                if name not in latest or version_sort_key(version) > version_sort_key(
+                    latest[name][0]
+                ):
                     latest[name] = (version, entry.config)
             self._policies = {}
             for name, (_, config) in latest.items():
@@ -250,102 +243,131 @@ class InferenceService:
         timeout_s: float,
         known: bool,
     ) -> Reply:
-        start = time.monotonic()
-        give_up = start + timeout_s
+        """Runs one call's ``AttemptPlanner``: submits, cancels and waits as it says; the
+        decisions (retries, backoff, hedging, the deadline) are all the planner's."""
+        client = self.client
+        now = time.monotonic()
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
         tracker = self._latency.get(route.model) if known else _NO_TRACKER
         if tracker is None:
             tracker = self._latency[route.model] = LatencyTracker()
-        self.retry_budget.on_request()
-        attempt = 0
-        while True:
-            reply = await self._attempt(route, payload, policy, deadline_ns, give_up, tracker)
-            if reply.status == errors.OK:
-                tracker.observe(time.monotonic() - start)
-                return reply
-            remaining = give_up - time.monotonic()
-            if not self.retry_policy.should_retry(reply.status, attempt, remaining):
-                return reply
-            if not self.retry_budget.try_spend():
-                return reply
-            attempt += 1
+        planner = AttemptPlanner(
+            policy, tracker, self.retry_policy, self.retry_budget, now + timeout_s
+        )
+        # Attempt n is sent[n]: what submit returned, or None when it could not be sent.
+        sent: list[tuple[int, asyncio.Future[Reply], object] | None] = []
+        loop = asyncio.get_running_loop()
+        actions = planner.start(now)
+        try:
+            while True:
+                bounced: Reply | None = None
+                for action in actions:
+                    if isinstance(action, Send):
+                        hedge_of = (
+                            0 if action.hedge_of == NOT_A_HEDGE else self._hedged_id(action, sent)
+                        )
+                        try:
+                            sent.append(
+                                client.submit(
+                                    route.model,
+                                    route.version,
+                                    deadline_ns,
+                                    payload,
+                                    flags=policy.flags,
+                                    hedge_of=hedge_of,
+                                )
+                            )
+                        except RequestError as exc:
+                            sent.append(None)
+                            bounced = Reply(exc.code, exc.message, None)
+                        else:
+                            if action.attempt:
+                                self._count_resend(action, route, planner.failed)
+                    elif isinstance(action, Finish):
+                        return action.reply
+                    else:
+                        entry = sent[action.attempt]
+                        if entry is not None:
+                            client.cancel(entry[0])
+                if bounced is not None:  # a Send is always last in its batch
+                    actions = planner.on_reply(len(sent) - 1, bounced, time.monotonic())
+                    continue
+                live = planner.live
+                if len(live) != 1 or planner.hedge_at is not None or planner.retry_at is not None:
+                    actions = await self._next_event(planner, sent, planner.next_wakeup())
+                    continue
+                wake = planner.give_up
+                # The common path, inline: one copy and nothing due before the deadline. One
+                # timer handle, no asyncio.wait machinery, no extra coroutine; at the deadline
+                # the timer answers the future itself.
+                attempt = live[0]
+                entry = sent[attempt]
+                assert entry is not None  # a copy that could not be sent is never live
+                fut = entry[1]
+                timer = loop.call_later(max(0.0, wake - time.monotonic()), _expire, fut)
+                try:
+                    reply = await fut
+                finally:
+                    timer.cancel()
+                if reply is DEADLINE_REPLY:
+                    actions = planner.on_timer(max(time.monotonic(), wake))
+                else:
+                    actions = planner.on_reply(attempt, reply, time.monotonic())
+        finally:
+            for attempt in planner.live:  # the caller went away mid-call
+                entry = sent[attempt]
+                if entry is not None:
+                    client.cancel(entry[0])
+
+    @staticmethod
+    def _hedged_id(
+        action: Send, sent: list[tuple[int, asyncio.Future[Reply], object] | None]
+    ) -> int:
+        """The request id of the copy a hedge duplicates (the fabric sends both to the same
+        broker, which keeps them on different workers)."""
+        first = sent[action.hedge_of]
+        return first[0] if first is not None else 0
+
+    def _count_resend(self, action: Send, route: RequestRoute, failed: Reply | None) -> None:
+        if action.hedge_of != NOT_A_HEDGE:
+            self.counters["hedges"] += 1
+        elif action.retry:
             self.counters["retries"] += 1
             logger.debug(
-                "retrying %s id=%r after %s (attempt %d)",
+                "retrying %s id=%r after %s (retry %d)",
                 route.model,
                 route.id,
-                reply.message,
-                attempt,
+                failed.message if failed is not None else "",
+                action.retry,
             )
-            await asyncio.sleep(self.retry_policy.backoff_s(attempt, remaining))
 
-    async def _attempt(
-        self,
-        route: RequestRoute,
-        payload: bytes,
-        policy: ModelPolicy,
-        deadline_ns: int,
-        give_up: float,
-        tracker: LatencyTracker,
-    ) -> Reply:
-        """One try, plus a hedged copy when the first is slow; the first good reply wins."""
-        client = self.client
-        try:
-            first_id, first, _ = client.submit(
-                route.model, route.version, deadline_ns, payload, flags=policy.flags
-            )
-        except RequestError as exc:
-            return Reply(exc.code, exc.message, None)
-        hedge_s = tracker.hedge_delay_s(policy)
-        if hedge_s is None:
-            # The common path: one future, one timer handle; no asyncio.wait machinery.
-            timer = asyncio.get_running_loop().call_later(
-                max(0.0, give_up - time.monotonic()), _expire, first
-            )
-            try:
-                return await first
-            finally:
-                timer.cancel()
-                client.cancel(first_id)  # no-op once its reply arrived
-        live = {first: first_id}
-        try:
-            if hedge_s < give_up - time.monotonic():
-                done, _ = await asyncio.wait([first], timeout=hedge_s)
-                if not done and self.retry_budget.try_spend():
-                    try:
-                        hedge_id, hedge, _ = client.submit(
-                            route.model,
-                            route.version,
-                            deadline_ns,
-                            payload,
-                            flags=policy.flags,
-                            hedge_of=first_id,
-                        )
-                        live[hedge] = hedge_id
-                        self.counters["hedges"] += 1
-                    except RequestError:
-                        pass
-            failed: Reply | None = None
-            while live:
-                done, _ = await asyncio.wait(
-                    list(live),
-                    timeout=max(0.0, give_up - time.monotonic()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not done:
-                    return _DEADLINE_REPLY
-                for fut in done:
-                    del live[fut]
-                    reply = fut.result()
-                    if reply.status == errors.OK:
-                        return reply
-                    if failed is None or fut is first:
-                        failed = reply
-            assert failed is not None
-            return failed
-        finally:
-            for request_id in live.values():
-                client.cancel(request_id)
+    @staticmethod
+    async def _next_event(
+        planner: AttemptPlanner,
+        sent: list[tuple[int, asyncio.Future[Reply], object] | None],
+        wake: float,
+    ) -> tuple[Action, ...]:
+        """Waits for the first reply of several copies, the end of a backoff or the hedge
+        delay, whichever comes first, and hands it to the planner."""
+        live = planner.live
+        if not live:  # backing off before a retry
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            return planner.on_timer(max(time.monotonic(), wake))
+        futures = [entry[1] for a in live if (entry := sent[a]) is not None]
+        done, _ = await asyncio.wait(
+            futures,
+            timeout=max(0.0, wake - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        now = time.monotonic()
+        if not done:
+            return planner.on_timer(max(now, wake))
+        for attempt, fut in zip(list(live), futures, strict=True):
+            if fut in done:
+                actions = planner.on_reply(attempt, fut.result(), now)
+                if actions:  # the call's answer: later replies no longer matter
+                    return actions
+        return ()
 
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -360,89 +382,15 @@ class InferenceService:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Many requests over one stream; each response is sent as soon as it completes.
-
-        Bounded: at most ``stream_max_pending`` requests in flight plus responses not yet
-        handed to gRPC; at the bound the stream stops reading requests, so a client that does
-        not read its responses is held back by HTTP/2 flow control instead of growing this
-        process. A stream with no request and nothing pending for ``stream_idle_timeout_s``
-        ends with DEADLINE_EXCEEDED.
-        """
-        limit = max(1, self.config.stream_max_pending)
-        idle_s = self.config.stream_idle_timeout_s
-        loop = asyncio.get_running_loop()
-        done: asyncio.Queue[bytes | _StreamIdle | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        space = asyncio.Event()  # set when ``pending`` drops below ``limit``
-        pending = 0  # read and not yet handed to gRPC: in flight, or answered and queued
-        idle_timer: asyncio.TimerHandle | None = None
-
-        def on_idle() -> None:
-            done.put_nowait(_STREAM_IDLE)
-
-        def arm_idle_timer() -> None:
-            nonlocal idle_timer
-            if idle_s > 0:
-                idle_timer = loop.call_later(idle_s, on_idle)
-
-        async def one(request: bytes) -> None:
-            try:
-                route = scan_request(request)
-            except RequestError as exc:
-                await done.put(stream_error(exc.message, b""))
-                return
-            reply = await self.infer(route, request, None)
-            if reply.status == errors.OK and reply.payload is not None:
-                await done.put(stream_response(reply.payload))
-            else:
-                echo = pb.ModelInferResponse(
-                    model_name=route.model[: names.MAX_MODEL_NAME_CHARS],
-                    model_version=route.version[: names.MAX_VERSION_CHARS],
-                    id=route.id,
-                ).SerializeToString()
-                await done.put(stream_error(reply.message or reply.status, echo))
-
-        async def read_all() -> None:
-            nonlocal pending
-            try:
-                async for request in requests:
-                    if idle_timer is not None:
-                        idle_timer.cancel()
-                    pending += 1
-                    task = asyncio.create_task(one(request), name="stream-request")
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    while pending >= limit:  # the client must read before we read on
-                        space.clear()
-                        await space.wait()
-                while tasks:
-                    await asyncio.wait(list(tasks))
-            finally:
-                done.put_nowait(None)
-
-        arm_idle_timer()
-        reader = asyncio.create_task(read_all(), name="stream-reader")
-        try:
-            while (item := await done.get()) is not None:
-                if isinstance(item, _StreamIdle):
-                    if pending == 0 and not reader.done():
-                        await context.abort(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"stream idle for {idle_s:g}s (no request, nothing in flight)",
-                        )
-                    continue  # a request raced the timer: it is busy again
-                yield item  # returns once gRPC took the message: flow control applies here
-                pending -= 1
-                if pending < limit:
-                    space.set()
-                if pending == 0 and not reader.done():
-                    arm_idle_timer()
-        finally:
-            if idle_timer is not None:
-                idle_timer.cancel()
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+        """Many requests over one stream, bounded (see ``frontend.streams``)."""
+        async for response in serve_stream(
+            self.infer,
+            requests,
+            context,
+            max_pending=self.config.stream_max_pending,
+            idle_timeout_s=self.config.stream_idle_timeout_s,
+        ):
+            yield response
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(
@@ -488,7 +436,3 @@ class InferenceService:
             names.check_model(model_name)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
-
-    # ---- not offered ------------------------------------------------------------------
-    async def unimplemented(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not supported by this server")

@@ -53,8 +53,13 @@ class RetryPolicy:
             return False
         return remaining_s is None or remaining_s > self.base_backoff_s
 
-    def backoff_s(self, attempt: int, remaining_s: float | None) -> float:
-        delay = random.uniform(0, min(self.max_backoff_s, self.base_backoff_s * 2**attempt))
+    def backoff_s(
+        self, attempt: int, remaining_s: float | None, rng: random.Random | None = None
+    ) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)], and at most half the time
+        left so that the retry still has time to run. ``rng`` defaults to the module's."""
+        uniform = rng.uniform if rng is not None else random.uniform
+        delay = uniform(0, min(self.max_backoff_s, self.base_backoff_s * 2**attempt))
         if remaining_s is not None:
             delay = min(delay, remaining_s / 2)
         return delay
