@@ -16,12 +16,12 @@ import pytest
 
 from fabric import errors
 from fabric.errors import RequestError
+from worker.batch_step import Ready
+from worker.batcher import Waiting
 from worker.config import WorkerConfig
 from worker.loaders import LoadedModel, load_model
 from worker.models import ModelTable
 from worker.repository import scan_model
-from worker.batch_step import Ready
-from worker.batcher import Waiting
 from worker.runtime import (
     INLINE_FAR_OVER,
     INLINE_SLOW_STREAK,

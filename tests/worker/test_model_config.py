@@ -152,8 +152,7 @@ def test_spec_is_hashable_and_comparable() -> None:
         ("instance_group [ { count: -1 } ]\n" + MINIMAL_IO, "count must be >= 0"),
         ("sequence_batching { }\n" + MINIMAL_IO, "sequence_batching is not supported"),
         (
-            'parameters { key: "dispatch_when_idle" value { string_value: "yes" } }\n'
-            + MINIMAL_IO,
+            'parameters { key: "dispatch_when_idle" value { string_value: "yes" } }\n' + MINIMAL_IO,
             'parameters["dispatch_when_idle"] must be "true" or "false", got \'yes\'',
         ),
     ],
