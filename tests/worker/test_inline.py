@@ -271,7 +271,7 @@ def test_model_table_runs_single_instance_cpu_models_inline(tmp_path: Path) -> N
             one.inbox.put(inbound(7, request_bytes({"X": x}), model="one"))
             assert replies.wait_for(1)[0].status == errors.OK
             wait_until(lambda: one.pending == 0)
-            # Unloading drains through the pump, then forgets the instance.
+            # Unloading hands what it holds to its thread, then forgets the instance.
             table.unload("one", "")
         assert ("one", "1") not in table.served
         assert table.inline == ()
