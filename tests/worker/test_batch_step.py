@@ -32,6 +32,8 @@ from .test_runtime import (
 )
 
 DELAY_S = 0.2
+TICK_S = 1e-6
+"""Added to a wait that should end it: the fake clock's float sums may fall just short."""
 IDLE_DISPATCH = 'parameters { key: "dispatch_when_idle" value { string_value: "true" } }\n'
 
 
@@ -97,7 +99,7 @@ def test_a_lone_request_waits_for_the_delay_from_its_arrival(
     assert s.next() == ([], pytest.approx(DELAY_S))
     s.clock.advance(0.15)
     assert s.next() == ([], pytest.approx(0.05))
-    s.clock.advance(0.05)
+    s.clock.advance(0.05 + TICK_S)
     assert s.next() == ([1], None)
 
 
@@ -151,7 +153,7 @@ def test_a_cancel_answers_a_waiting_request_at_once(
     s.request(2)
     s.step.take(Cancel(FRONTEND, 1))
     assert s.statuses() == {1: errors.CANCELLED}
-    s.clock.advance(DELAY_S)
+    s.clock.advance(DELAY_S + TICK_S)
     assert s.next() == ([2], None)
     assert s.stats.cancelled == 1
 
@@ -218,7 +220,7 @@ def test_the_inline_driver_waits_for_the_delay_on_an_idle_instance(
     clock.advance(DELAY_S / 2)
     assert inst.pump() == pytest.approx(DELAY_S / 2)
     assert probe.calls == []
-    clock.advance(DELAY_S / 2 + 1e-9)  # past the float rounding of two halves
+    clock.advance(DELAY_S / 2 + TICK_S)
     assert inst.pump() == 0.0
     assert probe.rows == [1] and replies.by_id()[1].status == errors.OK
 
