@@ -451,6 +451,7 @@ def test_an_instance_left_busy_by_unload_is_reaped_when_done(tmp_path: Path) -> 
         gate.set()
         wait_until(lambda: (server._pump_inline(), server.models.inline == ())[1])
         assert inst.finished
+        inst._thread.join(WAIT_S)  # its PUSH socket goes with it, inside this test
         with pytest.raises(RequestError):  # its model is closed
             inst.model.execute({"X": np.ones((1, 4), np.float32)})
     finally:
