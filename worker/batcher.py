@@ -2,10 +2,11 @@
 
 Requests join in arrival order. A batch is cut from the group of the oldest request (only
 requests with the same batch signature, i.e. the same non-batch shapes and dtypes, are mixed):
-- at once when the model instance is idle (waiting would only add latency: batches grow by
-  themselves while the model is the slow stage), or
 - when the group holds ``max_batch_size`` rows, or a preferred batch size can be cut exactly, or
-- when the oldest request has waited ``max_queue_delay_us``.
+- when the oldest request has waited ``max_queue_delay_us`` (0, the default, cuts at once), or
+- at once when the model instance is idle and the policy says ``dispatch_when_idle`` (waiting
+  would only add latency: batches grow by themselves while the model is the slow stage).
+A model that does not batch (``max_batch_size`` 0) runs each request alone, at once.
 A cut takes the largest preferred size that fits when one does, else as many rows as fit.
 Requests whose deadline has passed, or that were cancelled, never join a batch.
 """
@@ -101,15 +102,19 @@ class Batcher(Generic[T]):
         )
         return dead
 
-    def next_batch(self, idle: bool = True) -> tuple[list[Waiting[T]], float | None]:
-        """(batch to run now, []) or ([], seconds until one may be ready; None = nothing waits)."""
+    def next_batch(
+        self, idle: bool = True, drain: bool = False
+    ) -> tuple[list[Waiting[T]], float | None]:
+        """(batch to run now, None) or ([], seconds until one may be ready; None = nothing
+        waits). ``drain``: cut without waiting, nothing more will join (the instance stops)."""
         if not self._waiting:
             return [], None
         oldest = self._waiting[0]
         group = [w for w in self._waiting if w.signature == oldest.signature]
         available = sum(w.rows for w in group)
         policy = self.policy
-        waited_s = self.clock() - oldest.arrived_s
+        now = self.clock()
+        waited_s = now - oldest.arrived_s
         delay_s = policy.max_queue_delay_us / 1e6
         preferred_hit = any(
             p <= available and self._fits_exactly(group, p) for p in policy.preferred_batch_sizes
@@ -120,9 +125,12 @@ class Batcher(Generic[T]):
             or preferred_hit
             or waited_s >= delay_s
             or (idle and policy.dispatch_when_idle)
+            or drain
         )
         if not ready:
-            return [], max(0.0, delay_s - waited_s)
+            # Wake up for the delay's end, or sooner when a waiting request's deadline passes
+            # first: its DEADLINE_EXCEEDED is due then, not when the delay ends.
+            return [], max(0.0, min(delay_s - waited_s, self._earliest_deadline_s - now))
         batch = self._cut(group)
         if len(batch) == len(self._waiting):
             self._waiting = []

@@ -6,7 +6,11 @@ Usage: ``python -m worker.demo_models OUT_DIR`` (OUT_DIR may be ``models`` itsel
   (TorchScript ``model.pt``, max_batch_size 8), the contract of Triton's ``simple`` example.
 - ``simple_string``: the same on BYTES tensors of decimal integer strings (``model.py``).
 - ``mlp``: FP32 Linear(256, 256)-ReLU-Linear(256, 256) seeded with ``torch.manual_seed(0)``
-  (TorchScript, max_batch_size 64, dynamic batching with a 500 µs queue delay).
+  (TorchScript, max_batch_size 64, dynamic batching with a 500 µs queue delay and
+  ``dispatch_when_idle``: an idle instance runs a request at once, for c=1 latency).
+- ``mlp_wait``: the same network and weights without ``dispatch_when_idle``: every batch waits
+  up to its 500 µs queue delay for more requests (Triton's semantics), so that the benchmark
+  can measure both.
 
 The output is byte-for-byte the same on every run.
 """
@@ -86,8 +90,7 @@ output [
 ]
 """
 
-MLP_CONFIG = """\
-name: "mlp"
+MLP_CONFIG_BODY = """\
 platform: "pytorch_libtorch"
 max_batch_size: 64
 input [
@@ -108,6 +111,16 @@ dynamic_batching {
   max_queue_delay_microseconds: 500
 }
 """
+
+IDLE_DISPATCH_PARAMETER = """\
+parameters {
+  key: "dispatch_when_idle"
+  value { string_value: "true" }
+}
+"""
+
+MLP_CONFIG = 'name: "mlp"\n' + MLP_CONFIG_BODY + IDLE_DISPATCH_PARAMETER
+MLP_WAIT_CONFIG = 'name: "mlp_wait"\n' + MLP_CONFIG_BODY
 
 SIMPLE_STRING_MODEL = '''\
 """Demo Python model: Triton's ``simple_string`` contract.
@@ -177,6 +190,8 @@ def build_repository(out_dir: str | Path) -> list[Path]:
         _write_text(out / "simple_string" / "1" / "model.py", SIMPLE_STRING_MODEL),
         _write_text(out / "mlp" / "config.pbtxt", MLP_CONFIG),
         _save_torchscript(make_mlp(), out / "mlp" / "1" / "model.pt"),
+        _write_text(out / "mlp_wait" / "config.pbtxt", MLP_WAIT_CONFIG),
+        _save_torchscript(make_mlp(), out / "mlp_wait" / "1" / "model.pt"),
     ]
     logger.info("built demo repository in %s (%d files)", out, len(written))
     return written

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 _Fail: TypeAlias = "Callable[[str], ModelConfigError]"
 
 CONFIG_FILENAME = "config.pbtxt"
+DISPATCH_WHEN_IDLE = "dispatch_when_idle"
+"""``parameters`` key: "true" runs a batch as soon as the instance is idle, without waiting
+for ``max_queue_delay_microseconds`` or a preferred batch size; "false" (default) waits."""
+_BOOLEAN_VALUES = {"true": True, "false": False}
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class ModelSpec:
     platform: str = ""
     backend: str = ""
     default_model_filename: str = ""
+    dispatch_when_idle: bool = False  # parameters["dispatch_when_idle"]; see DISPATCH_WHEN_IDLE
     config: mc.ModelConfig = field(default_factory=mc.ModelConfig, repr=False, compare=False)
     input_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     input_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
@@ -237,6 +242,7 @@ def spec_from_config(config: mc.ModelConfig, path: str | Path = CONFIG_FILENAME)
         platform=config.platform,
         backend=config.backend,
         default_model_filename=config.default_model_filename,
+        dispatch_when_idle=_boolean_parameter(config, DISPATCH_WHEN_IDLE, False, fail),
         config=config,
     )
 
@@ -285,6 +291,17 @@ def _dynamic_batching(config: mc.ModelConfig, fail: _Fail) -> DynamicBatching | 
         max_queue_size=policy.max_queue_size,
         preserve_ordering=db.preserve_ordering,
     )
+
+
+def _boolean_parameter(config: mc.ModelConfig, key: str, default: bool, fail: _Fail) -> bool:
+    """A ``parameters`` entry spelled "true" or "false" (any case, spaces around ignored)."""
+    if key not in config.parameters:
+        return default
+    text = config.parameters[key].string_value
+    value = _BOOLEAN_VALUES.get(text.strip().lower())
+    if value is None:
+        raise fail(f'parameters["{key}"] must be "true" or "false", got {text!r}')
+    return value
 
 
 def _instance_count(config: mc.ModelConfig, fail: _Fail) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import worker.runtime as runtime
+import worker.batch_step as batch_step
 from fabric import errors
 from fabric.inproc import iter_inproc
 from fabric.messages import Message, iter_messages
@@ -62,7 +62,7 @@ def test_requests_behind_stop_marker_are_answered(ragged_model: LoadedModel) -> 
 def test_compute_thread_survives_an_unexpected_error_after_the_batch(
     ragged_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = runtime.encode_response
+    real = batch_step.encode_response
     calls = {"n": 0}
 
     def flaky(*args: object, **kwargs: object) -> bytes:
@@ -71,7 +71,7 @@ def test_compute_thread_survives_an_unexpected_error_after_the_batch(
             raise ValueError("Message too large to serialize")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runtime, "encode_response", flaky)
+    monkeypatch.setattr(batch_step, "encode_response", flaky)
     h = Harness(ragged_model).start()
     try:
         h.put(inbound(1, rows()))

@@ -226,6 +226,16 @@ def test_cancel_of_the_oldest_moves_the_delay_to_the_next() -> None:
     assert b.next(idle=False) == ([], pytest.approx(0.001))
 
 
+def test_a_deadline_before_the_delay_ends_shortens_the_wait() -> None:
+    b = bench(max_batch_size=8, delay_us=10_000, when_idle=False)
+    b.add(deadline_s=b.clock() + 0.004)
+    assert b.next(idle=False) == ([], pytest.approx(0.004))
+    b.clock.advance(0.004)
+    assert b.next(idle=False) == ([], pytest.approx(0.0))
+    assert len(b.batcher.expire()) == 1
+    assert b.next(idle=False) == ([], None)
+
+
 def test_expire_removes_requests_past_their_deadline() -> None:
     b = bench()
     now = b.clock()

@@ -59,6 +59,8 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_string/1/model.py",
         "mlp/config.pbtxt",
         "mlp/1/model.pt",
+        "mlp_wait/config.pbtxt",
+        "mlp_wait/1/model.pt",
     }
 
 
@@ -69,6 +71,7 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_string/config.pbtxt",
         "simple_string/1/model.py",
         "mlp/config.pbtxt",
+        "mlp_wait/config.pbtxt",
     ],
 )
 def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
@@ -76,12 +79,16 @@ def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
 
 
 def test_specs(sources: dict[str, ModelSource]) -> None:
-    assert sorted(sources) == ["mlp", "simple", "simple_string"]
+    assert sorted(sources) == ["mlp", "mlp_wait", "simple", "simple_string"]
     assert sources["simple"].spec.max_batch_size == 8
     assert [t.datatype for t in sources["simple_string"].spec.inputs] == ["BYTES", "BYTES"]
     mlp = sources["mlp"].spec
     assert mlp.max_batch_size == 64
     assert mlp.dynamic_batching == DynamicBatching(max_queue_delay_microseconds=500)
+    assert mlp.dispatch_when_idle  # c=1 latency: an idle instance does not wait
+    mlp_wait = sources["mlp_wait"].spec
+    assert mlp_wait.dynamic_batching == mlp.dynamic_batching
+    assert not mlp_wait.dispatch_when_idle  # waits for its delay, as Triton does
     assert all(s.versions == (1,) for s in sources.values())
 
 
@@ -116,8 +123,9 @@ def test_simple_string_rejects_non_integers(sources: dict[str, ModelSource]) -> 
     assert "input 'INPUT0'" in info.value.message
 
 
-def test_mlp_matches_the_seeded_network(sources: dict[str, ModelSource]) -> None:
-    model = load_model(sources["mlp"], 1, "cpu")
+@pytest.mark.parametrize("name", ["mlp", "mlp_wait"])
+def test_mlp_matches_the_seeded_network(sources: dict[str, ModelSource], name: str) -> None:
+    model = load_model(sources[name], 1, "cpu")
     x = np.random.default_rng(0).standard_normal((5, 256)).astype(np.float32)
     response = infer(model, make_request([("INPUT0", "FP32", x)]))
     got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(5, 256)

@@ -151,6 +151,10 @@ def test_spec_is_hashable_and_comparable() -> None:
         ),
         ("instance_group [ { count: -1 } ]\n" + MINIMAL_IO, "count must be >= 0"),
         ("sequence_batching { }\n" + MINIMAL_IO, "sequence_batching is not supported"),
+        (
+            'parameters { key: "dispatch_when_idle" value { string_value: "yes" } }\n' + MINIMAL_IO,
+            'parameters["dispatch_when_idle"] must be "true" or "false", got \'yes\'',
+        ),
     ],
 )
 def test_invalid_config_names_file_and_reason(text: str, reason: str) -> None:
@@ -159,6 +163,18 @@ def test_invalid_config_names_file_and_reason(text: str, reason: str) -> None:
     assert reason in info.value.reason
     assert info.value.path == "/repo/m/config.pbtxt"
     assert str(info.value).startswith("/repo/m/config.pbtxt: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, False), ("true", True), (" TRUE ", True), ("false", False)]
+)
+def test_dispatch_when_idle_parameter(value: str | None, expected: bool) -> None:
+    param = (
+        f'parameters {{ key: "dispatch_when_idle" value {{ string_value: "{value}" }} }}\n'
+        if value is not None
+        else ""
+    )
+    assert parse_model_config(param + MINIMAL_IO, "m").dispatch_when_idle is expected
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
