@@ -102,6 +102,10 @@ class WorkerServer:
         self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
         self._local = threading.local()  # each thread's PUSH end of the inproc pipe
+        # Every PUSH socket made, kept until ``close`` so that one whose thread ended (an
+        # unloaded model's compute thread) is closed by the context, not by the collector.
+        self._pushes: list[zmq.Socket[bytes]] = []
+        self._pushes_lock = threading.Lock()
         self._out = inproc.ReplyBuffer()  # built by any thread, sent by whichever flushes
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._control_thread = threading.Thread(
@@ -124,6 +128,8 @@ class WorkerServer:
             sock = make_socket(self.ctx, zmq.PUSH)
             sock.connect(self.inproc_endpoint)
             self._local.push = sock
+            with self._pushes_lock:
+                self._pushes.append(sock)
         sock.send_multipart(frames, copy=should_copy(frames))
 
     def _send_reply(

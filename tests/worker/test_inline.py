@@ -412,10 +412,6 @@ def test_a_pump_waiting_for_the_lock_does_not_run_a_moved_instance(
     inst.join(WAIT_S)
 
 
-# The instance's thread sends its reply through a PUSH socket of its own (server.py), which
-# is garbage-collected unclosed when the thread ends before the server closes its context: a
-# ResourceWarning, an error under this suite's settings.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_instance_left_busy_by_unload_is_reaped_when_done(tmp_path: Path) -> None:
     """unload gave up waiting (join timed out): the instance's thread finishes what it holds,
     gets its stop again, and the I/O thread closes its model once it has finished."""
