@@ -4,8 +4,9 @@ FP32 Linear(1024, 4096)-ReLU-Linear(4096, 1024) seeded with ``torch.manual_seed(
 16.8 MFLOP per row, 32 MiB of weights), saved as TorchScript in Triton layout next to the demo
 models, with the same batching settings as ``mlp``: ``max_batch_size: 64`` and
 ``dynamic_batching { max_queue_delay_microseconds: 500 }`` with ``dispatch_when_idle``.
-Where ``mlp`` is so cheap that the serving path dominates, this one makes the model the slow stage, so batches grow and the worker's
-compute per row can be compared with the model called in-process.
+Where ``mlp`` is so cheap that the serving path dominates, this one makes the model the slow
+stage, so batches grow and the worker's compute per row can be compared with the model called
+in-process.
 
     python -m bench.wide_model REPO_DIR     # writes REPO_DIR/wide_mlp/{config.pbtxt,1/model.pt}
 """
