@@ -35,15 +35,18 @@ from fabric.protocol import (
     decode_header,
     unpack_batch,
 )
+from fabric.ratelog import RateLimitedLog
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
 from .config import BrokerConfig
 from .dispatcher import Dispatcher, Outbox
 from .metrics import BrokerMetrics
+from .registry import AnnounceLimits
 
 logger = logging.getLogger(__name__)
 
 _BATCH = TYPE_FRAME[MsgType.BATCH]
+_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 MAX_BATCH_RECV = 512
 """Messages read from one socket per wake-up before looking at the other one."""
 
@@ -74,8 +77,13 @@ class BrokerServer:
             max_queued=config.max_queued,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
+            limits=AnnounceLimits(
+                config.max_models_per_peer, config.max_config_bytes, config.max_catalog_bytes
+            ),
         )
         self.metrics = BrokerMetrics(self.dispatcher)
+        # Any peer can send garbage at will: its log lines are bounded, all of it is counted.
+        self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
         self.state = State.RUNNING
         self.frontend_endpoint = ""
         self.worker_endpoint = ""
@@ -119,6 +127,7 @@ class BrokerServer:
                 if now >= next_tick:
                     self.dispatcher.tick()
                     self.metrics.refresh()
+                    self._bad_log.flush()
                     next_tick = now + interval
                     self._flush()
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000)) + 1
@@ -153,16 +162,29 @@ class BrokerServer:
             try:
                 handle(parts)
             except MalformedMessage as exc:
-                logger.warning("dropped malformed message from %s: %s", frames[0].hex(), exc)
+                self._malformed(frames[0], _reason(parts), exc)
             except Exception:
-                logger.exception("error handling a message from %s", frames[0].hex())
+                self.metrics.count_malformed("error")
+                self._bad_log.log(
+                    logging.ERROR,
+                    frames[0].hex(),
+                    "error handling a message from %s",
+                    frames[0].hex(),
+                    exc_info=True,
+                )
+
+    def _malformed(self, peer: Frame, reason: str, exc: MalformedMessage) -> None:
+        self.metrics.count_malformed(reason)
+        self._bad_log.warning(
+            bytes(peer).hex(), "dropped malformed message from %s: %s", bytes(peer).hex(), exc
+        )
 
     def _on_frontend(self, frames: list[Frame]) -> None:
         if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
             raise MalformedMessage("bad tag or too few frames")
         peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
         if msg_type is MsgType.BATCH:
-            _each_in_batch(peer, frames[3], self._on_frontend)
+            self._each_in_batch(peer, frames[3], self._on_frontend)
             return
         d = self.dispatcher
         if msg_type is MsgType.REQUEST:
@@ -191,7 +213,7 @@ class BrokerServer:
             raise MalformedMessage("bad tag or too few frames")
         peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
         if msg_type is MsgType.BATCH:
-            _each_in_batch(peer, frames[3], self._on_worker)
+            self._each_in_batch(peer, frames[3], self._on_worker)
             return
         d = self.dispatcher
         if msg_type is MsgType.READY:
@@ -257,19 +279,35 @@ class BrokerServer:
             else:
                 self.dispatcher.counters.dropped_replies += len(messages)
 
+    def _each_in_batch(
+        self, peer: PeerId, body: Frame, handle: Callable[[list[Frame]], None]
+    ) -> None:
+        """Handle each message of a BATCH; a bad one is logged and dropped, the others go on.
+        Heartbeats after the first are skipped unread: one says all they would (so a BATCH of
+        many heartbeats costs one answer and almost no work)."""
+        heartbeat_seen = False
+        for sub in unpack_batch(body):
+            if sub[0] == _HEARTBEAT:
+                if heartbeat_seen:
+                    continue
+                heartbeat_seen = True
+            try:
+                if sub[0] == _BATCH:
+                    raise MalformedMessage("nested BATCH")
+                handle([peer, PROTOCOL_TAG, *sub])
+            except MalformedMessage as exc:
+                self._malformed(peer, _reason([peer, PROTOCOL_TAG, *sub]), exc)
+
 
 T = TypeVar("T")
 
 
-def _each_in_batch(peer: PeerId, body: Frame, handle: Callable[[list[Frame]], None]) -> None:
-    """Handle each message of a BATCH; a bad one is logged and dropped, the others go on."""
-    for sub in unpack_batch(body):
-        try:
-            if sub[0] == _BATCH:
-                raise MalformedMessage("nested BATCH")
-            handle([peer, PROTOCOL_TAG, *sub])
-        except MalformedMessage as exc:
-            logger.warning("dropped malformed message in a BATCH from %s: %s", peer.hex(), exc)
+def _reason(frames: list[Frame]) -> str:
+    """The ``reason`` label of a malformed message: the type it claimed (a bounded set)."""
+    if len(frames) < 3 or frames[1] != PROTOCOL_TAG:
+        return "envelope"
+    msg_type = FRAME_TYPE.get(bytes(frames[2]))
+    return msg_type.name.lower() if msg_type is not None else "unknown_type"
 
 
 def _typed(value: object, kind: type[T]) -> T:
