@@ -38,7 +38,7 @@ from fabric.protocol import (
 
 from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
-from .registry import DEFAULT_LIMITS, AnnounceLimits, Registry
+from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ _CANCEL = TYPE_FRAME[MsgType.CANCEL]
 _CATALOG = TYPE_FRAME[MsgType.CATALOG]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+READY_SLACK_BYTES = 64 * 1024
+"""READY framing beyond its configs (names, versions, numbers of up to a few hundred models)."""
 
 
 @dataclass
@@ -207,7 +209,20 @@ class Dispatcher:
         # Leases on versions the worker stops serving stay: it finishes what it started
         # (a draining worker announces nothing, then replies to everything it holds).
         self._told_to_leave.pop(worker, None)
-        result = self.registry.announce(worker, models)
+        self._announced(worker, self.registry.announce(worker, models))
+
+    def ready_fits(self, worker: PeerId, header_bytes: int) -> bool:
+        """Whether a READY of ``header_bytes`` may be decoded at all: one larger than the whole
+        catalog may be could never be applied, so it is refused unread (decoding tens of MB
+        would stall every other peer)."""
+        limit = self.registry.limits.max_catalog_bytes + READY_SLACK_BYTES
+        if header_bytes <= limit:
+            return True
+        why = f"a {header_bytes}-byte READY, larger than the catalog may be ({limit})"
+        self._announced(worker, self.registry.refuse(worker, why))
+        return False
+
+    def _announced(self, worker: PeerId, result: Announced) -> None:
         if result.refused:
             self.counters.refused_announcements += 1
         self.counters.conflicting_versions += len(result.new_conflicts)

@@ -125,22 +125,12 @@ class Registry:
         """Apply a worker's full model state, within the bounds and without overriding a
         config another live worker fixed."""
         announced = list(models)
-        worker = self.workers.get(identity)
-        joined = worker is None
-        if worker is None:
-            worker = WorkerState(identity, Liveness(self._interval_s, self._liveness, self._clock))
-            self.workers[identity] = worker
-            logger.info("worker %s joined", identity.hex())
-        worker.liveness.seen()
+        joined = identity not in self.workers
+        worker = self._seen(identity)
         wanted = {(m.name, m.version): m for m in announced}
         refused = self._over_bounds(worker, announced, wanted)
         if refused:
-            self._refusals.warning(
-                identity.hex(), "worker %s: announcement refused: %s", identity.hex(), refused
-            )
-            if joined:
-                self.generation += 1
-            return Announced(joined, refused)
+            return self.refuse(identity, refused)
         accepted: dict[ModelKey, ModelAnnouncement] = {}
         conflicts: dict[ModelKey, ModelAnnouncement] = {}
         for key, m in wanted.items():
@@ -176,6 +166,27 @@ class Registry:
                 ", ".join(f"{n}:{v}" for n, v in sorted(accepted)) or "nothing",
             )
         return Announced(changed, "", new_conflicts)
+
+    def refuse(self, identity: PeerId, why: str) -> Announced:
+        """Refuse a whole announcement: the worker keeps what it announced before (nothing,
+        when it is new: it is known, so its heartbeats are not answered with DISCONNECT)."""
+        joined = identity not in self.workers
+        self._seen(identity)
+        self._refusals.warning(
+            identity.hex(), "worker %s: announcement refused: %s", identity.hex(), why
+        )
+        if joined:
+            self.generation += 1
+        return Announced(joined, why)
+
+    def _seen(self, identity: PeerId) -> WorkerState:
+        worker = self.workers.get(identity)
+        if worker is None:
+            worker = WorkerState(identity, Liveness(self._interval_s, self._liveness, self._clock))
+            self.workers[identity] = worker
+            logger.info("worker %s joined", identity.hex())
+        worker.liveness.seen()
+        return worker
 
     def remove(self, identity: PeerId) -> WorkerState | None:
         worker = self.workers.pop(identity, None)

@@ -217,6 +217,8 @@ class BrokerServer:
             return
         d = self.dispatcher
         if msg_type is MsgType.READY:
+            if not d.ready_fits(peer, len(frames[3])):
+                return
             ready = _typed(decode_header(MsgType.READY, frames[3]), ReadyHeader)
             d.on_ready(peer, ready.models)
             return

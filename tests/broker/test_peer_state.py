@@ -285,3 +285,15 @@ def test_an_unknown_worker_is_told_to_disconnect_once_per_half_interval(
     h.clocks.advance(INTERVAL_S * 2)
     h.d.tick()
     assert h.d._told_to_leave == {}  # forgotten: memory bounded by recent peers
+
+
+def test_a_ready_larger_than_the_catalog_may_be_is_refused_unread() -> None:
+    h = BoundedHarness(LIMITS)
+    h.ready(W1, ("simple", "1", REAL))
+    before = h.catalog()
+    assert h.d.ready_fits(W2, LIMITS.max_catalog_bytes)
+    assert not h.d.ready_fits(ATTACKER, 25_000_000)
+    assert h.d.counters.refused_announcements == 1
+    assert h.catalog().models == before.models
+    # Known now (empty), so its heartbeats are not answered with DISCONNECT.
+    assert h.d.on_worker_seen(ATTACKER)
