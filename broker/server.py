@@ -38,6 +38,7 @@ from fabric.protocol import (
 from fabric.ratelog import RateLimitedLog
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
+from .backlog import PeerBacklog
 from .config import BrokerConfig
 from .dispatcher import Dispatcher, Outbox
 from .metrics import BrokerMetrics
@@ -84,6 +85,7 @@ class BrokerServer:
         self.metrics = BrokerMetrics(self.dispatcher)
         # Any peer can send garbage at will: its log lines are bounded, all of it is counted.
         self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
+        self._backlog = PeerBacklog()  # work per peer per wake-up is bounded (see backlog.py)
         self.state = State.RUNNING
         self.frontend_endpoint = ""
         self.worker_endpoint = ""
@@ -131,11 +133,14 @@ class BrokerServer:
                     next_tick = now + interval
                     self._flush()
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000)) + 1
-                events = dict(poller.poll(timeout_ms))
+                events = dict(poller.poll(0 if self._backlog else timeout_ms))
+                self._backlog.new_wakeup()
                 if self.workers in events:
                     self._drain(self.workers, self._on_worker)
                 if self.frontends in events:
                     self._drain(self.frontends, self._on_frontend)
+                for peer in self._backlog.peers():
+                    self._handle_waiting(peer)
                 self._flush()
         finally:
             self.close()
@@ -159,19 +164,29 @@ class BrokerServer:
             except zmq.Again:
                 return
             parts: list[Frame] = list(frames)
-            try:
-                handle(parts)
-            except MalformedMessage as exc:
-                self._malformed(frames[0], _reason(parts), exc)
-            except Exception:
-                self.metrics.count_malformed("error")
-                self._bad_log.log(
-                    logging.ERROR,
-                    frames[0].hex(),
-                    "error handling a message from %s",
-                    frames[0].hex(),
-                    exc_info=True,
-                )
+            if self._backlog and self._backlog.holds(bytes(parts[0])) and not _is_batch(parts):
+                self._backlog.add(bytes(parts[0]), [(handle, parts)])  # keeps the peer's order
+                continue
+            self._handle(handle, parts)
+
+    def _handle(self, handle: Callable[[list[Frame]], None], parts: list[Frame]) -> None:
+        try:
+            handle(parts)
+        except MalformedMessage as exc:
+            self._malformed(parts[0], _reason(parts), exc)
+        except Exception:
+            self.metrics.count_malformed("error")
+            self._bad_log.log(
+                logging.ERROR,
+                parts[0].hex(),
+                "error handling a message from %s",
+                parts[0].hex(),
+                exc_info=True,
+            )
+
+    def _handle_waiting(self, peer: PeerId) -> None:
+        for handle, parts in self._backlog.take(peer):
+            self._handle(handle, parts)
 
     def _malformed(self, peer: Frame, reason: str, exc: MalformedMessage) -> None:
         self.metrics.count_malformed(reason)
@@ -285,23 +300,43 @@ class BrokerServer:
         self, peer: PeerId, body: Frame, handle: Callable[[list[Frame]], None]
     ) -> None:
         """Handle each message of a BATCH; a bad one is logged and dropped, the others go on.
-        Heartbeats after the first are skipped unread: one says all they would (so a BATCH of
-        many heartbeats costs one answer and almost no work)."""
-        heartbeat_seen = False
-        for sub in unpack_batch(body):
-            if sub[0] == _HEARTBEAT:
-                if heartbeat_seen:
-                    continue
-                heartbeat_seen = True
+        Heartbeats after the first are skipped unread: one says all they would. Past the
+        peer's budget for this wake-up, the rest wait their turn (``PeerBacklog``)."""
+        subs = self._sift(peer, unpack_batch(body))
+        backlog = self._backlog
+        if backlog.holds(peer) or len(subs) > backlog.left(peer):
+            backlog.add(peer, ((handle, [peer, PROTOCOL_TAG, *sub]) for sub in subs))
+            self._handle_waiting(peer)
+            return
+        backlog.spend(peer, len(subs))
+        for sub in subs:
             try:
-                if sub[0] == _BATCH:
-                    raise MalformedMessage("nested BATCH")
                 handle([peer, PROTOCOL_TAG, *sub])
             except MalformedMessage as exc:
                 self._malformed(peer, _reason([peer, PROTOCOL_TAG, *sub]), exc)
 
+    def _sift(self, peer: PeerId, subs: list[list[bytes]]) -> list[list[bytes]]:
+        """``subs`` without nested BATCHes (malformed) and without the heartbeats after the
+        first: a BATCH of many heartbeats says no more than one."""
+        out = []
+        heartbeat_seen = False
+        for sub in subs:
+            if sub[0] == _HEARTBEAT:
+                if heartbeat_seen:
+                    continue
+                heartbeat_seen = True
+            elif sub[0] == _BATCH:
+                self._malformed(peer, "batch", MalformedMessage("nested BATCH"))
+                continue
+            out.append(sub)
+        return out
+
 
 T = TypeVar("T")
+
+
+def _is_batch(parts: list[Frame]) -> bool:
+    return len(parts) >= 4 and parts[2] == _BATCH
 
 
 def _reason(frames: list[Frame]) -> str:
