@@ -31,6 +31,13 @@ def parse_args(argv: list[str] | None = None) -> BrokerConfig:
           "broker's CURVE .key_secret file; turns on encryption")  # fmt: skip
     f.add("--curve-clients-dir", "BROKER_CURVE_CLIENTS_DIR", d.curve_clients_dir,
           "directory of allowed client .key files; empty = any client")  # fmt: skip
+    f.add("--max-models-per-peer", "BROKER_MAX_MODELS_PER_PEER", d.max_models_per_peer,
+          "model versions one worker may announce", int)  # fmt: skip
+    f.add("--max-config-bytes", "BROKER_MAX_CONFIG_BYTES", d.max_config_bytes,
+          "largest model config one announced version may carry", int)  # fmt: skip
+    f.add("--max-catalog-bytes", "BROKER_MAX_CATALOG_BYTES", d.max_catalog_bytes,
+          "bound on the catalog sent to frontends; keep it under their "
+          "--max-message-bytes", int)  # fmt: skip
     add_metrics_flags(f, "BROKER", d)
     add_fabric_flags(f, d)
     a = f.parse(argv)
@@ -46,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> BrokerConfig:
         metrics_host=a.metrics_host,
         curve_secret_cert=a.curve_secret_cert,
         curve_clients_dir=a.curve_clients_dir,
+        max_models_per_peer=a.max_models_per_peer,
+        max_config_bytes=a.max_config_bytes,
+        max_catalog_bytes=a.max_catalog_bytes,
     )
 
 
