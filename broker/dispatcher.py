@@ -3,11 +3,8 @@
 ``Dispatcher`` is driven by method calls (one per message or tick) and appends the frames to
 send to two outboxes; ``server.py`` flushes them to the sockets. Tests drive it directly.
 
-No message makes the broker answer much more than it was sent: a frontend gets at most one
-heartbeat answer per half heartbeat interval however many heartbeats it sends, a catalog only
-when it changed or the frontend asks with a stale generation, and then at most once per
-heartbeat interval (a change within the interval goes out at the next tick); an unknown worker
-is told to disconnect at most once per half interval.
+No message makes the broker answer much more than it was sent: heartbeat answers, catalogs
+and DISCONNECTs are rate-limited per peer by ``Answers`` (``answers.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from fabric.protocol import (
     encode_header,
 )
 
+from .answers import Answers
 from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
@@ -45,9 +43,7 @@ logger = logging.getLogger(__name__)
 _REQUEST = TYPE_FRAME[MsgType.REQUEST]
 _REPLY = TYPE_FRAME[MsgType.REPLY]
 _CANCEL = TYPE_FRAME[MsgType.CANCEL]
-_CATALOG = TYPE_FRAME[MsgType.CATALOG]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
-_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 READY_SLACK_BYTES = 64 * 1024
 """READY framing beyond its configs (names, versions, numbers of up to a few hundred models)."""
 
@@ -82,14 +78,6 @@ class Dispatcher:
         self._clock = clock
         self._now_ns = wall_clock_ns
         self.registry = Registry(clock, heartbeat_interval_s, heartbeat_liveness, limits)
-        self._interval_s = heartbeat_interval_s
-        # Per frontend: when it was last answered at all, when it was last sent a catalog and
-        # which generation; frontends owed a catalog that the rate limit held back.
-        self._answered_s: dict[PeerId, float] = {}
-        self._catalog_sent: dict[PeerId, tuple[float, int]] = {}
-        self._catalog_due: set[PeerId] = set()
-        self._catalog_cache: tuple[int, bytes] = (0, b"")
-        self._told_to_leave: dict[PeerId, float] = {}
         self.queues = ModelQueues(max_queued)
         self.leases: dict[RequestKey, Pending] = {}
         self.frontends: dict[PeerId, float] = {}  # identity -> last seen (monotonic)
@@ -98,6 +86,9 @@ class Dispatcher:
         self.to_frontends: Outbox = []
         self.controls = ControlFanout(
             self.registry, clock, control_timeout_s, self.to_workers, self.to_frontends
+        )
+        self.answers = Answers(
+            self.registry, heartbeat_interval_s, self.to_workers, self.to_frontends
         )
         self.counters = Counters()
 
@@ -192,23 +183,17 @@ class Dispatcher:
     def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
         now = self._clock()
         self.frontends[frontend] = now
-        if header.generation != self.registry.generation and self._offer_catalog(frontend, now):
-            return
-        if now - self._answered_s.get(frontend, -1e18) < self._interval_s / 2:
-            return  # answered a moment ago: one answer covers a burst of heartbeats
-        self._answered_s[frontend] = now
-        hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
-        self.to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
+        self.answers.heartbeat(frontend, header.generation, now)
 
     def on_frontend_disconnect(self, frontend: PeerId) -> None:
         self.frontends.pop(frontend, None)
-        self._forget_frontend(frontend)
+        self.answers.forget(frontend)
 
     # ---- worker side -------------------------------------------------------------------
     def on_ready(self, worker: PeerId, models: Sequence[ModelAnnouncement]) -> None:
         # Leases on versions the worker stops serving stay: it finishes what it started
         # (a draining worker announces nothing, then replies to everything it holds).
-        self._told_to_leave.pop(worker, None)
+        self.answers.told_to_leave.pop(worker, None)
         self._announced(worker, self.registry.announce(worker, models))
 
     def ready_fits(self, worker: PeerId, header_bytes: int) -> bool:
@@ -239,12 +224,7 @@ class Dispatcher:
         """Any traffic is proof of life; False when the worker is unknown (must re-announce)."""
         state = self.registry.workers.get(worker)
         if state is None:
-            now = self._clock()
-            if now - self._told_to_leave.get(worker, -1e18) >= self._interval_s / 2:
-                self._told_to_leave[worker] = now
-                self.to_workers.append(
-                    (worker, [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
-                )
+            self.answers.disconnect_unknown(worker, self._clock())
             return False
         state.liveness.seen()
         return True
@@ -285,11 +265,8 @@ class Dispatcher:
         now = self._clock()
         for fe in [f for f, seen in self.frontends.items() if now - seen > self._frontend_ttl_s]:
             del self.frontends[fe]
-            self._forget_frontend(fe)
-        for fe in list(self._catalog_due):
-            self._offer_catalog(fe, now)
-        for peer in [p for p, t in self._told_to_leave.items() if now - t >= self._interval_s]:
-            del self._told_to_leave[peer]
+            self.answers.forget(fe)
+        self.answers.tick(now)
         self.registry.flush_logs()
         for item in self.queues.expired(self._now_ns()):
             self.counters.expired += 1
@@ -444,39 +421,7 @@ class Dispatcher:
         header = encode_header(ReplyHeader(request_id, code, message))
         self.to_frontends.append((frontend, [PROTOCOL_TAG, _REPLY, header]))
 
-    def _offer_catalog(self, frontend: PeerId, now: float) -> bool:
-        """Send the current catalog to ``frontend`` unless it was sent one less than a heartbeat
-        interval ago (then it is owed one at a later tick, unless it already has this one).
-        True when this call sent it or it is in flight."""
-        generation = self.registry.generation
-        sent_s, sent_generation = self._catalog_sent.get(frontend, (-1e18, 0))
-        recent = now - sent_s < self._interval_s
-        if recent and sent_generation == generation:
-            self._catalog_due.discard(frontend)
-            return True
-        if recent:
-            self._catalog_due.add(frontend)
-            return False
-        self._catalog_due.discard(frontend)
-        self._catalog_sent[frontend] = (now, generation)
-        self._answered_s[frontend] = now
-        self.to_frontends.append((frontend, [PROTOCOL_TAG, _CATALOG, self._catalog_frame()]))
-        return True
-
-    def _catalog_frame(self) -> bytes:
-        """The encoded catalog, built once per generation however many frontends get it."""
-        generation, frame = self._catalog_cache
-        if generation != self.registry.generation or not frame:
-            frame = encode_header(self.registry.catalog())
-            self._catalog_cache = (self.registry.generation, frame)
-        return frame
-
     def _broadcast_catalog(self) -> None:
         now = self._clock()
         for fe in self.frontends:
-            self._offer_catalog(fe, now)
-
-    def _forget_frontend(self, frontend: PeerId) -> None:
-        self._answered_s.pop(frontend, None)
-        self._catalog_sent.pop(frontend, None)
-        self._catalog_due.discard(frontend)
+            self.answers.offer_catalog(fe, now)

@@ -284,7 +284,7 @@ def test_an_unknown_worker_is_told_to_disconnect_once_per_half_interval(
     assert len(h.worker_messages(MsgType.DISCONNECT)) == 1
     h.clocks.advance(INTERVAL_S * 2)
     h.d.tick()
-    assert h.d._told_to_leave == {}  # forgotten: memory bounded by recent peers
+    assert h.d.answers.told_to_leave == {}  # forgotten: memory bounded by recent peers
 
 
 def test_a_ready_larger_than_the_catalog_may_be_is_refused_unread() -> None:

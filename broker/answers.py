@@ -1,0 +1,104 @@
+"""What the broker says to peers that did not send a request: heartbeat answers, catalogs and
+DISCONNECTs to unknown workers, each bounded so that no message (or BATCH of them) makes the
+broker answer much more than it was sent.
+
+* A frontend gets at most one heartbeat answer per half heartbeat interval, however many
+  heartbeats it sends.
+* A catalog goes to a frontend when it changed or when the frontend asks with a stale
+  generation, and at most once per heartbeat interval: a change within the interval is owed
+  and goes out at a later tick. The catalog is encoded once per generation for all frontends.
+* An unknown worker is told to disconnect at most once per half interval.
+
+No I/O: frames go to the dispatcher's outboxes; the clock is the dispatcher's.
+"""
+
+from __future__ import annotations
+
+from fabric.protocol import (
+    PROTOCOL_TAG,
+    TYPE_FRAME,
+    HeartbeatHeader,
+    MsgType,
+    PeerId,
+    encode_header,
+)
+
+from .controls import Outbox
+from .registry import Registry
+
+_CATALOG = TYPE_FRAME[MsgType.CATALOG]
+_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
+_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+_NEVER = -1e18
+
+
+class Answers:
+    def __init__(
+        self, registry: Registry, interval_s: float, to_workers: Outbox, to_frontends: Outbox
+    ) -> None:
+        self._registry = registry
+        self._interval_s = interval_s
+        self._to_workers = to_workers
+        self._to_frontends = to_frontends
+        self._answered_s: dict[PeerId, float] = {}  # last answer of any kind, per frontend
+        self._catalog_sent: dict[PeerId, tuple[float, int]] = {}  # when, which generation
+        self._catalog_due: set[PeerId] = set()  # owed a catalog the rate limit held back
+        self._catalog_cache: tuple[int, bytes] = (0, b"")
+        self.told_to_leave: dict[PeerId, float] = {}
+
+    def heartbeat(self, frontend: PeerId, generation: int, now: float) -> None:
+        """Answer a frontend's heartbeat: the catalog when its generation is stale, else (or
+        when the catalog is held back) a heartbeat, unless it was answered a moment ago."""
+        if generation != self._registry.generation and self.offer_catalog(frontend, now):
+            return
+        if now - self._answered_s.get(frontend, _NEVER) < self._interval_s / 2:
+            return  # one answer covers a burst of heartbeats
+        self._answered_s[frontend] = now
+        reg = self._registry
+        hb = encode_header(HeartbeatHeader(reg.generation, reg.incarnation))
+        self._to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
+
+    def offer_catalog(self, frontend: PeerId, now: float) -> bool:
+        """Send the current catalog to ``frontend`` unless it was sent one less than a heartbeat
+        interval ago (then it is owed one, unless it already has this one). True when this
+        call sent it or it is in flight."""
+        generation = self._registry.generation
+        sent_s, sent_generation = self._catalog_sent.get(frontend, (_NEVER, 0))
+        recent = now - sent_s < self._interval_s
+        if recent and sent_generation == generation:
+            self._catalog_due.discard(frontend)
+            return True
+        if recent:
+            self._catalog_due.add(frontend)
+            return False
+        self._catalog_due.discard(frontend)
+        self._catalog_sent[frontend] = (now, generation)
+        self._answered_s[frontend] = now
+        self._to_frontends.append((frontend, [PROTOCOL_TAG, _CATALOG, self._catalog_frame()]))
+        return True
+
+    def disconnect_unknown(self, worker: PeerId, now: float) -> None:
+        if now - self.told_to_leave.get(worker, _NEVER) >= self._interval_s / 2:
+            self.told_to_leave[worker] = now
+            hb = encode_header(HeartbeatHeader())
+            self._to_workers.append((worker, [PROTOCOL_TAG, _DISCONNECT, hb]))
+
+    def tick(self, now: float) -> None:
+        """Send the catalogs owed; forget unknown workers told to leave a while ago."""
+        for fe in list(self._catalog_due):
+            self.offer_catalog(fe, now)
+        for peer in [p for p, t in self.told_to_leave.items() if now - t >= self._interval_s]:
+            del self.told_to_leave[peer]
+
+    def forget(self, frontend: PeerId) -> None:
+        self._answered_s.pop(frontend, None)
+        self._catalog_sent.pop(frontend, None)
+        self._catalog_due.discard(frontend)
+
+    def _catalog_frame(self) -> bytes:
+        """The encoded catalog, built once per generation however many frontends get it."""
+        generation, frame = self._catalog_cache
+        if generation != self._registry.generation or not frame:
+            frame = encode_header(self._registry.catalog())
+            self._catalog_cache = (self._registry.generation, frame)
+        return frame
