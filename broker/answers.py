@@ -5,8 +5,10 @@ broker answer much more than it was sent.
 * A frontend gets at most one heartbeat answer per half heartbeat interval, however many
   heartbeats it sends.
 * A catalog goes to a frontend when it changed or when the frontend asks with a stale
-  generation, and at most once per heartbeat interval: a change within the interval is owed
-  and goes out at a later tick. The catalog is encoded once per generation for all frontends.
+  generation, at most once per heartbeat interval on average (a token bucket: a burst of
+  ``CATALOG_BURST``, so that a worker's load-then-unload reaches frontends at once); a change
+  past the budget is owed and goes out at a later tick. The catalog is encoded once per
+  generation for all frontends.
 * An unknown worker is told to disconnect at most once per half interval.
 
 No I/O: frames go to the dispatcher's outboxes; the clock is the dispatcher's.
@@ -30,6 +32,8 @@ _CATALOG = TYPE_FRAME[MsgType.CATALOG]
 _HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
 _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _NEVER = -1e18
+CATALOG_BURST = 2.0
+"""Catalogs a frontend may get back to back; the budget refills one per heartbeat interval."""
 
 
 class Answers:
@@ -42,6 +46,7 @@ class Answers:
         self._to_frontends = to_frontends
         self._answered_s: dict[PeerId, float] = {}  # last answer of any kind, per frontend
         self._catalog_sent: dict[PeerId, tuple[float, int]] = {}  # when, which generation
+        self._catalog_budget: dict[PeerId, tuple[float, float]] = {}  # tokens, as of when
         self._catalog_due: set[PeerId] = set()  # owed a catalog the rate limit held back
         self._catalog_cache: tuple[int, bytes] = (0, b"")
         self.told_to_leave: dict[PeerId, float] = {}
@@ -59,18 +64,21 @@ class Answers:
         self._to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
 
     def offer_catalog(self, frontend: PeerId, now: float) -> bool:
-        """Send the current catalog to ``frontend`` unless it was sent one less than a heartbeat
-        interval ago (then it is owed one, unless it already has this one). True when this
-        call sent it or it is in flight."""
+        """Send the current catalog to ``frontend`` if its budget allows (else it is owed one),
+        unless this one went to it less than an interval ago. True when this call sent it or
+        it is in flight."""
         generation = self._registry.generation
         sent_s, sent_generation = self._catalog_sent.get(frontend, (_NEVER, 0))
-        recent = now - sent_s < self._interval_s
-        if recent and sent_generation == generation:
+        if sent_generation == generation and now - sent_s < self._interval_s:
             self._catalog_due.discard(frontend)
             return True
-        if recent:
+        tokens, as_of = self._catalog_budget.get(frontend, (CATALOG_BURST, now))
+        tokens = min(CATALOG_BURST, tokens + (now - as_of) / self._interval_s)
+        if tokens < 1.0:
+            self._catalog_budget[frontend] = (tokens, now)
             self._catalog_due.add(frontend)
             return False
+        self._catalog_budget[frontend] = (tokens - 1.0, now)
         self._catalog_due.discard(frontend)
         self._catalog_sent[frontend] = (now, generation)
         self._answered_s[frontend] = now
@@ -93,6 +101,7 @@ class Answers:
     def forget(self, frontend: PeerId) -> None:
         self._answered_s.pop(frontend, None)
         self._catalog_sent.pop(frontend, None)
+        self._catalog_budget.pop(frontend, None)
         self._catalog_due.discard(frontend)
 
     def _catalog_frame(self) -> bytes:
