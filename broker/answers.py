@@ -52,26 +52,21 @@ class Answers:
         self.told_to_leave: dict[PeerId, float] = {}
 
     def heartbeat(self, frontend: PeerId, generation: int, now: float) -> None:
-        """Answer a frontend's heartbeat: the catalog when its generation is stale, else (or
-        when the catalog is held back) a heartbeat, unless it was answered a moment ago."""
-        if generation != self._registry.generation and self.offer_catalog(frontend, now):
-            return
+        """Answer a frontend's heartbeat, unless it was answered a moment ago: the catalog when
+        its generation is stale (and the budget allows), else a heartbeat."""
         if now - self._answered_s.get(frontend, _NEVER) < self._interval_s / 2:
             return  # one answer covers a burst of heartbeats
+        if generation != self._registry.generation and self.offer_catalog(frontend, now):
+            return
         self._answered_s[frontend] = now
         reg = self._registry
         hb = encode_header(HeartbeatHeader(reg.generation, reg.incarnation))
         self._to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
 
     def offer_catalog(self, frontend: PeerId, now: float) -> bool:
-        """Send the current catalog to ``frontend`` if its budget allows (else it is owed one),
-        unless this one went to it less than an interval ago. True when this call sent it or
-        it is in flight."""
+        """Send the current catalog to ``frontend`` if its budget allows (else it is owed one);
+        True when this call sent it."""
         generation = self._registry.generation
-        sent_s, sent_generation = self._catalog_sent.get(frontend, (_NEVER, 0))
-        if sent_generation == generation and now - sent_s < self._interval_s:
-            self._catalog_due.discard(frontend)
-            return True
         tokens, as_of = self._catalog_budget.get(frontend, (CATALOG_BURST, now))
         tokens = min(CATALOG_BURST, tokens + (now - as_of) / self._interval_s)
         if tokens < 1.0:
