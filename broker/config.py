@@ -8,6 +8,15 @@ from fabric.cli import FabricSettings, setting
 
 ENV_PREFIX = "BROKER"
 
+MAX_MODELS_PER_PEER = 256
+"""Model versions one worker may announce; a larger announcement is refused as a whole."""
+MAX_CONFIG_BYTES = 256 * 1024
+"""Largest serialized ModelConfig (plus name and version) one announced version may carry."""
+MAX_CATALOG_BYTES = 8 * 1024 * 1024
+"""Bound on the catalog sent to frontends: well under their fabric message limit (64 MiB by
+default, ``frontend/config.py``), so a catalog always reaches them. An announcement that would
+grow the catalog past it is refused as a whole."""
+
 
 @dataclass(frozen=True)
 class BrokerConfig(FabricSettings):
@@ -28,4 +37,14 @@ class BrokerConfig(FabricSettings):
     )
     curve_workers_dir: str = setting(
         "", "allowed worker .key files (default: allow/workers of --fabric-keys); none = nobody"
+    )
+    max_models_per_peer: int = setting(
+        MAX_MODELS_PER_PEER, "model versions one worker may announce"
+    )
+    max_config_bytes: int = setting(
+        MAX_CONFIG_BYTES, "largest model config one announced version may carry"
+    )
+    max_catalog_bytes: int = setting(
+        MAX_CATALOG_BYTES,
+        "bound on the catalog sent to frontends; keep it under their --max-message-bytes",
     )

@@ -2,6 +2,9 @@
 
 ``Dispatcher`` is driven by method calls (one per message or tick) and appends the frames to
 send to two outboxes; ``server.py`` flushes them to the sockets. Tests drive it directly.
+
+No message makes the broker answer much more than it was sent: heartbeat answers, catalogs
+and DISCONNECTs are rate-limited per peer by ``Answers`` (``answers.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fabric import errors, messages
+from fabric import errors, messages, names
 from fabric.heartbeat import Liveness
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
@@ -28,11 +31,15 @@ from fabric.protocol import (
     encode_header,
 )
 
+from .answers import Answers
 from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
-from .registry import Registry
+from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
 
 logger = logging.getLogger(__name__)
+
+READY_SLACK_BYTES = 64 * 1024
+"""READY framing beyond its configs (names, versions, numbers of up to a few hundred models)."""
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Counters:
     requeued: int = 0
     failed_worker_lost: int = 0
     dropped_replies: int = 0
+    refused_announcements: int = 0  # READYs over a bound, refused as a whole
+    conflicting_versions: int = 0  # versions refused for one worker: another fixed its config
     by_status: dict[str, int] = field(default_factory=dict)
 
 
@@ -58,10 +67,11 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         control_timeout_s: float = 120.0,
+        limits: AnnounceLimits = DEFAULT_LIMITS,
     ) -> None:
         self._clock = clock
         self._now_ns = wall_clock_ns
-        self.registry = Registry(clock, heartbeat_interval_s, heartbeat_liveness)
+        self.registry = Registry(clock, heartbeat_interval_s, heartbeat_liveness, limits)
         self.queues = ModelQueues(max_queued)
         self.leases: dict[RequestKey, Pending] = {}
         self.frontends: dict[PeerId, Liveness] = {}
@@ -71,6 +81,9 @@ class Dispatcher:
         self.to_frontends: Outbox = []
         self.controls = ControlFanout(
             self.registry, clock, control_timeout_s, self.to_workers, self.to_frontends
+        )
+        self.answers = Answers(
+            self.registry, heartbeat_interval_s, self.to_workers, self.to_frontends
         )
         self.counters = Counters()
 
@@ -91,7 +104,9 @@ class Dispatcher:
             return
         version = reg.resolve_version(header.model, header.version)
         if version is None:
-            self._fail(frontend, rid, errors.NOT_FOUND, f"unknown model '{header.model}'")
+            self._fail(
+                frontend, rid, errors.NOT_FOUND, f"unknown model {names.quote(header.model)}"
+            )
             return
         key = (header.model, version)
         if not reg.version_known(*key):
@@ -99,7 +114,7 @@ class Dispatcher:
                 frontend,
                 rid,
                 errors.NOT_FOUND,
-                f"unknown version '{version}' of model '{header.model}'",
+                f"unknown version {names.quote(version)} of model {names.quote(header.model)}",
             )
             return
         if not reg.servers(key):
@@ -107,7 +122,8 @@ class Dispatcher:
                 frontend,
                 rid,
                 errors.UNAVAILABLE,
-                f"no live worker serves model '{header.model}' version '{version}'",
+                f"no live worker serves model {names.quote(header.model)} "
+                f"version {names.quote(version)}",
             )
             return
         item = Pending(frontend, rid, key, header.deadline_ns, header.flags, header_frame, payload)
@@ -162,14 +178,11 @@ class Dispatcher:
 
     def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
         self._frontend_seen(frontend)
-        if header.generation != self.registry.generation:
-            self._send_catalog(frontend)
-        else:
-            hb = HeartbeatHeader(self.registry.generation, self.registry.incarnation)
-            self.to_frontends.append((frontend, messages.heartbeat(hb)))
+        self.answers.heartbeat(frontend, header.generation, self._clock())
 
     def on_frontend_disconnect(self, frontend: PeerId) -> None:
         self.frontends.pop(frontend, None)
+        self.answers.forget(frontend)
 
     def _frontend_seen(self, frontend: PeerId) -> None:
         live = self.frontends.get(frontend)
@@ -182,16 +195,47 @@ class Dispatcher:
     def on_ready(self, worker: PeerId, models: Sequence[ModelAnnouncement]) -> None:
         # Leases on versions the worker stops serving stay: it finishes what it started
         # (a draining worker announces nothing, then replies to everything it holds).
-        self.registry.announce(worker, models)
+        self.answers.told_to_leave.pop(worker, None)
+        valid = [
+            m for m in models if names.valid_model_name(m.name) and names.valid_version(m.version)
+        ]
+        if len(valid) != len(models):
+            logger.warning(
+                "worker %s announced %d model version(s) with invalid names; ignored",
+                worker.hex(),
+                len(models) - len(valid),
+            )
+        self._announced(worker, self.registry.announce(worker, valid))
+
+    def ready_fits(self, worker: PeerId, header_bytes: int) -> bool:
+        """Whether a READY of ``header_bytes`` may be decoded at all: one larger than the whole
+        catalog may be could never be applied, so it is refused unread (decoding tens of MB
+        would stall every other peer)."""
+        limit = self.registry.limits.max_catalog_bytes + READY_SLACK_BYTES
+        if header_bytes <= limit:
+            return True
+        why = f"a {header_bytes}-byte READY, larger than the catalog may be ({limit})"
+        self._announced(worker, self.registry.refuse(worker, why))
+        return False
+
+    def _announced(self, worker: PeerId, result: Announced) -> None:
+        if result.refused:
+            self.counters.refused_announcements += 1
+        self.counters.conflicting_versions += len(result.new_conflicts)
+        if not result.changed:
+            self._dispatch_for(worker)  # its capacity may have changed
+            return
         self._fail_unservable()
         self._broadcast_catalog()
-        self._dispatch_for(worker)
+        # Another worker may have taken over a version this one left (see Registry).
+        for w in list(self.registry.workers):
+            self._dispatch_for(w)
 
     def on_worker_seen(self, worker: PeerId) -> bool:
         """Any traffic is proof of life; False when the worker is unknown (must re-announce)."""
         state = self.registry.workers.get(worker)
         if state is None:
-            self.to_workers.append((worker, messages.reannounce()))
+            self.answers.reannounce_unknown(worker, self._clock())
             return False
         state.liveness.seen()
         return True
@@ -229,8 +273,12 @@ class Dispatcher:
         """Purge silent workers and frontends, expire queued work, heartbeat the workers."""
         for worker in self.registry.expired():
             self._worker_lost(worker, "missed its heartbeats")
+        now = self._clock()
         for fe in [f for f, live in self.frontends.items() if not live.alive()]:
             del self.frontends[fe]
+            self.answers.forget(fe)
+        self.answers.tick(now)
+        self.registry.flush_logs()
         for item in self.queues.expired(self._now_ns()):
             self.counters.expired += 1
             self._fail(
@@ -383,9 +431,7 @@ class Dispatcher:
         self.counters.by_status[code] = self.counters.by_status.get(code, 0) + 1
         self.to_frontends.append((frontend, messages.reply(ReplyHeader(request_id, code, message))))
 
-    def _send_catalog(self, frontend: PeerId) -> None:
-        self.to_frontends.append((frontend, messages.catalog(self.registry.catalog())))
-
     def _broadcast_catalog(self) -> None:
+        now = self._clock()
         for fe in self.frontends:
-            self._send_catalog(fe)
+            self.answers.offer_catalog(fe, now)

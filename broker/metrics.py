@@ -1,8 +1,9 @@
-"""Prometheus metrics of the broker: queue depth, workers, credit, requeues, drops."""
+"""Prometheus metrics of the broker: queue depth, workers, credit, requeues, drops, refused
+announcements and malformed messages."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .dispatcher import Dispatcher
 
@@ -29,6 +30,17 @@ class BrokerMetrics:
         self.totals = Gauge(
             "fabric_broker_events", "Cumulative broker events by kind", ["event"], registry=r
         )
+        # The same name in every tier (``tier`` label), so one query covers the fabric.
+        self.malformed = Counter(
+            "fabric_malformed_messages",
+            "Messages dropped because they do not follow the fabric protocol, by the message "
+            "type they claimed ('envelope': no valid tag or too few frames)",
+            ["tier", "reason"],
+            registry=r,
+        )
+
+    def count_malformed(self, reason: str) -> None:
+        self.malformed.labels("broker", reason).inc()
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -58,5 +70,7 @@ class BrokerMetrics:
             "requeued",
             "failed_worker_lost",
             "dropped_replies",
+            "refused_announcements",
+            "conflicting_versions",
         ):
             self.totals.labels(name).set(getattr(counters, name))

@@ -1,7 +1,9 @@
 """The broker's socket loop: two ROUTERs, one poller, a thin shell around ``Dispatcher``.
 
-Each wake-up drains both sockets completely (fewer wake-ups per request under load), then
-flushes the outboxes. The poll timeout is the time to the next heartbeat tick.
+Each wake-up drains both sockets (fewer wake-ups per request under load), then flushes the
+outboxes. The poll timeout is the time to the next heartbeat tick. No peer can stall the
+others: each gets a bounded number of messages handled per wake-up, the rest of a large BATCH
+waits its turn (``PeerBacklog``); malformed input is counted and logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import zmq
 
@@ -25,16 +27,20 @@ from fabric.protocol import (
     Frame,
     HeartbeatHeader,
     MalformedMessage,
+    MsgType,
     PeerId,
     ReadyHeader,
     ReplyHeader,
     RequestHeader,
 )
+from fabric.ratelog import RateLimitedLog
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
+from .backlog import PeerBacklog
 from .config import BrokerConfig
 from .dispatcher import Dispatcher, Outbox
 from .metrics import BrokerMetrics
+from .registry import AnnounceLimits
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +86,14 @@ class BrokerServer:
             max_queued=config.max_queued,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
+            limits=AnnounceLimits(
+                config.max_models_per_peer, config.max_config_bytes, config.max_catalog_bytes
+            ),
         )
         self.metrics = BrokerMetrics(self.dispatcher)
+        # Any peer can send garbage at will: its log lines are bounded, all of it is counted.
+        self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
+        self._backlog: PeerBacklog[Waiting] = PeerBacklog()
         self.state = State.RUNNING
         self.frontend_endpoint = ""
         self.worker_endpoint = ""
@@ -125,14 +137,18 @@ class BrokerServer:
                 if now >= next_tick:
                     self.dispatcher.tick()
                     self.metrics.refresh()
+                    self._bad_log.flush()
                     next_tick = now + interval
                     self._flush()
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000)) + 1
-                events = dict(poller.poll(timeout_ms))
+                events = dict(poller.poll(0 if self._backlog else timeout_ms))
+                self._backlog.new_wakeup()
                 if self.workers in events:
                     self._drain(self.workers, self._on_worker, routed=True)
                 if self.frontends in events:
                     self._drain(self.frontends, self._on_frontend, routed=False)
+                for peer in self._backlog.peers():
+                    self._handle_waiting(peer)
                 self._flush()
         finally:
             self.close()
@@ -149,24 +165,66 @@ class BrokerServer:
         logger.info("[shutdown] broker: stopped")
 
     # ---- receive ---------------------------------------------------------------------
-    def _drain(
-        self, sock: zmq.Socket[bytes], handle: Callable[[PeerId, Message], None], routed: bool
-    ) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], handle: Handler, routed: bool) -> None:
         for _ in range(MAX_BATCH_RECV):
             try:
                 frames = recv_frames(sock)
             except zmq.Again:
                 return
-            peer = frames[0]  # the ROUTER's identity frame; the message follows
-            for msg in messages.iter_messages(frames[1:], routed=routed):
-                try:
-                    if isinstance(msg, MalformedMessage):
-                        raise msg
-                    handle(peer, msg)
-                except MalformedMessage as exc:
-                    logger.warning("dropped malformed message from %s: %s", peer.hex(), exc)
-                except Exception:
-                    logger.exception("error handling a message from %s", peer.hex())
+            self._receive(frames, handle, routed)
+
+    def _receive(self, frames: list[bytes], handle: Handler, routed: bool) -> None:
+        """Handle one ZeroMQ message as a ROUTER received it (identity first), within the
+        peer's budget for this wake-up; what is past the budget waits its turn."""
+        peer = frames[0]
+        if routed and not self._ready_fits(peer, frames):
+            return
+        backlog = self._backlog
+        read = messages.iter_messages(frames[1:], routed=routed)
+        if backlog.holds(peer):  # behind what it already has waiting
+            backlog.add(peer, _sifted(read, handle))
+            return
+        left = backlog.left(peer)
+        handled = 0
+        heartbeat_seen = False
+        for msg in read:
+            if type(msg) is Message and msg.type is MsgType.HEARTBEAT:
+                if heartbeat_seen:  # a BATCH of many heartbeats says no more than one
+                    continue
+                heartbeat_seen = True
+            if handled == left:  # the rest of a large BATCH waits its turn
+                backlog.add(peer, [(handle, msg), *_sifted(read, handle, heartbeat_seen)])
+                break
+            handled += 1
+            self._handle(peer, handle, msg)
+        backlog.spend(peer, handled)
+
+    def _ready_fits(self, peer: PeerId, frames: list[bytes]) -> bool:
+        """A READY larger than the catalog may be is refused unread (decoding megabytes of
+        configs stalls every peer)."""
+        size = messages.ready_header_bytes(frames, at=1)
+        return not size or self.dispatcher.ready_fits(peer, size)
+
+    def _handle(self, peer: PeerId, handle: Handler, msg: Message | MalformedMessage) -> None:
+        try:
+            if isinstance(msg, MalformedMessage):
+                raise msg
+            handle(peer, msg)
+        except MalformedMessage as exc:
+            self.metrics.count_malformed(_reason(msg))
+            self._bad_log.warning(
+                peer.hex(), "dropped malformed message from %s: %s", peer.hex(), exc
+            )
+        except Exception:
+            self.metrics.count_malformed("error")
+            self._bad_log.log(
+                logging.ERROR, peer.hex(), "error handling a message from %s", peer.hex(),
+                exc_info=True,
+            )  # fmt: skip
+
+    def _handle_waiting(self, peer: PeerId) -> None:
+        for handle, msg in self._backlog.take(peer):
+            self._handle(peer, handle, msg)
 
     def _on_frontend(self, peer: PeerId, msg: Message) -> None:
         d = self.dispatcher
@@ -191,7 +249,8 @@ class BrokerServer:
         d = self.dispatcher
         header = msg.header
         if isinstance(header, ReadyHeader):
-            d.on_ready(peer, header.models)
+            if d.ready_fits(peer, len(msg.header_frame)):  # a READY inside a BATCH
+                d.on_ready(peer, header.models)
             return
         if not d.on_worker_seen(peer):
             return
@@ -242,3 +301,27 @@ class BrokerServer:
                 self.dispatcher.undeliverable(peer, sent, gone)
             else:
                 self.dispatcher.counters.dropped_replies += len(sent)
+
+
+Handler = Callable[[PeerId, Message], None]
+Waiting = tuple[Handler, Message | MalformedMessage]
+
+
+def _sifted(
+    read: Iterator[Message | MalformedMessage], handle: Handler, heartbeat_seen: bool = False
+) -> Iterator[Waiting]:
+    """The messages of one ZeroMQ message, each with its handler, without the heartbeats after
+    the first: a BATCH of many heartbeats says no more than one."""
+    for msg in read:
+        if isinstance(msg, Message) and msg.type is MsgType.HEARTBEAT:
+            if heartbeat_seen:
+                continue
+            heartbeat_seen = True
+        yield handle, msg
+
+
+def _reason(msg: Message | MalformedMessage) -> str:
+    """The ``reason`` label of a malformed message: the type it claimed (a bounded set)."""
+    if isinstance(msg, Message):
+        return msg.type.name.lower()
+    return msg.reason

@@ -153,9 +153,9 @@ def reannounce() -> list[Frame]:
     return [_TAG, _REANNOUNCE, _REANNOUNCE_HEADER]
 
 
-def catalog(header: CatalogHeader) -> list[Frame]:
-    """B→F ``[tag, CATALOG, header]``."""
-    return [_TAG, _CATALOG, encode_header(header)]
+def catalog(header: CatalogHeader | Frame) -> list[Frame]:
+    """B→F ``[tag, CATALOG, header]``; an encoded header may be shared by many frontends."""
+    return [_TAG, _CATALOG, _frame(header)]
 
 
 def heartbeat(header: HeartbeatHeader | Frame | None = None) -> list[Frame]:
@@ -185,6 +185,14 @@ def control_reply(header: ControlReplyHeader, frontend: PeerId | None = None) ->
 def is_request(frames: Sequence[Frame]) -> bool:
     """Whether built ``frames`` are a REQUEST (what an undeliverable send must give back)."""
     return len(frames) > 1 and frames[1] == _REQUEST
+
+
+def ready_header_bytes(frames: Sequence[Frame], at: int = 0) -> int:
+    """The header size of a lone READY whose tag is ``frames[at]`` (0 for any other message),
+    known without decoding it: a receiver may refuse megabytes of configs unread."""
+    if len(frames) > at + 2 and frames[at + 1] == _READY:
+        return len(frames[at + 2])
+    return 0
 
 
 # ---- the reader ---------------------------------------------------------------------------
@@ -249,7 +257,7 @@ def iter_messages(frames: Sequence[Frame], *, routed: bool) -> Iterator[Message 
         yield _read(frames, 1, routed)
         return
     if len(frames) != 3:
-        yield MalformedMessage("BATCH with frames after its body")
+        yield MalformedMessage("BATCH with frames after its body", "batch")
         return
     try:
         batch = unpack_batch(frames[2])
@@ -266,23 +274,28 @@ def _read(frames: Sequence[Frame], at: int, routed: bool) -> Message | Malformed
     layout = _LAYOUTS.get(key if type(key) is bytes else bytes(key))
     if layout is None:
         if key == _BATCH:
-            return MalformedMessage("nested BATCH")
-        return MalformedMessage(f"unknown message type {bytes(key)!r}")
+            return MalformedMessage("nested BATCH", "batch")
+        return MalformedMessage(f"unknown message type {bytes(key)[:8]!r}", "unknown_type")
     msg_type, decoder, takes_route, fewest, most = layout
     header_frame = frames[at + 1]
     try:
         header = decoder.decode(header_frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return MalformedMessage(f"bad {msg_type.name} header: {exc}")
+        return MalformedMessage(f"bad {msg_type.name} header: {exc}", msg_type.name.lower())
     first = at + 2
     route = b""
     if routed and takes_route:
         if len(frames) <= first:
-            return MalformedMessage(f"{msg_type.name} without frontend identity")
+            return MalformedMessage(
+                f"{msg_type.name} without frontend identity", msg_type.name.lower()
+            )
         frame = frames[first]
         route = frame if type(frame) is bytes else bytes(frame)
         first += 1
     count = len(frames) - first
     if count < fewest or count > most:
-        return MalformedMessage(f"{msg_type.name} with {count} payload frames ({fewest}..{most})")
+        return MalformedMessage(
+            f"{msg_type.name} with {count} payload frames ({fewest}..{most})",
+            msg_type.name.lower(),
+        )
     return Message(msg_type, header, header_frame, route, frames[first:])

@@ -200,7 +200,14 @@ _decoders: dict[MsgType, msgspec.msgpack.Decoder[msgspec.Struct]] = {
 
 
 class MalformedMessage(ValueError):
-    """A message that does not follow this protocol; log it with its peer and drop it."""
+    """A message that does not follow this protocol; log it with its peer and drop it.
+
+    ``reason`` is a short label from a bounded set (a metric label): the message type it
+    claimed in lower case, "batch", "unknown_type" or "envelope"."""
+
+    def __init__(self, message: str, reason: str = "envelope") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def encode(msg_type: MsgType, header: msgspec.Struct, *payload: Frame) -> list[Frame]:
@@ -225,9 +232,9 @@ def unpack_batch(body: Frame) -> list[list[bytes]]:
     try:
         messages = _batch_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"bad BATCH body: {exc}") from exc
+        raise MalformedMessage(f"bad BATCH body: {exc}", "batch") from exc
     if any(len(m) < 2 for m in messages):
-        raise MalformedMessage("BATCH holds a message without type and header")
+        raise MalformedMessage("BATCH holds a message without type and header", "batch")
     return messages
 
 
@@ -242,4 +249,4 @@ def decode_header(msg_type: MsgType, data: Frame) -> msgspec.Struct:
     try:
         return _decoders[msg_type].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"bad {msg_type.name} header: {exc}") from exc
+        raise MalformedMessage(f"bad {msg_type.name} header: {exc}", msg_type.name.lower()) from exc
