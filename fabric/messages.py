@@ -14,7 +14,8 @@ header struct or its encoded frame). Builders that worker compute threads call (
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import msgspec
@@ -44,6 +45,7 @@ from .protocol import (
     encode_header,
     unpack_batch,
 )
+from .ratelog import RateLimitedLog
 
 __all__ = [
     "Header",
@@ -299,3 +301,23 @@ def _read(frames: Sequence[Frame], at: int, routed: bool) -> Message | Malformed
             msg_type.name.lower(),
         )
     return Message(msg_type, header, header_frame, route, frames[first:])
+
+
+def handle_each(
+    read: Iterable[Message | MalformedMessage],
+    handle: Callable[[Message], None],
+    log: RateLimitedLog,
+    peer: str,
+) -> None:
+    """Hand every message ``read`` yields to ``handle``; one that is malformed, or whose
+    handler raised, is logged (at a bounded rate: peers cause these at will) and dropped, and
+    the others go on."""
+    for msg in read:
+        try:
+            if isinstance(msg, MalformedMessage):
+                raise msg
+            handle(msg)
+        except MalformedMessage as exc:
+            log.warning(peer, "dropped malformed message from %s: %s", peer, exc)
+        except Exception:
+            log.log(logging.ERROR, peer, "error handling a message from %s", peer, exc_info=True)

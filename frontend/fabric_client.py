@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import zmq
@@ -34,6 +35,7 @@ from fabric.protocol import (
     ReplyHeader,
     RequestHeader,
 )
+from fabric.ratelog import RateLimitedLog
 from fabric.sockets import (
     DEFAULT_HWM,
     SocketSecurity,
@@ -102,6 +104,7 @@ class FabricClient:
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._futures: dict[int, tuple[asyncio.Future[Reply], BrokerLink]] = {}
+        self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
         self._controls: dict[int, asyncio.Future[ControlReplyHeader]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -305,15 +308,12 @@ class FabricClient:
                 except zmq.ZMQError:
                     return  # socket closed during shutdown
                 link.liveness.seen()
-                for msg in messages.iter_messages(frames, routed=False):
-                    try:
-                        if isinstance(msg, MalformedMessage):
-                            raise msg
-                        self._handle(link, msg)
-                    except MalformedMessage as exc:
-                        logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
-                    except Exception:
-                        logger.exception("error handling a message from %s", link.endpoint)
+                messages.handle_each(
+                    messages.iter_messages(frames, routed=False),
+                    partial(self._handle, link),
+                    self._bad_log,
+                    link.endpoint,
+                )
             if not readable(sock):
                 return
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import zmq
 
@@ -38,6 +39,7 @@ from fabric.protocol import (
     ReannounceHeader,
     RequestHeader,
 )
+from fabric.ratelog import RateLimitedLog
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
 from .config import WorkerConfig
@@ -50,7 +52,7 @@ _RECV_BATCH = 256
 
 
 @dataclass
-class BrokerLink:
+class BrokerConnection:
     index: int
     endpoint: str
     liveness: Liveness
@@ -84,7 +86,9 @@ class WorkerServer:
         self.inproc = make_socket(self.ctx, zmq.PULL)
         self.inproc.bind(self.inproc_endpoint)
         self.links = [
-            BrokerLink(i, ep, Liveness(config.heartbeat_interval_s, config.heartbeat_liveness))
+            BrokerConnection(
+                i, ep, Liveness(config.heartbeat_interval_s, config.heartbeat_liveness)
+            )
             for i, ep in enumerate(config.brokers)
         ]
         self._poller = zmq.Poller()
@@ -107,6 +111,7 @@ class WorkerServer:
         self._pushes: list[zmq.Socket[bytes]] = []
         self._pushes_lock = threading.Lock()
         self._out = inproc.ReplyBuffer()  # built by any thread, sent by whichever flushes
+        self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._control_thread = threading.Thread(
             target=self._control_loop, name="worker-control", daemon=True
@@ -199,7 +204,7 @@ class WorkerServer:
     # request's ``inproc.Route`` is its broker link's index then the frontend identity, so
     # that its reply goes back through the broker it came from.
 
-    def _connect(self, link: BrokerLink) -> None:
+    def _connect(self, link: BrokerConnection) -> None:
         if link.socket is not None:
             self._poller.unregister(link.socket)
             link.socket.close(linger=0)
@@ -215,7 +220,7 @@ class WorkerServer:
         link.liveness.seen()  # a fresh socket gets a full liveness period to hear back
         self._announce(link)
 
-    def _announce(self, link: BrokerLink | None = None) -> None:
+    def _announce(self, link: BrokerConnection | None = None) -> None:
         models = self.models.announcements() if self.state is State.RUNNING else []
         share = len(self.links)
         for m in models:  # each broker may lease this worker its share of the capacity
@@ -224,7 +229,7 @@ class WorkerServer:
         for target in [link] if link is not None else self.links:
             self._send(target, frames)
 
-    def _send(self, link: BrokerLink, frames: Sequence[Frame]) -> bool:
+    def _send(self, link: BrokerConnection, frames: Sequence[Frame]) -> bool:
         """Send to a broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
         if link.socket is None:
@@ -345,7 +350,7 @@ class WorkerServer:
                 logger.warning("broker unreachable or not reading; %d replies dropped",
                                len(batch))  # fmt: skip
 
-    def _drain_broker(self, link: BrokerLink) -> bool:
+    def _drain_broker(self, link: BrokerConnection) -> bool:
         assert link.socket is not None
         heard = False
         for _ in range(_RECV_BATCH):
@@ -354,18 +359,15 @@ class WorkerServer:
             except zmq.Again:
                 break
             heard = True
-            for msg in messages.iter_messages(frames, routed=True):
-                try:
-                    if isinstance(msg, MalformedMessage):
-                        raise msg
-                    self._handle(link, msg)
-                except MalformedMessage as exc:
-                    logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
-                except Exception:
-                    logger.exception("error handling a message from %s", link.endpoint)
+            messages.handle_each(
+                messages.iter_messages(frames, routed=True),
+                partial(self._handle, link),
+                self._bad_log,
+                link.endpoint,
+            )
         return heard
 
-    def _handle(self, link: BrokerLink, msg: Message) -> None:
+    def _handle(self, link: BrokerConnection, msg: Message) -> None:
         match msg.header:
             case RequestHeader() as header:
                 self._on_request(header, inproc.route(link.index, msg.route), msg.payload[0])
