@@ -70,6 +70,7 @@ class Network:
 
     tag: str
     bridge: str = ""
+    forward_rule: list[str] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
     procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
 
@@ -78,6 +79,11 @@ class Network:
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
+        # With bridge netfilter on (Docker turns it on and sets FORWARD's policy to DROP),
+        # traffic between ports of a bridge goes through iptables' FORWARD chain.
+        self.forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        if shutil.which("iptables"):
+            subprocess.run(["iptables", "-I", *self.forward_rule], capture_output=True)
 
     def add_host(self, name: str, octet: int) -> Host:
         ns, outer, inner = f"fs{self.tag}{name}", f"fso{self.tag}{octet}", f"fsi{self.tag}{octet}"
@@ -125,6 +131,8 @@ class Network:
             subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
             subprocess.run(["ip", "link", "del", host.link], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        if shutil.which("iptables"):
+            subprocess.run(["iptables", "-D", *self.forward_rule], capture_output=True)
 
 
 @pytest.fixture
@@ -233,8 +241,12 @@ def test_worker_host_cut_restored_and_added(
         )
     worker_procs = [start_worker(h) for h in workers]
     urls = [f"{h.address}:{GRPC_PORT}" for h in frontends]
-    for url in urls:
-        wait_for(lambda url=url: _ready(url), timeout_s=90, what=f"work ready via {url}")  # type: ignore[misc]
+    try:
+        for url in urls:
+            wait_for(lambda url=url: _ready(url), timeout_s=90, what=f"work ready via {url}")  # type: ignore[misc]
+    except AssertionError:
+        print(_log_tail(logs))
+        raise
 
     loads = [
         ClosedLoop(url, "work", concurrency=8, timeout_s=CALL_TIMEOUT_S, seed=i).start()
