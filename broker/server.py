@@ -81,6 +81,7 @@ class BrokerServer:
             zmq.ROUTER,
             max_message_bytes=config.max_message_bytes,
             security=curve.for_workers if curve is not None else None,
+            handover=True,  # workers keep their identity across reconnects
         )
         self.dispatcher = Dispatcher(
             max_queued=config.max_queued,

@@ -72,6 +72,7 @@ def make_socket(
     identity: bytes | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     security: SocketSecurity | None = None,
+    handover: bool = False,
 ) -> zmq.Socket[bytes]:
     sock = ctx.socket(kind)
     if security is not None:  # before bind/connect: CURVE applies to the handshake
@@ -85,10 +86,11 @@ def make_socket(
     if kind == zmq.ROUTER:
         # Unroutable messages raise EHOSTUNREACH instead of vanishing; callers catch it.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Peers keep their identity across reconnects (a worker after SIGCONT, a frontend after
-        # a network blip): the new connection takes the identity over at once instead of being
-        # ignored until the old one is torn down.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # ``handover``: a peer reconnecting with its identity (a worker after SIGCONT) takes
+        # it over at once instead of being ignored until the old connection is torn down.
+        # Only where every peer is trusted alike (the worker port): elsewhere a peer that
+        # learnt another's identity could take its traffic over.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, int(handover))
     if kind == zmq.DEALER:
         # Reconnect quickly after a broker restart; messages for a peer that is not
         # connected yet wait instead of going nowhere.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -85,17 +84,19 @@ class FabricClient:
         security: SocketSecurity | None = None,
     ) -> None:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        identity = b"fe-" + os.urandom(6)
+        # No identity of our own: the broker assigns one per connection, so nobody who learns
+        # it (workers see it on every request) can claim it, and a rebuilt socket gets a new one.
+        self._new_socket = partial(
+            make_socket,
+            self._ctx,
+            zmq.DEALER,
+            max_message_bytes=max_message_bytes,
+            security=security,
+        )
         self._links = [
             BrokerLink(
                 ep,
-                make_socket(
-                    self._ctx,
-                    zmq.DEALER,
-                    identity=identity,
-                    max_message_bytes=max_message_bytes,
-                    security=security,
-                ),
+                self._new_socket(),
                 Liveness(heartbeat_interval_s, heartbeat_liveness, seen_at_start=False),
             )
             for ep in endpoints
@@ -348,6 +349,7 @@ class FabricClient:
                 alive = link.liveness.alive()
                 if was_alive[id(link)] and not alive:
                     self._broker_lost(link)
+                    self._rebuild(link)
                 if alive != was_alive[id(link)]:
                     self.catalog_version += 1
                     logger.info("broker %s is %s", link.endpoint, "up" if alive else "down")
@@ -361,6 +363,19 @@ class FabricClient:
                     pass  # not connected yet; liveness will tell
                 self._after_send(link)
             await asyncio.sleep(self._interval_s)
+
+    def _rebuild(self, link: BrokerLink) -> None:
+        """A fresh socket to a broker that went silent: whatever stopped it reading the old
+        connection (a half-open TCP connection, a peer in our place) is left behind."""
+        if self._loop is not None:
+            self._loop.remove_reader(_fd(link.socket))
+        link.socket.close(linger=0)
+        link.socket = self._new_socket()
+        link.socket.connect(link.endpoint)
+        link.outbox.clear()  # their requests were failed by _broker_lost
+        if self._loop is not None:
+            self._loop.add_reader(_fd(link.socket), self._drain, link)
+        logger.info("broker %s: connection rebuilt", link.endpoint)
 
     def _check_incarnation(self, link: BrokerLink, incarnation: int) -> None:
         if link.incarnation and incarnation and incarnation != link.incarnation:

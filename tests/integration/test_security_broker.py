@@ -258,3 +258,37 @@ def test_malformed_frames_are_counted_and_their_logs_bounded(
     check_simple(stack.client())
     added = stack.broker.log_text().splitlines()[before_lines:]
     assert len(added) < MALFORMED_LOG_LINES, "\n".join(added[:20])
+
+
+def test_a_stolen_frontend_identity_takes_nothing_over(
+    stack: AttackedStack, dealer: Dealer
+) -> None:
+    """A spy on the worker port learns the frontend's identity from the requests routed to it
+    (workers see it on every request) and connects to the frontend port with it: the broker
+    neither hands the spy the frontend's traffic nor cuts the frontend off."""
+    spy = dealer(stack.broker_worker_addr, b"spy-worker")
+    spy.send_multipart(encode(MsgType.READY, ReadyHeader(
+        [ModelAnnouncement("spied", "1", b"\x0a\x05spied", capacity=10)])))  # fmt: skip
+    client = stack.client()
+    wait_for(lambda: client.is_model_ready("spied"), timeout_s=30, what="the spy's model listed")
+    caller = threading.Thread(target=_call_quietly, args=(client, "spied"), daemon=True)
+    caller.start()
+    assert spy.poll(10_000), "no request reached the spy"
+    frames = spy.recv_multipart()
+    assert frames[1] == TYPE_FRAME[MsgType.REQUEST]
+    frontend_identity = frames[3]  # [tag, REQUEST, header, frontend identity, payload]
+    thief = dealer(stack.broker_frontend_addr, frontend_identity)
+    for _ in range(20):  # heartbeats as the frontend would send them
+        thief.send_multipart(encode(MsgType.HEARTBEAT, HeartbeatHeader(0)))
+        time.sleep(0.02)
+    for seed in range(100):
+        check_simple(client, seed)
+    assert thief.poll(500) == 0, "the thief received the frontend's traffic"
+    caller.join(5)
+
+
+def _call_quietly(client: Any, model: str) -> None:
+    try:
+        client.infer(model, [], client_timeout=2)
+    except Exception:  # the spy never answers: this call times out, by design
+        pass
