@@ -200,25 +200,16 @@ def ready_header_bytes(frames: Sequence[Frame], at: int = 0) -> int:
 # ---- the reader ---------------------------------------------------------------------------
 
 
-class Message:
+class Message(msgspec.Struct, gc=False, frozen=True):
     """One received message. ``route`` is the frontend identity that per-request messages
-    carry on the broker↔worker link (``b""`` elsewhere); ``payload`` the frames after it."""
+    carry on the broker↔worker link (``b""`` elsewhere); ``payload`` the frames after it.
+    A Struct: built in C, one per message on the hot path."""
 
-    __slots__ = ("header", "header_frame", "payload", "route", "type")
-
-    def __init__(
-        self,
-        msg_type: MsgType,
-        header: Header,
-        header_frame: Frame,
-        route: PeerId,
-        payload: Sequence[Frame],
-    ) -> None:
-        self.type = msg_type
-        self.header = header
-        self.header_frame = header_frame
-        self.route = route
-        self.payload = payload
+    type: MsgType
+    header: Any
+    header_frame: Frame
+    route: PeerId
+    payload: Sequence[Frame]
 
     def __repr__(self) -> str:
         return f"Message({self.type.name}, {self.header!r}, route={self.route!r})"
