@@ -67,6 +67,22 @@ def results_table(summary: list[SummaryRow], model: str, ref: str = "bare") -> l
     return lines
 
 
+def curve_cost_lines(summary: list[SummaryRow], model: str) -> list[str]:
+    """What CURVE on the fabric costs: ``ours_curve`` against ``ours`` at each concurrency
+    (each against the bare server of its own round, so the host's drift cancels)."""
+    rows = {(r.system, r.concurrency): r for r in summary if r.model == model and r.rounds}
+    out = []
+    for (system, c), curve in sorted(rows.items()):
+        plain = rows.get(("ours", c))
+        if system != "ours_curve" or plain is None:
+            continue
+        if curve.throughput_vs_bare and plain.throughput_vs_bare:
+            tput = curve.throughput_vs_bare / plain.throughput_vs_bare
+            p50 = (curve.p50_minus_bare_ms or 0.0) - (plain.p50_minus_bare_ms or 0.0)
+            out.append(f"- CURVE at c={c}: {tput:.2f}x the req/s of plain text, p50 {p50:+.2f} ms")
+    return [*out, ""] if out else []
+
+
 TABLE_NOTES = [
     "CPU s per 1k req = CPU ms per request (utime+stime over the measured window, each process "
     "with its descendants). wake-ups/req = voluntary context switches per request, per server "
@@ -240,6 +256,7 @@ def to_markdown(report: Report) -> str:
         lines += [f"### `{model}`: {MODEL_BLURB.get(model, '')}", ""]
         lines += results_table(report.summary, model)
         lines.append("")
+        lines += curve_cost_lines(report.summary, model)
         bs = batch_size_table(report, model)
         if bs:
             lines += [*bs, ""]

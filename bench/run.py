@@ -50,11 +50,14 @@ from bench.models import MODELS, OPTIONAL_MODELS
 from bench.results import Report, Round, StackInfo, StartFailure
 from bench.summary import summarize
 from bench.systems import build_repo, start_bare, start_ours_idle
+from fabric.curve import init_keys
 
 DEFAULT_MODELS = "mlp,mlp_wait,wide_mlp"
 DEFAULT_CONCURRENCY = "1,8,32,64,128"
 QUICK_CONCURRENCY = "1,64"
 WAIT_CONCURRENCY = "1,64"
+CURVE_SYSTEM = "ours_curve"
+CURVE_MODEL = "mlp"
 
 
 def run_round(
@@ -66,6 +69,8 @@ def run_round(
     bare: dict[str, Target] = {}
     ours: Target | None = None
     ours_info: StackInfo | None = None
+    curve: Target | None = None
+    curve_info: StackInfo | None = None
     try:
         for model in models:
             print(f"bench: round {rnd + 1}/{args.rounds}: starting bare, {model}", file=sys.stderr)
@@ -81,7 +86,21 @@ def run_round(
                 entry.results.append(StartFailure(system="ours", error=str(exc)))
             if ours_info is not None:
                 entry.info["ours"] = ours_info
+            if args.curve:
+                print(f"bench: round {rnd + 1}/{args.rounds}: starting ours with CURVE",
+                      file=sys.stderr)  # fmt: skip
+                keys = ("--fabric-keys", str(init_keys(log_dir / "fabric-keys").root))
+                try:
+                    curve, curve_info = start_ours_idle(
+                        args, log_dir, rnd, repo, [CURVE_MODEL], CURVE_SYSTEM, keys
+                    )
+                except StackError as exc:
+                    entry.results.append(StartFailure(system=CURVE_SYSTEM, error=str(exc)))
+                if curve_info is not None:
+                    entry.info[CURVE_SYSTEM] = curve_info
         targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
+        if curve is not None and CURVE_MODEL in targets:
+            targets[CURVE_MODEL].append(curve)
         entry.results += sweep_interleaved(targets, args, rnd, args.model_concurrency)
         entry.results += [idle_sample(t, m, args.idle_seconds) for m, t in bare.items()]
     finally:
@@ -89,6 +108,8 @@ def run_round(
             stop_all(t.procs)
         if ours is not None and ours_info is not None:
             ours_info.exit_codes = stop_all(ours.procs)
+        if curve is not None and curve_info is not None:
+            curve_info.exit_codes = stop_all(curve.procs)
     return entry
 
 
@@ -110,6 +131,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "--inprocess-seconds", type=float, default=0.3, help="timed seconds per batch size"
     )
     parser.add_argument("--skip-ours", action="store_true", help="baselines only")
+    parser.add_argument(
+        "--curve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also measure our stack with CURVE on the fabric ({CURVE_SYSTEM}, {CURVE_MODEL} "
+        "only), to show what encryption and authentication cost",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.duration = args.duration if args.duration is not None else (4.0 if quick else 8.0)
@@ -169,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             report.inprocess[model] = run_inprocess(repo, model, sizes, args.inprocess_seconds)
     attach_inprocess(report)
     every_c = list(dict.fromkeys([*args.concurrency, *args.model_concurrency["mlp_wait"]]))
-    report.summary = summarize(report.rounds, every_c, ["bare", "ours"], models)
+    report.summary = summarize(report.rounds, every_c, ["bare", "ours", CURVE_SYSTEM], models)
     report.meta["elapsed_s"] = time.monotonic() - t_begin
     return write_outputs(report, args, "run", to_markdown)
 

@@ -39,9 +39,15 @@ def start_bare(log_dir: Path, rnd: int, model: str) -> Target:
 
 
 def start_ours(
-    args: argparse.Namespace, log_dir: Path, repo: Path, models: list[str]
+    args: argparse.Namespace,
+    log_dir: Path,
+    repo: Path,
+    models: list[str],
+    system: str = "ours",
+    fabric_args: tuple[str, ...] = (),
 ) -> tuple[Target, StackInfo]:
-    """Broker, worker, frontend on free loopback ports; waits until every model is ready."""
+    """Broker, worker, frontend on free loopback ports; waits until every model is ready.
+    ``fabric_args`` go to all three (``--fabric-keys DIR``: the fabric with CURVE)."""
     p_front, p_work, p_grpc = free_port(), free_port(), free_port()
     front_bind, work_bind = f"tcp://127.0.0.1:{p_front}", f"tcp://127.0.0.1:{p_work}"
     url = f"127.0.0.1:{p_grpc}"
@@ -51,12 +57,14 @@ def start_ours(
     t0 = time.monotonic()
     try:
         broker = [py, "-m", "broker", "--frontend-bind", front_bind, "--worker-bind", work_bind]
-        procs.append(Proc("broker", [*broker, *shlex.split(args.broker_args)], log_dir))
+        broker += [*fabric_args, *shlex.split(args.broker_args)]
+        procs.append(Proc("broker", broker, log_dir))
         worker = [py, "-m", "worker", "--broker", work_bind, "--model-repository", str(repo)]
-        worker += ["--device", "cpu", "--torch-threads", "1", *shlex.split(args.worker_args)]
+        worker += ["--device", "cpu", "--torch-threads", "1", *fabric_args]
+        worker += shlex.split(args.worker_args)
         procs.append(Proc("worker", worker, log_dir, env=ONE_THREAD))
         frontend = [py, "-m", "frontend", "--host", "127.0.0.1", "--port", str(p_grpc)]
-        frontend += ["--broker", front_bind, *shlex.split(args.frontend_args)]
+        frontend += ["--broker", front_bind, *fabric_args, *shlex.split(args.frontend_args)]
         procs.append(Proc("frontend", frontend, log_dir))
         wait_ready(url, procs, models)
     except BaseException:
@@ -66,14 +74,20 @@ def start_ours(
     errs = [e for m in models if (e := sanity_check(url, m, MODELS[m]))]
     info.sanity_error = "; ".join(errs) or None
     info.statistics = batch_snapshot(url, models[0]) is not None
-    return Target("ours", url, procs, stats=True), info
+    return Target(system, url, procs, stats=True), info
 
 
 def start_ours_idle(
-    args: argparse.Namespace, log_dir: Path, rnd: int, repo: Path, models: list[str]
+    args: argparse.Namespace,
+    log_dir: Path,
+    rnd: int,
+    repo: Path,
+    models: list[str],
+    system: str = "ours",
+    fabric_args: tuple[str, ...] = (),
 ) -> tuple[Target, StackInfo]:
     """``start_ours``, then its idle CPU and memory once start-up work has settled."""
-    target, info = start_ours(args, log_dir / f"r{rnd}-ours", repo, models)
+    target, info = start_ours(args, log_dir / f"r{rnd}-{system}", repo, models, system, fabric_args)
     try:
         time.sleep(SETTLE_S)
         info.idle_cpu_util = idle_cpu(target.procs, args.idle_seconds)
