@@ -13,7 +13,7 @@ BROKER_FRONTEND_PORT ?= 5555
 BROKER_WORKER_PORT ?= 5556
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean k8s-render
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-broker: install-test
 
 chaos: install-test
 	$(PY) -m bench.chaos
+
+# Render the Kubernetes manifests (OVERLAY=cpu or gpu); validated offline by tests/deploy.
+OVERLAY ?= cpu
+k8s-render:
+	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
