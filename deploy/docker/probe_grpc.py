@@ -1,4 +1,4 @@
-"""Docker health probe for the frontend: ``python grpc_health.py [HOST:PORT]`` exits 0 when the
+"""Docker health probe for the frontend: ``python probe_grpc.py [HOST:PORT]`` exits 0 when the
 server's grpc.health.v1 says SERVING for the whole server (which the frontend reports only
 while a broker and a worker are live), 1 otherwise. No extra binary in the image."""
 
