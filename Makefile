@@ -87,7 +87,7 @@ DOCKER ?= docker
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
 	else echo docker-compose; fi)
 COMPOSE_PROJECT ?= fabricserve
-FRONTENDS ?= 2
+COMPOSE_FRONTENDS ?= 2
 COMPOSE_WORKERS ?= 2
 BASE_IMAGE ?= python:3.11-slim-bookworm
 LOCAL_BASE_IMAGE ?= fabricserve-base:bookworm
@@ -137,7 +137,7 @@ images: docker-base docker-context
 	$(BUILD_IMAGE) -f deploy/docker/prometheus.Dockerfile -t fabricserve-prometheus .
 
 compose-up: images
-	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --scale frontend=$(FRONTENDS) \
+	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --scale frontend=$(COMPOSE_FRONTENDS) \
 		--scale worker=$(COMPOSE_WORKERS)
 
 compose-down:
