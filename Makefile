@@ -5,12 +5,30 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on disk here; an unpinned torch downloads a multi-GB CUDA build.
 # On a GPU machine: make run TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
 TORCH_SPEC ?= torch==2.13.0
+# `make run`: FRONTENDS share PORT; broker i binds BROKER_*_PORT + 2i; metrics ports are
+# consecutive from METRICS_PORT (frontend-0 first, as Triton's 8002); METRICS=0 turns them off.
+FRONTENDS ?= 1
 WORKERS ?= 1
-MODELS ?= models
+BROKERS ?= 1
+DEMO_MODELS := models
+MODELS ?= $(DEMO_MODELS)
 HOST ?= 127.0.0.1
 PORT ?= 8001
 BROKER_FRONTEND_PORT ?= 5555
 BROKER_WORKER_PORT ?= 5556
+METRICS ?= 1
+METRICS_PORT ?= 8002
+# Demo models are built only into the default directory; MODELS=dir is served as it is.
+ifeq ($(MODELS),$(DEMO_MODELS))
+RUN_NEEDS := models
+else
+RUN_NEEDS := install
+endif
+ifeq ($(METRICS),0)
+RUN_METRICS_PORT := 0
+else
+RUN_METRICS_PORT := $(METRICS_PORT)
+endif
 PYTEST_ARGS ?=
 
 .PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean k8s-render \
@@ -31,12 +49,13 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.test-installed
 
 models: install
-	$(PY) -m worker.demo_models $(MODELS)
+	$(PY) -m worker.demo_models $(DEMO_MODELS)
 
-run: models
-	$(PY) scripts/run_local.py --workers $(WORKERS) --models $(MODELS) --host $(HOST) \
-		--port $(PORT) --broker-frontend-port $(BROKER_FRONTEND_PORT) \
-		--broker-worker-port $(BROKER_WORKER_PORT)
+run: $(RUN_NEEDS)
+	$(PY) scripts/run_local.py --models $(MODELS) --frontends $(FRONTENDS) \
+		--workers $(WORKERS) --brokers $(BROKERS) --host $(HOST) --port $(PORT) \
+		--broker-frontend-port $(BROKER_FRONTEND_PORT) \
+		--broker-worker-port $(BROKER_WORKER_PORT) --metrics-port $(RUN_METRICS_PORT)
 
 protos: install-test
 	$(PY) -m protos.generate

@@ -112,7 +112,7 @@ def fake_worker(args: argparse.Namespace) -> dict[str, Any]:
         TYPE_FRAME[MsgType.REQUEST],
         TYPE_FRAME[MsgType.REPLY],
         TYPE_FRAME[MsgType.HEARTBEAT],
-        TYPE_FRAME[MsgType.DISCONNECT],
+        TYPE_FRAME[MsgType.REANNOUNCE],  # the broker does not know this worker
     )
     ok_headers: dict[int, bytes] = {}
     stop = stop_flag()

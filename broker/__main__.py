@@ -4,54 +4,30 @@ from __future__ import annotations
 
 import sys
 
-from fabric.cli import (
-    Flags,
-    add_fabric_flags,
-    add_metrics_flags,
-    setup_logging,
-    stop_signals,
-    tune_gc,
-)
+from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
+from fabric.curve import FabricSetupError, exit_on_setup_error
 
-from .config import BrokerConfig
+from .config import ENV_PREFIX, BrokerConfig
 from .server import BrokerServer
 
 
 def parse_args(argv: list[str] | None = None) -> BrokerConfig:
-    d = BrokerConfig()
-    f = Flags("serve-broker", "ZeroMQ broker between gRPC frontends and model workers.")
-    f.add("--frontend-bind", "BROKER_FRONTEND_BIND", d.frontend_bind,
-          "endpoint frontends connect to")  # fmt: skip
-    f.add("--worker-bind", "BROKER_WORKER_BIND", d.worker_bind, "endpoint workers connect to")
-    f.add("--max-queued", "BROKER_MAX_QUEUED", d.max_queued,
-          "requests waiting for credit before RESOURCE_EXHAUSTED", int)  # fmt: skip
-    f.add("--max-message-bytes", "FABRIC_MAX_MESSAGE_BYTES", d.max_message_bytes,
-          "largest ZeroMQ message accepted", int)  # fmt: skip
-    f.add("--curve-secret-cert", "BROKER_CURVE_SECRET_CERT", d.curve_secret_cert,
-          "broker's CURVE .key_secret file; turns on encryption")  # fmt: skip
-    f.add("--curve-clients-dir", "BROKER_CURVE_CLIENTS_DIR", d.curve_clients_dir,
-          "directory of allowed client .key files; empty = any client")  # fmt: skip
-    add_metrics_flags(f, "BROKER", d)
-    add_fabric_flags(f, d)
-    a = f.parse(argv)
-    setup_logging(a.log_level, "broker")
-    return BrokerConfig(
-        frontend_bind=a.frontend_bind,
-        worker_bind=a.worker_bind,
-        heartbeat_interval_s=a.heartbeat_interval_s,
-        heartbeat_liveness=a.heartbeat_liveness,
-        max_queued=a.max_queued,
-        max_message_bytes=a.max_message_bytes,
-        metrics_port=a.metrics_port,
-        metrics_host=a.metrics_host,
-        curve_secret_cert=a.curve_secret_cert,
-        curve_clients_dir=a.curve_clients_dir,
+    return build_config(
+        BrokerConfig,
+        argv,
+        prog="serve-broker",
+        description="ZeroMQ broker between gRPC frontends and model workers.",
+        env_prefix=ENV_PREFIX,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    server = BrokerServer(config)
+    setup_logging(config.log_level, "broker")
+    try:
+        server = BrokerServer(config)
+    except FabricSetupError as exc:
+        return exit_on_setup_error("serve-broker", exc)
     server.bind()
     if config.metrics_port:
         server.metrics.serve(config.metrics_host, config.metrics_port)

@@ -7,15 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fabric import errors
+from fabric import errors, messages
 from fabric.protocol import (
     CONTROL_OPS,
-    PROTOCOL_TAG,
-    TYPE_FRAME,
     ControlHeader,
     ControlReplyHeader,
     Frame,
-    MsgType,
     PeerId,
     encode_header,
 )
@@ -24,9 +21,6 @@ from .queues import RequestKey
 from .registry import Registry
 
 Outbox = list[tuple[PeerId, list[Frame]]]
-
-_CONTROL = TYPE_FRAME[MsgType.CONTROL]
-_CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
 
 
 @dataclass
@@ -88,7 +82,7 @@ class ControlFanout:
         self.pending[rkey] = PendingControl(workers, self._clock() + self._timeout_s)
         frame = encode_header(header)
         for w in workers:
-            self.to_workers.append((w, [PROTOCOL_TAG, _CONTROL, frame, frontend]))
+            self.to_workers.append((w, messages.control(frame, frontend)))
 
     def reply(self, worker: PeerId, header: ControlReplyHeader, frontend: PeerId) -> None:
         rkey = (frontend, header.request_id)
@@ -108,7 +102,7 @@ class ControlFanout:
         reply = ControlReplyHeader(
             rkey[1], pending.status, "; ".join(dict.fromkeys(pending.messages)), pending.bodies
         )
-        self.to_frontends.append((rkey[0], [PROTOCOL_TAG, _CONTROL_REPLY, encode_header(reply)]))
+        self.to_frontends.append((rkey[0], messages.control_reply(reply)))
 
     def expire(self) -> None:
         now = self._clock()

@@ -11,22 +11,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fabric import errors
+from fabric import errors, messages
+from fabric.heartbeat import Liveness
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
-    PROTOCOL_TAG,
-    TYPE_FRAME,
+    AckHeader,
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
     Frame,
     HeartbeatHeader,
     ModelAnnouncement,
-    MsgType,
     PeerId,
     ReplyHeader,
     RequestHeader,
-    decode_header,
     encode_header,
 )
 
@@ -35,13 +33,6 @@ from .queues import ModelQueues, Pending, RequestKey
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
-
-_REQUEST = TYPE_FRAME[MsgType.REQUEST]
-_REPLY = TYPE_FRAME[MsgType.REPLY]
-_CANCEL = TYPE_FRAME[MsgType.CANCEL]
-_CATALOG = TYPE_FRAME[MsgType.CATALOG]
-_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
-_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 
 
 @dataclass
@@ -73,8 +64,9 @@ class Dispatcher:
         self.registry = Registry(clock, heartbeat_interval_s, heartbeat_liveness)
         self.queues = ModelQueues(max_queued)
         self.leases: dict[RequestKey, Pending] = {}
-        self.frontends: dict[PeerId, float] = {}  # identity -> last seen (monotonic)
-        self._frontend_ttl_s = heartbeat_interval_s * heartbeat_liveness
+        self.frontends: dict[PeerId, Liveness] = {}
+        self._interval_s = heartbeat_interval_s
+        self._liveness = heartbeat_liveness
         self.to_workers: Outbox = []
         self.to_frontends: Outbox = []
         self.controls = ControlFanout(
@@ -87,7 +79,7 @@ class Dispatcher:
         self, frontend: PeerId, header: RequestHeader, header_frame: Frame, payload: Frame
     ) -> None:
         self.counters.requests += 1
-        self.frontends[frontend] = self._clock()
+        self._frontend_seen(frontend)
         rid = header.request_id
         if header.deadline_ns and header.deadline_ns <= self._now_ns():
             self.counters.expired += 1
@@ -152,9 +144,7 @@ class Dispatcher:
         rkey = (frontend, header.request_id)
         item = self.leases.get(rkey)
         if item is not None and item.worker is not None:
-            self.to_workers.append(
-                (item.worker, [PROTOCOL_TAG, _CANCEL, encode_header(header), frontend])
-            )
+            self.to_workers.append((item.worker, messages.cancel(header.request_id, frontend)))
             return
         for key in self.queues.waiting_keys():
             if self.queues.remove(key, rkey) is not None:
@@ -162,7 +152,7 @@ class Dispatcher:
                 return
 
     def on_control(self, frontend: PeerId, header: ControlHeader) -> None:
-        self.frontends[frontend] = self._clock()
+        self._frontend_seen(frontend)
         self.controls.start(frontend, header)
 
     def on_control_reply(
@@ -171,15 +161,22 @@ class Dispatcher:
         self.controls.reply(worker, header, frontend)
 
     def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
-        self.frontends[frontend] = self._clock()
+        self._frontend_seen(frontend)
         if header.generation != self.registry.generation:
             self._send_catalog(frontend)
         else:
-            hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
-            self.to_frontends.append((frontend, [PROTOCOL_TAG, _HEARTBEAT, hb]))
+            hb = HeartbeatHeader(self.registry.generation, self.registry.incarnation)
+            self.to_frontends.append((frontend, messages.heartbeat(hb)))
 
     def on_frontend_disconnect(self, frontend: PeerId) -> None:
         self.frontends.pop(frontend, None)
+
+    def _frontend_seen(self, frontend: PeerId) -> None:
+        live = self.frontends.get(frontend)
+        if live is None:
+            self.frontends[frontend] = Liveness(self._interval_s, self._liveness, self._clock)
+        else:
+            live.seen()
 
     # ---- worker side -------------------------------------------------------------------
     def on_ready(self, worker: PeerId, models: Sequence[ModelAnnouncement]) -> None:
@@ -194,9 +191,7 @@ class Dispatcher:
         """Any traffic is proof of life; False when the worker is unknown (must re-announce)."""
         state = self.registry.workers.get(worker)
         if state is None:
-            self.to_workers.append(
-                (worker, [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
-            )
+            self.to_workers.append((worker, messages.reannounce()))
             return False
         state.liveness.seen()
         return True
@@ -218,10 +213,10 @@ class Dispatcher:
         self._release(worker, item)
         self.counters.replies += 1
         self.counters.by_status[header.status] = self.counters.by_status.get(header.status, 0) + 1
-        self.to_frontends.append((frontend, [PROTOCOL_TAG, _REPLY, header_frame, *payload]))
+        self.to_frontends.append((frontend, messages.reply(header_frame, payload)))
         self._dispatch_for(worker)
 
-    def on_ack(self, worker: PeerId, header: CancelHeader, frontend: PeerId) -> None:
+    def on_ack(self, worker: PeerId, header: AckHeader, frontend: PeerId) -> None:
         item = self.leases.get((frontend, header.request_id))
         if item is not None and item.worker == worker:
             item.acked = True
@@ -234,8 +229,7 @@ class Dispatcher:
         """Purge silent workers and frontends, expire queued work, heartbeat the workers."""
         for worker in self.registry.expired():
             self._worker_lost(worker, "missed its heartbeats")
-        now = self._clock()
-        for fe in [f for f, seen in self.frontends.items() if now - seen > self._frontend_ttl_s]:
+        for fe in [f for f, live in self.frontends.items() if not live.alive()]:
             del self.frontends[fe]
         for item in self.queues.expired(self._now_ns()):
             self.counters.expired += 1
@@ -248,7 +242,7 @@ class Dispatcher:
         self.controls.expire()
         hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
-            self.to_workers.append((worker, [PROTOCOL_TAG, _HEARTBEAT, hb]))
+            self.to_workers.append((worker, messages.heartbeat(hb)))
 
     # ---- internals ----------------------------------------------------------------------
     def _send(self, item: Pending) -> bool:
@@ -262,7 +256,7 @@ class Dispatcher:
         item.acked = False
         self.leases[(item.frontend, item.request_id)] = item
         self.to_workers.append(
-            (worker.identity, [PROTOCOL_TAG, _REQUEST, item.header, item.frontend, item.payload])
+            (worker.identity, messages.request(item.header, item.payload, item.frontend))
         )
         return True
 
@@ -311,22 +305,22 @@ class Dispatcher:
         for w in list(self.registry.workers):
             self._dispatch_for(w)
 
-    def undeliverable(self, worker: PeerId, messages: list[list[Frame]], gone: bool) -> None:
+    def undeliverable(self, worker: PeerId, sent: list[list[Frame]], gone: bool) -> None:
         """Requests that could not be handed to ``worker``: when it is gone (the socket no
         longer routes to it) it is dropped at once and all its work requeued elsewhere; when
         its queue is full, these requests are requeued or failed."""
         if gone:
             self._worker_lost(worker, "is unreachable")
             return
-        for frames in messages:
-            if bytes(frames[1]) != _REQUEST:
+        for frames in sent:
+            if not messages.is_request(frames):  # only requests need giving back
                 continue
-            header = decode_header(MsgType.REQUEST, frames[2])
-            frontend = bytes(frames[3])
-            rkey = (frontend, header.request_id)  # type: ignore[attr-defined]
-            item = self.leases.get(rkey)
-            if item is not None and item.worker == worker and self._lease_lost(rkey, item):
-                self.queues.push(item, front=True)
+            for msg in messages.iter_messages(frames, routed=True):
+                if isinstance(msg, messages.Message) and isinstance(msg.header, RequestHeader):
+                    rkey = (msg.route, msg.header.request_id)
+                    item = self.leases.get(rkey)
+                    if item is not None and item.worker == worker and self._lease_lost(rkey, item):
+                        self.queues.push(item, front=True)
 
     def fail_queued(self, code: str, message: str) -> None:
         """Answer every queued request (the broker is stopping)."""
@@ -387,13 +381,10 @@ class Dispatcher:
 
     def _fail(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
         self.counters.by_status[code] = self.counters.by_status.get(code, 0) + 1
-        header = encode_header(ReplyHeader(request_id, code, message))
-        self.to_frontends.append((frontend, [PROTOCOL_TAG, _REPLY, header]))
+        self.to_frontends.append((frontend, messages.reply(ReplyHeader(request_id, code, message))))
 
     def _send_catalog(self, frontend: PeerId) -> None:
-        self.to_frontends.append(
-            (frontend, [PROTOCOL_TAG, _CATALOG, encode_header(self.registry.catalog())])
-        )
+        self.to_frontends.append((frontend, messages.catalog(self.registry.catalog())))
 
     def _broadcast_catalog(self) -> None:
         for fe in self.frontends:

@@ -10,30 +10,25 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 import zmq
 
-from fabric import errors
-from fabric.curve import CurveServer
+from fabric import errors, messages
+from fabric.curve import broker_security, check_endpoints
+from fabric.messages import Message
 from fabric.protocol import (
-    FRAME_TYPE,
-    PROTOCOL_TAG,
-    TYPE_FRAME,
+    AckHeader,
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
+    DisconnectHeader,
     Frame,
     HeartbeatHeader,
     MalformedMessage,
-    MsgType,
     PeerId,
     ReadyHeader,
     ReplyHeader,
     RequestHeader,
-    coalesce,
-    decode_header,
-    unpack_batch,
 )
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
@@ -43,7 +38,6 @@ from .metrics import BrokerMetrics
 
 logger = logging.getLogger(__name__)
 
-_BATCH = TYPE_FRAME[MsgType.BATCH]
 MAX_BATCH_RECV = 512
 """Messages read from one socket per wake-up before looking at the other one."""
 
@@ -58,17 +52,29 @@ class BrokerServer:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        curve = (
-            CurveServer.load(config.curve_secret_cert, config.curve_clients_dir)
-            if config.curve_secret_cert
-            else None
+        curve = broker_security(
+            config.fabric_keys,
+            config.curve_secret_cert,
+            config.curve_frontends_dir,
+            config.curve_workers_dir,
+        )
+        check_endpoints(
+            (config.frontend_bind, config.worker_bind),
+            curve=curve is not None,
+            insecure=config.insecure_fabric,
         )
         self._auth = curve.start_authenticator(self.ctx) if curve is not None else None
         self.frontends = make_socket(
-            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes, security=curve
+            self.ctx,
+            zmq.ROUTER,
+            max_message_bytes=config.max_message_bytes,
+            security=curve.for_frontends if curve is not None else None,
         )
         self.workers = make_socket(
-            self.ctx, zmq.ROUTER, max_message_bytes=config.max_message_bytes, security=curve
+            self.ctx,
+            zmq.ROUTER,
+            max_message_bytes=config.max_message_bytes,
+            security=curve.for_workers if curve is not None else None,
         )
         self.dispatcher = Dispatcher(
             max_queued=config.max_queued,
@@ -124,9 +130,9 @@ class BrokerServer:
                 timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000)) + 1
                 events = dict(poller.poll(timeout_ms))
                 if self.workers in events:
-                    self._drain(self.workers, self._on_worker)
+                    self._drain(self.workers, self._on_worker, routed=True)
                 if self.frontends in events:
-                    self._drain(self.frontends, self._on_frontend)
+                    self._drain(self.frontends, self._on_frontend, routed=False)
                 self._flush()
         finally:
             self.close()
@@ -143,85 +149,65 @@ class BrokerServer:
         logger.info("[shutdown] broker: stopped")
 
     # ---- receive ---------------------------------------------------------------------
-    def _drain(self, sock: zmq.Socket[bytes], handle: Callable[[list[Frame]], None]) -> None:
+    def _drain(
+        self, sock: zmq.Socket[bytes], handle: Callable[[PeerId, Message], None], routed: bool
+    ) -> None:
         for _ in range(MAX_BATCH_RECV):
             try:
                 frames = recv_frames(sock)
             except zmq.Again:
                 return
-            parts: list[Frame] = list(frames)
-            try:
-                handle(parts)
-            except MalformedMessage as exc:
-                logger.warning("dropped malformed message from %s: %s", frames[0].hex(), exc)
-            except Exception:
-                logger.exception("error handling a message from %s", frames[0].hex())
+            peer = frames[0]  # the ROUTER's identity frame; the message follows
+            for msg in messages.iter_messages(frames[1:], routed=routed):
+                try:
+                    if isinstance(msg, MalformedMessage):
+                        raise msg
+                    handle(peer, msg)
+                except MalformedMessage as exc:
+                    logger.warning("dropped malformed message from %s: %s", peer.hex(), exc)
+                except Exception:
+                    logger.exception("error handling a message from %s", peer.hex())
 
-    def _on_frontend(self, frames: list[Frame]) -> None:
-        if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
-            raise MalformedMessage("bad tag or too few frames")
-        peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
-        if msg_type is MsgType.BATCH:
-            _each_in_batch(peer, frames[3], self._on_frontend)
-            return
+    def _on_frontend(self, peer: PeerId, msg: Message) -> None:
         d = self.dispatcher
-        if msg_type is MsgType.REQUEST:
-            if len(frames) != 5:
-                raise MalformedMessage("REQUEST needs exactly one payload frame")
-            header = _typed(decode_header(MsgType.REQUEST, frames[3]), RequestHeader)
-            if self.state is not State.RUNNING:
-                d.reject(peer, header.request_id, errors.UNAVAILABLE, "broker is shutting down")
-                return
-            d.on_request(peer, header, frames[3], frames[4])
-        elif msg_type is MsgType.CONTROL:
-            d.on_control(peer, _typed(decode_header(MsgType.CONTROL, frames[3]), ControlHeader))
-        elif msg_type is MsgType.CANCEL:
-            d.on_cancel(peer, _typed(decode_header(MsgType.CANCEL, frames[3]), CancelHeader))
-        elif msg_type is MsgType.HEARTBEAT:
-            d.on_frontend_heartbeat(
-                peer, _typed(decode_header(MsgType.HEARTBEAT, frames[3]), HeartbeatHeader)
-            )
-        elif msg_type is MsgType.DISCONNECT:
-            d.on_frontend_disconnect(peer)
-        else:
-            raise MalformedMessage(f"unexpected message type {frames[2]!r} from a frontend")
+        match msg.header:
+            case RequestHeader() as header:
+                if self.state is not State.RUNNING:
+                    d.reject(peer, header.request_id, errors.UNAVAILABLE, "broker is shutting down")
+                    return
+                d.on_request(peer, header, msg.header_frame, msg.payload[0])
+            case ControlHeader() as control:
+                d.on_control(peer, control)
+            case CancelHeader() as cancel:
+                d.on_cancel(peer, cancel)
+            case HeartbeatHeader() as heartbeat:
+                d.on_frontend_heartbeat(peer, heartbeat)
+            case DisconnectHeader():
+                d.on_frontend_disconnect(peer)
+            case _:
+                raise MalformedMessage(f"unexpected {msg.type.name} from a frontend")
 
-    def _on_worker(self, frames: list[Frame]) -> None:
-        if len(frames) < 4 or frames[1] != PROTOCOL_TAG:
-            raise MalformedMessage("bad tag or too few frames")
-        peer, msg_type = bytes(frames[0]), FRAME_TYPE.get(bytes(frames[2]))
-        if msg_type is MsgType.BATCH:
-            _each_in_batch(peer, frames[3], self._on_worker)
-            return
+    def _on_worker(self, peer: PeerId, msg: Message) -> None:
         d = self.dispatcher
-        if msg_type is MsgType.READY:
-            ready = _typed(decode_header(MsgType.READY, frames[3]), ReadyHeader)
-            d.on_ready(peer, ready.models)
+        header = msg.header
+        if isinstance(header, ReadyHeader):
+            d.on_ready(peer, header.models)
             return
         if not d.on_worker_seen(peer):
             return
-        if msg_type is MsgType.REPLY:
-            if len(frames) < 5:
-                raise MalformedMessage("REPLY without frontend identity")
-            reply = _typed(decode_header(MsgType.REPLY, frames[3]), ReplyHeader)
-            d.on_reply(peer, reply, frames[3], bytes(frames[4]), frames[5:])
-        elif msg_type is MsgType.ACK:
-            if len(frames) < 5:
-                raise MalformedMessage("ACK without frontend identity")
-            d.on_ack(
-                peer, _typed(decode_header(MsgType.ACK, frames[3]), CancelHeader), bytes(frames[4])
-            )
-        elif msg_type is MsgType.CONTROL_REPLY:
-            if len(frames) < 5:
-                raise MalformedMessage("CONTROL_REPLY without frontend identity")
-            creply = _typed(decode_header(MsgType.CONTROL_REPLY, frames[3]), ControlReplyHeader)
-            d.on_control_reply(peer, creply, bytes(frames[4]))
-        elif msg_type is MsgType.HEARTBEAT:
-            pass
-        elif msg_type is MsgType.DISCONNECT:
-            d.on_worker_disconnect(peer)
-        else:
-            raise MalformedMessage(f"unexpected message type {frames[2]!r} from a worker")
+        match header:
+            case ReplyHeader():
+                d.on_reply(peer, header, msg.header_frame, msg.route, msg.payload)
+            case AckHeader():
+                d.on_ack(peer, header, msg.route)
+            case ControlReplyHeader():
+                d.on_control_reply(peer, header, msg.route)
+            case HeartbeatHeader():
+                pass
+            case DisconnectHeader():
+                d.on_worker_disconnect(peer)
+            case _:
+                raise MalformedMessage(f"unexpected {msg.type.name} from a worker")
 
     # ---- send ------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -239,8 +225,8 @@ class BrokerServer:
         for peer, message in outbox:
             by_peer.setdefault(peer, []).append(message)
         outbox.clear()
-        for peer, messages in by_peer.items():
-            frames = coalesce(messages)
+        for peer, sent in by_peer.items():
+            frames = messages.coalesce(sent)
             try:
                 send_frames(sock, [peer, *frames], should_copy(frames))
                 continue
@@ -253,26 +239,6 @@ class BrokerServer:
                 logger.debug("%s %s is gone", side, peer.hex())
                 gone = True
             if side == "worker":  # requests it never got go back to the queue or fail
-                self.dispatcher.undeliverable(peer, messages, gone)
+                self.dispatcher.undeliverable(peer, sent, gone)
             else:
-                self.dispatcher.counters.dropped_replies += len(messages)
-
-
-T = TypeVar("T")
-
-
-def _each_in_batch(peer: PeerId, body: Frame, handle: Callable[[list[Frame]], None]) -> None:
-    """Handle each message of a BATCH; a bad one is logged and dropped, the others go on."""
-    for sub in unpack_batch(body):
-        try:
-            if sub[0] == _BATCH:
-                raise MalformedMessage("nested BATCH")
-            handle([peer, PROTOCOL_TAG, *sub])
-        except MalformedMessage as exc:
-            logger.warning("dropped malformed message in a BATCH from %s: %s", peer.hex(), exc)
-
-
-def _typed(value: object, kind: type[T]) -> T:
-    if not isinstance(value, kind):
-        raise MalformedMessage(f"expected {kind.__name__}")
-    return value
+                self.dispatcher.counters.dropped_replies += len(sent)

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import zmq
 import zmq.auth
@@ -45,8 +46,18 @@ SECRET_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
 
 
-class InsecureFabric(ValueError):
+class FabricSetupError(ValueError):
+    """The fabric's security settings cannot be used: say it in one line and exit."""
+
+
+class InsecureFabric(FabricSetupError):
     """A non-loopback fabric endpoint without CURVE, and ``--insecure-fabric`` not given."""
+
+
+def exit_on_setup_error(prog: str, exc: FabricSetupError) -> int:
+    """The one-line message and exit status of a tier that cannot start its fabric."""
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2
 
 
 @dataclass(frozen=True)
@@ -105,10 +116,21 @@ def init_keys(directory: str | Path) -> KeyLayout:
     return keys
 
 
+def _load_public(path: str | Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise FabricSetupError(f"cannot read CURVE key {path}: {exc}") from exc
+    return public
+
+
 def _load_secret(path: str | Path) -> tuple[bytes, bytes]:
-    public, secret = zmq.auth.load_certificate(str(path))
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise FabricSetupError(f"cannot read CURVE key {path}: {exc}") from exc
     if secret is None:
-        raise ValueError(f"{Path(path).name} holds no secret key (use the .key_secret file)")
+        raise FabricSetupError(f"{path} holds no secret key (use the .key_secret file)")
     return public, secret
 
 
@@ -179,7 +201,7 @@ class CurveClient:
 
     @classmethod
     def load(cls, server_public_cert: str, client_secret_cert: str) -> CurveClient:
-        server_public, _ = zmq.auth.load_certificate(server_public_cert)
+        server_public = _load_public(server_public_cert)
         public, secret = _load_secret(client_secret_cert)
         return cls(server_public, public, secret)
 
@@ -194,6 +216,61 @@ class CurveClient:
         sock.curve_serverkey = self.server_public
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
+
+
+def broker_security(
+    fabric_keys: str, secret_cert: str = "", frontends_dir: str = "", workers_dir: str = ""
+) -> CurveServer | None:
+    """The broker's CURVE from its settings: explicit files win over the key directory's."""
+    if not (fabric_keys or secret_cert):
+        return None
+    keys = KeyLayout(Path(fabric_keys)) if fabric_keys else None
+    return CurveServer.load(
+        secret_cert or str(keys.broker_secret if keys else ""),
+        frontends_dir or (str(keys.allowed_frontends) if keys else ""),
+        workers_dir or (str(keys.allowed_workers) if keys else ""),
+    )
+
+
+def client_security(
+    fabric_keys: str, server_key: str, client_cert: str, tier: str
+) -> CurveClient | None:
+    """A frontend's or worker's CURVE from its settings (``tier``: "frontend" or "worker")."""
+    if not (fabric_keys or server_key):
+        return None
+    keys = KeyLayout(Path(fabric_keys)) if fabric_keys else None
+    own = {"frontend": "frontend_secret", "worker": "worker_secret"}[tier]
+    server = server_key or (str(keys.broker_public) if keys else "")
+    cert = client_cert or (str(getattr(keys, own)) if keys else "")
+    if not cert:
+        raise FabricSetupError(
+            f"CURVE needs this {tier}'s key pair: --curve-client-cert FILE.key_secret "
+            "or --fabric-keys DIR"
+        )
+    return CurveClient.load(server, cert)
+
+
+class ClientSettings(Protocol):
+    @property
+    def fabric_keys(self) -> str: ...
+    @property
+    def curve_server_key(self) -> str: ...
+    @property
+    def curve_client_cert(self) -> str: ...
+    @property
+    def insecure_fabric(self) -> bool: ...
+    @property
+    def brokers(self) -> tuple[str, ...]: ...
+
+
+def fabric_security(config: ClientSettings, tier: str) -> CurveClient | None:
+    """A frontend's or worker's CURVE from its config, after refusing a plain-text fabric
+    off loopback (``check_endpoints``)."""
+    curve = client_security(
+        config.fabric_keys, config.curve_server_key, config.curve_client_cert, tier
+    )
+    check_endpoints(config.brokers, curve=curve is not None, insecure=config.insecure_fabric)
+    return curve
 
 
 def is_loopback(endpoint: str) -> bool:

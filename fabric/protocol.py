@@ -5,30 +5,36 @@ peer identity prepended as frame 0):
 
 | frame | content                                                             |
 |-------|---------------------------------------------------------------------|
-| 0     | ``PROTOCOL_TAG`` (``b"FAB1"``): rejects peers speaking another version|
+| 0     | ``PROTOCOL_TAG`` (``b"FAB2"``): rejects peers speaking another version|
 | 1     | message type, one byte (``MsgType``)                                |
 | 2     | header: msgpack of the type's header struct (array-like)            |
 | 3..   | payload frames, opaque to every tier but the one that made them     |
 
 Per type (F = frontend, B = broker, W = worker):
 
-| type       | direction    | header            | payload frames after the header        |
-|------------|--------------|-------------------|----------------------------------------|
-| REQUEST    | F→B          | RequestHeader     | [ModelInferRequest bytes]              |
-| REQUEST    | B→W          | RequestHeader     | [frontend identity, ModelInferRequest] |
+| type       | direction    | header            | frames after the header                 |
+|------------|--------------|-------------------|-----------------------------------------|
+| REQUEST    | F→B          | RequestHeader     | [ModelInferRequest bytes]               |
+| REQUEST    | B→W          | RequestHeader     | [frontend identity, ModelInferRequest]  |
 | REPLY      | W→B          | ReplyHeader       | [frontend identity, ModelInferResponse?]|
 | REPLY      | B→F          | ReplyHeader       | [ModelInferResponse?] (only when OK)    |
-| CANCEL     | F→B          | CancelHeader      | []                                     |
-| CANCEL     | B→W          | CancelHeader      | [frontend identity]                    |
-| READY      | W→B          | ReadyHeader       | [] (full model state, sent on change)  |
-| CATALOG    | B→F          | CatalogHeader     | [] (sent on change or when asked)      |
-| HEARTBEAT  | any          | HeartbeatHeader   | []                                     |
-| DISCONNECT | any          | HeartbeatHeader   | [] (graceful leave)                    |
-| ACK        | W→B          | CancelHeader      | [frontend identity] (accepted in batch)|
-| CONTROL    | F→B          | ControlHeader     | []                                     |
-| CONTROL    | B→W          | ControlHeader     | [frontend identity]                    |
-| CONTROL_REPLY | W→B       | ControlReplyHeader| [frontend identity]                    |
-| CONTROL_REPLY | B→F       | ControlReplyHeader| [] (one body per worker that answered) |
+| CANCEL     | F→B          | CancelHeader      | []                                      |
+| CANCEL     | B→W          | CancelHeader      | [frontend identity]                     |
+| ACK        | W→B          | AckHeader         | [frontend identity] (accepted in batch) |
+| READY      | W→B          | ReadyHeader       | [] (full model state, sent on change)   |
+| REANNOUNCE | B→W          | ReannounceHeader  | [] (unknown worker: send READY again)   |
+| CATALOG    | B→F          | CatalogHeader     | [] (sent on change or when asked)       |
+| HEARTBEAT  | any          | HeartbeatHeader   | []                                      |
+| DISCONNECT | F→B, W→B     | DisconnectHeader  | [] (graceful leave)                     |
+| CONTROL    | F→B          | ControlHeader     | []                                      |
+| CONTROL    | B→W          | ControlHeader     | [frontend identity]                     |
+| CONTROL_REPLY | W→B       | ControlReplyHeader| [frontend identity]                     |
+| CONTROL_REPLY | B→F       | ControlReplyHeader| [] (one body per worker that answered)  |
+
+On the broker↔worker link every per-request message (REQUEST, REPLY, CANCEL, ACK, CONTROL,
+CONTROL_REPLY) carries the frontend identity right after the header, so that the broker
+knows whose request it is; on the frontend↔broker link none does. Each message type has a
+header type of its own, so a reader can tell messages apart by their header's class.
 
 BATCH (any direction) carries several messages for the same peer in one ZeroMQ message:
 ``[PROTOCOL_TAG, BATCH, body]`` where body is msgpack of a list of messages, each the list
@@ -44,6 +50,9 @@ Requests are keyed by (frontend identity, request id): ids are unique per fronte
 Deadlines are absolute wall-clock nanoseconds (``time.time_ns()``), 0 meaning none, so that
 they mean the same in every process; each tier converts them to its monotonic clock.
 Status codes are gRPC status names (``"INVALID_ARGUMENT"``) so no tier needs grpc to say one.
+
+This module defines the frames; ``fabric.messages`` builds and reads them (tiers use only
+that), and ``fabric.inproc`` carries the worker's messages between its own threads.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ import msgspec
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_TAG = b"FAB1"
+PROTOCOL_TAG = b"FAB2"
 
 RequestId: TypeAlias = int
 PeerId: TypeAlias = bytes
@@ -76,6 +85,7 @@ class MsgType(enum.IntEnum):
     CONTROL = 9
     CONTROL_REPLY = 10
     BATCH = 11
+    REANNOUNCE = 12
 
 
 # Single-byte frames, precomputed so the hot path never builds them.
@@ -104,6 +114,20 @@ class ReplyHeader(msgspec.Struct, array_like=True, gc=False):
 
 class CancelHeader(msgspec.Struct, array_like=True, gc=False):
     request_id: RequestId
+
+
+class AckHeader(msgspec.Struct, array_like=True, gc=False):
+    """The worker accepted the request into a batch: from now on it may have run."""
+
+    request_id: RequestId
+
+
+class ReannounceHeader(msgspec.Struct, array_like=True, gc=False):
+    """The broker does not know the worker (it restarted, or declared it dead)."""
+
+
+class DisconnectHeader(msgspec.Struct, array_like=True, gc=False):
+    """The sender leaves on purpose; what it holds is to be given up at once."""
 
 
 class ModelAnnouncement(msgspec.Struct, array_like=True, gc=False):
@@ -162,8 +186,9 @@ HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
     MsgType.READY: ReadyHeader,
     MsgType.CATALOG: CatalogHeader,
     MsgType.HEARTBEAT: HeartbeatHeader,
-    MsgType.DISCONNECT: HeartbeatHeader,
-    MsgType.ACK: CancelHeader,
+    MsgType.DISCONNECT: DisconnectHeader,
+    MsgType.ACK: AckHeader,
+    MsgType.REANNOUNCE: ReannounceHeader,
     MsgType.CONTROL: ControlHeader,
     MsgType.CONTROL_REPLY: ControlReplyHeader,
 }
@@ -179,26 +204,13 @@ class MalformedMessage(ValueError):
 
 
 def encode(msg_type: MsgType, header: msgspec.Struct, *payload: Frame) -> list[Frame]:
-    """The frames a DEALER sends (a ROUTER puts the destination identity in front)."""
+    """Any message's frames, for tools and tests; tiers use the typed builders in
+    ``fabric.messages``."""
     return [PROTOCOL_TAG, TYPE_FRAME[msg_type], _encoder.encode(header), *payload]
 
 
 def encode_header(header: msgspec.Struct) -> bytes:
     return _encoder.encode(header)
-
-
-def decode(frames: Sequence[Frame]) -> tuple[MsgType, msgspec.Struct, Sequence[Frame]]:
-    """Split frames (without any routing identity) into type, header and payload frames."""
-    if len(frames) < 3 or bytes(frames[0]) != PROTOCOL_TAG:
-        raise MalformedMessage(f"bad protocol tag or too few frames ({len(frames)})")
-    msg_type = FRAME_TYPE.get(bytes(frames[1]))
-    if msg_type is None or msg_type is MsgType.BATCH:
-        raise MalformedMessage(f"unknown message type {bytes(frames[1])!r}")
-    try:
-        header = _decoders[msg_type].decode(frames[2])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedMessage(f"bad {msg_type.name} header: {exc}") from exc
-    return msg_type, header, frames[3:]
 
 
 _batch_decoder = msgspec.msgpack.Decoder(list[list[bytes]])

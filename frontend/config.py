@@ -1,31 +1,47 @@
-"""Frontend settings, built once in ``__main__`` from flags and environment."""
+"""Frontend settings, built once in ``__main__`` from flags and environment (``fabric.cli``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from fabric.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+from fabric.cli import CurveClientSettings, setting
+
+ENV_PREFIX = "FRONTEND"
 
 
 @dataclass(frozen=True)
-class FrontendConfig:
-    host: str = "127.0.0.1"
-    port: int = 8001
-    brokers: tuple[str, ...] = field(default=("tcp://127.0.0.1:5555",))
-    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
-    heartbeat_liveness: int = HEARTBEAT_LIVENESS
-    max_message_bytes: int = 64 * 1024 * 1024
-    default_timeout_s: float = 60.0
-    max_retries: int = 2
-    max_in_flight: int = 20_000
-    retry_budget_ratio: float = 0.1
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
-    shutdown_grace_s: float = 5.0
-    control_timeout_s: float = 120.0
-    server_name: str = "fabricserve"
-    tls_cert_file: str = ""  # PEM; with tls_key_file turns TLS on
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""  # PEM CA: clients must present a certificate it signed (mTLS)
-    curve_server_key: str = ""  # broker's CURVE .key file: turns CURVE on
-    curve_client_cert: str = ""  # this frontend's .key_secret (when the broker allow-lists)
+class FrontendConfig(CurveClientSettings):
+    """Frontend settings"""
+
+    host: str = setting("127.0.0.1", "address to serve gRPC on")
+    port: int = setting(8001, "gRPC port")
+    reuse_port: bool = setting(
+        False, "share the gRPC port with other frontends (SO_REUSEPORT), as make run does"
+    )
+    brokers: tuple[str, ...] = setting(
+        ("tcp://127.0.0.1:5555",), "broker endpoint(s), comma separated", flag="--broker"
+    )
+    max_message_bytes: int = setting(
+        64 * 1024 * 1024, "largest gRPC message accepted or sent; larger get RESOURCE_EXHAUSTED"
+    )
+    default_timeout_s: float = setting(60.0, "deadline for calls that set none")
+    max_retries: int = setting(2, "retries of UNAVAILABLE failures")
+    max_in_flight: int = setting(20_000, "requests held at once; more get RESOURCE_EXHAUSTED")
+    retry_budget_ratio: float = setting(0.1, "retries may add at most this fraction of extra load")
+    shutdown_grace_s: float = setting(5.0, "longest wait for calls in flight on shutdown")
+    control_timeout_s: float = setting(120.0, "longest wait for a repository load or unload call")
+    server_name: str = setting("fabricserve", "server name in ServerMetadata replies")
+    tls_cert_file: str = setting("", "PEM certificate chain; with --tls-key-file serves TLS")
+    tls_key_file: str = setting("", "PEM private key")
+    tls_client_ca_file: str = setting(
+        "", "PEM CA; when set, clients must present a certificate it signed (mTLS)"
+    )
+    stream_max_pending: int = setting(
+        64, "per stream: requests in flight plus responses not yet sent; then reading pauses"
+    )
+    stream_idle_timeout_s: float = setting(
+        300.0, "end a stream with no request and nothing in flight for this long; 0 = never"
+    )
+    max_concurrent_streams: int = setting(
+        1024, "calls open at once on one client connection (HTTP/2 streams)"
+    )

@@ -12,21 +12,18 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 import zmq
 
-from fabric import errors
+from fabric import errors, messages
 from fabric.errors import RequestError
+from fabric.heartbeat import Liveness
+from fabric.messages import Message
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
-    FRAME_TYPE,
-    PROTOCOL_TAG,
-    TYPE_FRAME,
-    CancelHeader,
     CatalogEntry,
     CatalogHeader,
     ControlHeader,
@@ -34,13 +31,8 @@ from fabric.protocol import (
     Frame,
     HeartbeatHeader,
     MalformedMessage,
-    MsgType,
     ReplyHeader,
     RequestHeader,
-    coalesce,
-    decode_header,
-    encode_header,
-    unpack_batch,
 )
 from fabric.sockets import (
     DEFAULT_HWM,
@@ -54,12 +46,6 @@ from fabric.sockets import (
 
 logger = logging.getLogger(__name__)
 
-_REQUEST = TYPE_FRAME[MsgType.REQUEST]
-_CANCEL = TYPE_FRAME[MsgType.CANCEL]
-_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
-_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
-_CONTROL = TYPE_FRAME[MsgType.CONTROL]
-_BATCH = TYPE_FRAME[MsgType.BATCH]
 _RECV_BATCH = 256
 
 
@@ -78,15 +64,12 @@ class Reply:
 class BrokerLink:
     endpoint: str
     socket: zmq.Socket[bytes]
-    last_seen: float = float("-inf")
+    liveness: Liveness  # starts dead: a broker is up once it said something
     catalog: CatalogHeader | None = None
     waiting: dict[int, int] = field(default_factory=dict)  # request id -> its flags
     incarnation: int = 0  # of the broker process last heard; a change means it restarted
     # Messages sent this event-loop turn, flushed as one BATCH: (frames, request id or 0).
     outbox: list[tuple[list[Frame], int]] = field(default_factory=list)
-
-    def alive(self, now: float, ttl_s: float) -> bool:
-        return now - self.last_seen < ttl_s
 
 
 class FabricClient:
@@ -111,11 +94,11 @@ class FabricClient:
                     max_message_bytes=max_message_bytes,
                     security=security,
                 ),
+                Liveness(heartbeat_interval_s, heartbeat_liveness, seen_at_start=False),
             )
             for ep in endpoints
         ]
         self._interval_s = heartbeat_interval_s
-        self._ttl_s = heartbeat_interval_s * heartbeat_liveness
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._futures: dict[int, tuple[asyncio.Future[Reply], BrokerLink]] = {}
@@ -139,9 +122,7 @@ class FabricClient:
             self._heartbeat_task.cancel()
         for link in self._links:
             try:
-                link.socket.send_multipart(
-                    [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())], zmq.NOBLOCK
-                )
+                link.socket.send_multipart(messages.disconnect(), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             if self._loop is not None:
@@ -160,27 +141,23 @@ class FabricClient:
         version: str,
         deadline_ns: int,
         payload: Frame,
-        trace: str = "",
         flags: int = 0,
-        avoid: BrokerLink | None = None,
         hedge_of: int = 0,
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
         when no broker can take it."""
         if hedge_of:  # the hedge must reach the broker that knows the first copy's worker
             entry = self._futures.get(hedge_of)
-            link = entry[1] if entry is not None else self._choose(model, avoid)
+            link = entry[1] if entry is not None else self._choose(model)
         else:
-            link = self._choose(model, avoid)
+            link = self._choose(model)
         request_id = next(self._ids)
-        header = encode_header(
-            RequestHeader(request_id, model, version, deadline_ns, trace, flags, hedge_of)
-        )
+        header = RequestHeader(request_id, model, version, deadline_ns, "", flags, hedge_of)
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)
         link.waiting[request_id] = flags
-        self._enqueue(link, [PROTOCOL_TAG, _REQUEST, header, payload], request_id)
+        self._enqueue(link, messages.request(header, payload), request_id)
         return request_id, fut, link
 
     async def control(
@@ -188,8 +165,7 @@ class FabricClient:
     ) -> list[ControlReplyHeader]:
         """Run a control operation on every worker behind every live broker."""
         assert self._loop is not None
-        now = time.monotonic()
-        links = [link for link in self._links if link.alive(now, self._ttl_s)]
+        links = [link for link in self._links if link.liveness.alive()]
         if not links:
             raise RequestError(errors.UNAVAILABLE, "no broker is reachable")
         futures = []
@@ -198,9 +174,9 @@ class FabricClient:
             fut: asyncio.Future[ControlReplyHeader] = self._loop.create_future()
             self._controls[request_id] = fut
             futures.append((request_id, fut))
-            header = encode_header(ControlHeader(request_id, op, model, version))
+            header = ControlHeader(request_id, op, model, version)
             try:
-                link.socket.send_multipart([PROTOCOL_TAG, _CONTROL, header], zmq.NOBLOCK)
+                link.socket.send_multipart(messages.control(header), zmq.NOBLOCK)
             except zmq.Again:
                 for rid, _ in futures:
                     self._controls.pop(rid, None)
@@ -226,7 +202,7 @@ class FabricClient:
         link.waiting.pop(request_id, None)
         if not fut.done():
             fut.cancel()
-        self._enqueue(link, [PROTOCOL_TAG, _CANCEL, encode_header(CancelHeader(request_id))])
+        self._enqueue(link, messages.cancel(request_id))
 
     def _enqueue(self, link: BrokerLink, frames: list[Frame], request_id: int = 0) -> None:
         """Send at the end of this event-loop turn, together with whatever else is sent."""
@@ -242,7 +218,7 @@ class FabricClient:
             if not link.outbox:
                 continue
             items, link.outbox = link.outbox, []
-            frames = coalesce([f for f, _ in items])
+            frames = messages.coalesce([f for f, _ in items])
             try:
                 send_frames(link.socket, frames, should_copy(frames))
             except zmq.ZMQError as exc:
@@ -250,7 +226,7 @@ class FabricClient:
                 # far fewer requests waiting than the high-water mark, it is the latter.
                 full = len(link.waiting) >= DEFAULT_HWM // 2
                 if not full:
-                    link.last_seen = float("-inf")  # choose another broker from now on
+                    link.liveness.lost()  # choose another broker from now on
                 status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
                 why = (
                     f"too many requests queued for broker {link.endpoint}"
@@ -270,9 +246,8 @@ class FabricClient:
         if not fut.done():
             fut.set_result(reply)
 
-    def _choose(self, model: str, avoid: BrokerLink | None) -> BrokerLink:
-        now = time.monotonic()
-        alive = [link for link in self._links if link.alive(now, self._ttl_s)]
+    def _choose(self, model: str) -> BrokerLink:
+        alive = [link for link in self._links if link.liveness.alive()]
         if not alive:
             raise RequestError(errors.UNAVAILABLE, "no broker is reachable")
         if len(alive) == 1:
@@ -280,20 +255,18 @@ class FabricClient:
         serving = [
             link
             for link in alive
-            if link is not avoid
-            and link.catalog is not None
+            if link.catalog is not None
             and any(e.name == model and e.workers > 0 for e in link.catalog.models)
         ]
-        pool = serving or [link for link in alive if link is not avoid] or alive
+        pool = serving or alive
         return pool[next(self._rr) % len(pool)]
 
     # ---- catalog --------------------------------------------------------------------------
     def live_catalogs(self) -> list[CatalogHeader]:
-        now = time.monotonic()
         return [
             link.catalog
             for link in self._links
-            if link.catalog is not None and link.alive(now, self._ttl_s)
+            if link.catalog is not None and link.liveness.alive()
         ]
 
     def models(self) -> dict[tuple[str, str], tuple[CatalogEntry, int]]:
@@ -331,62 +304,48 @@ class FabricClient:
                     return
                 except zmq.ZMQError:
                     return  # socket closed during shutdown
-                link.last_seen = time.monotonic()
-                try:
-                    self._handle(link, frames)
-                except MalformedMessage as exc:
-                    logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
-                except Exception:
-                    logger.exception("error handling a message from %s", link.endpoint)
+                link.liveness.seen()
+                for msg in messages.iter_messages(frames, routed=False):
+                    try:
+                        if isinstance(msg, MalformedMessage):
+                            raise msg
+                        self._handle(link, msg)
+                    except MalformedMessage as exc:
+                        logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
+                    except Exception:
+                        logger.exception("error handling a message from %s", link.endpoint)
             if not readable(sock):
                 return
 
-    def _handle(self, link: BrokerLink, frames: list[bytes]) -> None:
-        if len(frames) < 3 or frames[0] != PROTOCOL_TAG:
-            raise MalformedMessage("bad tag or too few frames")
-        msg_type = FRAME_TYPE.get(frames[1])
-        if msg_type is MsgType.BATCH:
-            for sub in unpack_batch(frames[2]):
-                if sub[0] == _BATCH:
-                    raise MalformedMessage("nested BATCH")
-                self._handle(link, [PROTOCOL_TAG, *sub])
-            return
-        if msg_type is MsgType.REPLY:
-            header = decode_header(MsgType.REPLY, frames[2])
-            assert isinstance(header, ReplyHeader)
-            entry = self._futures.pop(header.request_id, None)
-            if entry is None:
-                return  # cancelled or timed out already
-            fut, owner = entry
-            owner.waiting.pop(header.request_id, None)
-            if not fut.done():
-                payload = frames[3] if len(frames) > 3 else None
-                fut.set_result(Reply(header.status, header.message, payload))
-        elif msg_type is MsgType.CONTROL_REPLY:
-            control = decode_header(MsgType.CONTROL_REPLY, frames[2])
-            assert isinstance(control, ControlReplyHeader)
-            waiter = self._controls.pop(control.request_id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(control)
-        elif msg_type is MsgType.CATALOG:
-            catalog = decode_header(MsgType.CATALOG, frames[2])
-            assert isinstance(catalog, CatalogHeader)
-            self._check_incarnation(link, catalog.incarnation)
-            link.catalog = catalog
-            self.catalog_version += 1
-        elif msg_type is MsgType.HEARTBEAT:
-            heartbeat = decode_header(MsgType.HEARTBEAT, frames[2])
-            assert isinstance(heartbeat, HeartbeatHeader)
-            self._check_incarnation(link, heartbeat.incarnation)
-        else:
-            raise MalformedMessage(f"unexpected message type {frames[1]!r}")
+    def _handle(self, link: BrokerLink, msg: Message) -> None:
+        match msg.header:
+            case ReplyHeader() as header:
+                entry = self._futures.pop(header.request_id, None)
+                if entry is None:
+                    return  # cancelled or timed out already
+                fut, owner = entry
+                owner.waiting.pop(header.request_id, None)
+                if not fut.done():
+                    payload = msg.payload[0] if msg.payload else None
+                    fut.set_result(Reply(header.status, header.message, payload))
+            case ControlReplyHeader() as control:
+                waiter = self._controls.pop(control.request_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(control)
+            case CatalogHeader() as catalog:
+                self._check_incarnation(link, catalog.incarnation)
+                link.catalog = catalog
+                self.catalog_version += 1
+            case HeartbeatHeader() as heartbeat:
+                self._check_incarnation(link, heartbeat.incarnation)
+            case _:
+                raise MalformedMessage(f"unexpected {msg.type.name} from a broker")
 
     async def _heartbeat(self) -> None:
         was_alive = {id(link): False for link in self._links}
         while True:
-            now = time.monotonic()
             for link in self._links:
-                alive = link.alive(now, self._ttl_s)
+                alive = link.liveness.alive()
                 if was_alive[id(link)] and not alive:
                     self._broker_lost(link)
                 if alive != was_alive[id(link)]:
@@ -396,8 +355,7 @@ class FabricClient:
                 generation = link.catalog.generation if link.catalog and alive else 0
                 try:
                     link.socket.send_multipart(
-                        [PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader(generation))],
-                        zmq.NOBLOCK,
+                        messages.heartbeat(HeartbeatHeader(generation)), zmq.NOBLOCK
                     )
                 except zmq.ZMQError:
                     pass  # not connected yet; liveness will tell

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import DecodeError
 
-from fabric import errors
+from fabric import errors, names
 from fabric.errors import RequestError
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
@@ -42,6 +42,13 @@ def _version_key(v: str) -> tuple[int, int | str]:
 UNKNOWN_MODEL_LABEL = "<unknown>"
 _NO_TRACKER = LatencyTracker(window=1)  # shared by requests for models nobody announced
 _DEADLINE_REPLY = Reply(errors.DEADLINE_EXCEEDED, "deadline exceeded waiting for a worker", None)
+
+
+class _StreamIdle:
+    """Put on a stream's response queue by its idle timer."""
+
+
+_STREAM_IDLE = _StreamIdle()
 
 
 def _expire(fut: asyncio.Future[Reply]) -> None:
@@ -89,11 +96,12 @@ class InferenceService:
         models = self.client.models()
         versions = {v: (e, n) for (m, v), (e, n) in models.items() if m == name}
         if not versions:
-            raise RequestError(errors.NOT_FOUND, f"unknown model '{name}'")
+            raise RequestError(errors.NOT_FOUND, f"unknown model {names.quote(name)}")
         if version:
             if version not in versions:
                 raise RequestError(
-                    errors.NOT_FOUND, f"unknown version '{version}' of model '{name}'"
+                    errors.NOT_FOUND,
+                    f"unknown version {names.quote(version)} of model {names.quote(name)}",
                 )
             entry = versions[version][0]
         else:
@@ -102,11 +110,17 @@ class InferenceService:
         try:
             return mc.ModelConfig.FromString(entry.config)
         except DecodeError as exc:
-            raise RequestError(errors.INTERNAL, f"model '{name}': bad config announced") from exc
+            raise RequestError(
+                errors.INTERNAL, f"model {names.quote(name)}: bad config announced"
+            ) from exc
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        try:
+            names.check_model(request.name, request.version, "name")
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
         models = self.client.models()
         ready = any(
             n > 0
@@ -165,6 +179,7 @@ class InferenceService:
         self, name: str, version: str, context: grpc.aio.ServicerContext
     ) -> mc.ModelConfig:
         try:
+            names.check_model(name, version, "name")
             return self._config(name, version, context)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
@@ -190,9 +205,16 @@ class InferenceService:
     async def infer(self, route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
         """One request through the fabric: admission, deadline, retries within the deadline
         and the retry budget, hedging where the model asks for it."""
-        if not route.model:
-            return Reply(errors.INVALID_ARGUMENT, "model_name is required", None)
         policy = self._policy(route.model)
+        if route.model not in self._policies or (
+            route.version and not names.valid_version(route.version)
+        ):
+            # Announced names are directories of a worker's repository; any other name is
+            # checked here, before it becomes a key, a label or part of a message.
+            try:
+                names.check_model(route.model, route.version)
+            except RequestError as exc:
+                return Reply(exc.code, exc.message, None)
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
         if remaining_s is not None:
             timeout_s = min(timeout_s, remaining_s)
@@ -338,9 +360,30 @@ class InferenceService:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Many requests over one stream; each response is sent as soon as it completes."""
-        done: asyncio.Queue[bytes | None] = asyncio.Queue()
+        """Many requests over one stream; each response is sent as soon as it completes.
+
+        Bounded: at most ``stream_max_pending`` requests in flight plus responses not yet
+        handed to gRPC; at the bound the stream stops reading requests, so a client that does
+        not read its responses is held back by HTTP/2 flow control instead of growing this
+        process. A stream with no request and nothing pending for ``stream_idle_timeout_s``
+        ends with DEADLINE_EXCEEDED.
+        """
+        limit = max(1, self.config.stream_max_pending)
+        idle_s = self.config.stream_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        done: asyncio.Queue[bytes | _StreamIdle | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        space = asyncio.Event()  # set when ``pending`` drops below ``limit``
+        pending = 0  # read and not yet handed to gRPC: in flight, or answered and queued
+        idle_timer: asyncio.TimerHandle | None = None
+
+        def on_idle() -> None:
+            done.put_nowait(_STREAM_IDLE)
+
+        def arm_idle_timer() -> None:
+            nonlocal idle_timer
+            if idle_s > 0:
+                idle_timer = loop.call_later(idle_s, on_idle)
 
         async def one(request: bytes) -> None:
             try:
@@ -353,26 +396,50 @@ class InferenceService:
                 await done.put(stream_response(reply.payload))
             else:
                 echo = pb.ModelInferResponse(
-                    model_name=route.model, model_version=route.version, id=route.id
+                    model_name=route.model[: names.MAX_MODEL_NAME_CHARS],
+                    model_version=route.version[: names.MAX_VERSION_CHARS],
+                    id=route.id,
                 ).SerializeToString()
                 await done.put(stream_error(reply.message or reply.status, echo))
 
         async def read_all() -> None:
+            nonlocal pending
             try:
                 async for request in requests:
+                    if idle_timer is not None:
+                        idle_timer.cancel()
+                    pending += 1
                     task = asyncio.create_task(one(request), name="stream-request")
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    while pending >= limit:  # the client must read before we read on
+                        space.clear()
+                        await space.wait()
                 while tasks:
                     await asyncio.wait(list(tasks))
             finally:
-                await done.put(None)
+                done.put_nowait(None)
 
+        arm_idle_timer()
         reader = asyncio.create_task(read_all(), name="stream-reader")
         try:
             while (item := await done.get()) is not None:
-                yield item
+                if isinstance(item, _StreamIdle):
+                    if pending == 0 and not reader.done():
+                        await context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"stream idle for {idle_s:g}s (no request, nothing in flight)",
+                        )
+                    continue  # a request raced the timer: it is busy again
+                yield item  # returns once gRPC took the message: flow control applies here
+                pending -= 1
+                if pending < limit:
+                    space.set()
+                if pending == 0 and not reader.done():
+                    arm_idle_timer()
         finally:
+            if idle_timer is not None:
+                idle_timer.cancel()
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
@@ -405,18 +472,22 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        if not request.model_name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        await self._check_or_abort(request.model_name, context)
         await self._control("load", request.model_name, "", context)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        if not request.model_name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_name is required")
+        await self._check_or_abort(request.model_name, context)
         await self._control("unload", request.model_name, "", context)
         return pb.RepositoryModelUnloadResponse()
+
+    async def _check_or_abort(self, model_name: str, context: grpc.aio.ServicerContext) -> None:
+        try:
+            names.check_model(model_name)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
 
     # ---- not offered ------------------------------------------------------------------
     async def unimplemented(self, request: object, context: grpc.aio.ServicerContext) -> None:

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fabric.curve import CurveClient
+from fabric.curve import fabric_security
 from protos import grpc_service_pb2 as pb
 
 from .config import FrontendConfig
@@ -106,11 +106,7 @@ class FrontendServer:
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
             max_message_bytes=config.max_message_bytes + 4096,
-            security=(
-                CurveClient.load(config.curve_server_key, config.curve_client_cert)
-                if config.curve_server_key
-                else None
-            ),
+            security=fabric_security(config, "frontend"),
         )
         self.service = InferenceService(config, self.client, package_version())
         self.health = health.aio.HealthServicer()
@@ -126,7 +122,11 @@ class FrontendServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                # --reuse-port: `make run FRONTENDS=n` runs replicas on one port (the kernel
+                # spreads connections). Off by default so that a second frontend started on
+                # a taken port fails to bind instead of silently sharing it.
+                ("grpc.so_reuseport", int(self.config.reuse_port)),
+                ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
             ]
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
@@ -169,12 +169,8 @@ class FrontendServer:
         )
 
     def request_stop(self) -> None:
-        """Signal-safe: records the wish; ``run`` does the ordered shutdown."""
+        """Signal-safe: records the wish; ``run_until_stopped`` does the ordered shutdown."""
         self._stop.set()
-
-    async def run(self) -> None:
-        await self.start()
-        await self.run_until_stopped()
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()

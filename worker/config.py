@@ -1,26 +1,39 @@
-"""Worker settings, built once in ``__main__`` from flags and environment."""
+"""Worker settings, built once in ``__main__`` from flags and environment (``fabric.cli``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fabric.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+from fabric.cli import CurveClientSettings, setting
+
+ENV_PREFIX = "WORKER"
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    brokers: tuple[str, ...] = ("tcp://127.0.0.1:5556",)  # registers with each
-    model_repository: str = "models"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
-    heartbeat_liveness: int = HEARTBEAT_LIVENESS
-    max_message_bytes: int = 256 * 1024 * 1024
-    min_credit: int = 4
-    torch_threads: int = 0  # 0 = torch's default
-    inline_compute_ms: float = 20.0  # CPU models with shorter batches run on the I/O thread
-    drain_grace_s: float = 10.0
-    metrics_port: int = 0  # 0 = no metrics endpoint
-    metrics_host: str = "127.0.0.1"
-    poll_interval_s: float = 0.0  # 0 = only explicit load/unload
-    curve_server_key: str = ""  # broker's CURVE .key file: turns CURVE on
-    curve_client_cert: str = ""  # this worker's .key_secret (when the broker allow-lists)
+class WorkerConfig(CurveClientSettings):
+    """Worker settings"""
+
+    brokers: tuple[str, ...] = setting(
+        ("tcp://127.0.0.1:5556",),
+        "broker endpoint(s) for workers, comma separated; the worker registers with each and "
+        "splits its credit between them",
+        flag="--broker",
+    )
+    model_repository: str = setting("models", "model repository directory")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    max_message_bytes: int = setting(
+        256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
+    )
+    min_credit: int = setting(
+        4, "fewest requests a loaded model version takes at once (its credit floor)"
+    )
+    torch_threads: int = setting(0, "torch intra-op threads, 0 = torch's default")
+    inline_compute_ms: float = setting(
+        20.0,
+        "run a single-instance CPU model on the I/O thread (no thread hand-off per batch) "
+        "while its batches take less than this; 0 = always a compute thread",
+    )
+    drain_grace_s: float = setting(10.0, "on shutdown, longest wait for requests in flight")
+    poll_interval_s: float = setting(
+        0.0, "rescan the repository this often, 0 = only explicit load/unload"
+    )

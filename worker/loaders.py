@@ -154,7 +154,9 @@ class PythonModel:
         module_name = f"_served_model_{safe_name}_{version}_{next(_module_counter)}"
         import_spec = importlib.util.spec_from_file_location(module_name, path)
         if import_spec is None or import_spec.loader is None:
-            raise ModelLoadError(spec.name, version, f"{path} is not an importable Python file")
+            raise ModelLoadError(
+                spec.name, version, f"{shown(path)} is not an importable Python file"
+            )
         module = importlib.util.module_from_spec(import_spec)
         # Registered so that dataclasses, pickling-free introspection and relative lookups work.
         sys.modules[module_name] = module
@@ -289,26 +291,36 @@ def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def shown(path: Path) -> str:
+    """``path`` as error texts name it: from the model directory down (``<model>/<version>``
+    or ``<model>/<version>/<file>``). Messages reach clients; where the repository lives on
+    this host is not theirs to know, and the log has it."""
+    depth = 3 if path.suffix else 2
+    return "/".join(path.parts[-depth:])
+
+
 def _model_file(spec: ModelSpec, version_dir: Path, version: int | str) -> Path:
     if not version_dir.is_dir():
-        raise ModelLoadError(spec.name, version, f"no version directory {version_dir}")
+        raise ModelLoadError(spec.name, version, f"no version directory {shown(version_dir)}")
     if spec.default_model_filename:
         path = version_dir / spec.default_model_filename
         if path.suffix not in (".pt", ".pt2", ".py"):
             raise ModelLoadError(spec.name, version, f"unknown model format '{path.name}'")
         if not path.is_file():
-            raise ModelLoadError(spec.name, version, f"{path} does not exist")
+            raise ModelLoadError(spec.name, version, f"{shown(path)} does not exist")
         return path
     found = [version_dir / n for n in MODEL_FILENAMES if (version_dir / n).is_file()]
     if not found:
         raise ModelLoadError(
-            spec.name, version, f"{version_dir} holds none of {', '.join(MODEL_FILENAMES)}"
+            spec.name,
+            version,
+            f"{shown(version_dir)} holds none of {', '.join(MODEL_FILENAMES)}",
         )
     if len(found) > 1:
         raise ModelLoadError(
             spec.name,
             version,
-            f"{version_dir} holds {', '.join(p.name for p in found)}; "
+            f"{shown(version_dir)} holds {', '.join(p.name for p in found)}; "
             "keep one or set default_model_filename",
         )
     return found[0]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fabric import errors
+from fabric import errors, names
 from fabric.errors import RequestError
 from fabric.protocol import ModelAnnouncement, PeerId
+from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
 
 from .loaders import LoadedModel, ModelLoadError, load_model
@@ -75,10 +76,6 @@ def refuse_leftovers(served: ServedVersion) -> None:
             )
 
 
-def _version_key(v: str) -> int:
-    return int(v) if v.isdigit() else -1
-
-
 def warm_up(model: LoadedModel, timed: bool = False) -> float | None:
     """Run one row of zeros through a tensor model so the first request pays no lazy init.
     With ``timed``, three more calls (TorchScript profiles its first ones) and the seconds the
@@ -116,6 +113,9 @@ class ModelTable:
         wake: Callable[[], None] | None = None,
     ) -> None:
         self.repository = Path(repository)
+        self._roots = sorted(
+            {f"{self.repository}/", f"{self.repository.resolve()}/"}, key=len, reverse=True
+        )
         # Single-instance CPU tensor models (``shape_bound``) whose warm call takes under a
         # quarter of this run on the I/O thread (``ModelInstance.pump``) until a batch takes
         # longer; 0 = never.
@@ -168,8 +168,10 @@ class ModelTable:
         others). A version whose config changed on disk is loaded anew and swapped in. When
         a load fails, what was served before stays served. Raises RequestError."""
         source = self._source(name)
-        if version and not version.isdigit():
-            raise RequestError(errors.INVALID_ARGUMENT, f"version '{version}' is not a number")
+        if version and not (version.isdigit() and len(version) <= names.MAX_VERSION_CHARS):
+            raise RequestError(
+                errors.INVALID_ARGUMENT, f"version {names.quote(version)} is not a number"
+            )
         if version and int(version) not in source.available_versions:
             raise RequestError(errors.NOT_FOUND, f"model '{name}' has no version {version}")
         wanted = [version] if version else [str(v) for v in source.versions]
@@ -182,8 +184,8 @@ class ModelTable:
                 self._start(source, v)  # replaces ``current`` once the new one is warm
             except ModelLoadError as exc:
                 logger.error("%s", exc)
-                self.load_errors[f"{name}:{v}"] = str(exc)
-                failures.append(str(exc))
+                self.load_errors[f"{name}:{v}"] = self._public(str(exc))
+                failures.append(self._public(str(exc)))
                 continue
             if current is not None:
                 self._retire(current, (name, v))
@@ -192,12 +194,12 @@ class ModelTable:
         if not version:
             for key in [k for k in self.served if k[0] == name and k[1] not in wanted]:
                 self._stop(key)
-        return sorted((v for n, v in self.served if n == name), key=_version_key)
+        return sorted((v for n, v in self.served if n == name), key=version_sort_key)
 
     def unload(self, name: str, version: str = "") -> None:
         keys = [k for k in self.served if k[0] == name and (not version or k[1] == version)]
         if not keys:
-            raise RequestError(errors.NOT_FOUND, f"model '{name}' is not loaded")
+            raise RequestError(errors.NOT_FOUND, f"model {names.quote(name)} is not loaded")
         for key in keys:
             self._stop(key)
 
@@ -223,15 +225,30 @@ class ModelTable:
             self._stop(key, drain=False)
 
     # ---- internals ----------------------------------------------------------------------------
+    def _public(self, text: str) -> str:
+        """``text`` with the repository's location cut out: names in error texts start at the
+        model directory. Clients see these texts; the log keeps the full paths."""
+        for root in self._roots:
+            text = text.replace(root, "")
+        return text
+
     def _source(self, name: str) -> ModelSource:
-        model_dir = self.repository / name
-        if "/" in name or name.startswith(".") or not (model_dir / CONFIG_FILENAME).is_file():
-            raise RequestError(errors.NOT_FOUND, f"no model '{name}' in the repository")
+        # The name comes off the wire: checked before it becomes part of a path. One that
+        # cannot name a model directory is simply not in the repository.
+        present = False
+        if names.valid_model_name(name) and not name.startswith("."):
+            try:
+                present = (self.repository / name / CONFIG_FILENAME).is_file()
+            except OSError:  # e.g. ENAMETOOLONG: 256 characters can exceed NAME_MAX bytes
+                present = False
+        if not present:
+            raise RequestError(errors.NOT_FOUND, f"no model {names.quote(name)} in the repository")
         try:
-            return scan_model(model_dir)
+            return scan_model(self.repository / name)
         except ModelConfigError as exc:
-            self.load_errors[name] = str(exc)
-            raise RequestError(errors.INVALID_ARGUMENT, str(exc)) from exc
+            message = self._public(str(exc))
+            self.load_errors[name] = message
+            raise RequestError(errors.INVALID_ARGUMENT, message) from exc
 
     def _start(self, source: ModelSource, version: str) -> None:
         spec = source.spec
@@ -345,7 +362,7 @@ class ModelTable:
     def _refresh_latest(self) -> None:
         latest: dict[str, str] = {}
         for name, v in self.served:
-            if name not in latest or _version_key(v) > _version_key(latest[name]):
+            if name not in latest or version_sort_key(v) > version_sort_key(latest[name]):
                 latest[name] = v
         self.latest = latest
 

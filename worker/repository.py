@@ -1,4 +1,4 @@
-"""Find the models in a Triton-layout repository and the versions each one should serve.
+"""Read one model of a Triton-layout repository: its spec and the versions it should serve.
 
 Layout: ``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/`` where the version is a
 directory named by a non-negative integer. The config's ``version_policy`` picks which of the
@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.model_config import CONFIG_FILENAME, ModelConfigError, ModelSpec, load_model_config
+from worker.model_config import ModelSpec, load_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -29,28 +29,6 @@ class ModelSource:
     def version_path(self, version: int | str) -> Path:
         """The directory holding one version's model file."""
         return self.path / str(int(version))
-
-
-def scan_repository(root: str | Path, *, errors: dict[str, str] | None = None) -> list[ModelSource]:
-    """Every model under ``root`` with a ``config.pbtxt``, sorted by name.
-
-    A model whose config is invalid is logged and skipped so the others can still be served;
-    pass ``errors`` to collect ``{model name: reason}`` for those.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"model repository {root} is not a directory")
-    sources: list[ModelSource] = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not (model_dir / CONFIG_FILENAME).is_file():
-            continue
-        try:
-            sources.append(scan_model(model_dir))
-        except ModelConfigError as exc:
-            logger.error("skipping model %s: %s", model_dir.name, exc)
-            if errors is not None:
-                errors[model_dir.name] = str(exc)
-    return sources
 
 
 def scan_model(model_dir: str | Path) -> ModelSource:

@@ -2,10 +2,10 @@
 that do the work: one compute thread per model instance and one control thread (repository
 load/unload, polling, statistics), so that slow loads never delay heartbeats.
 
-Those threads hand frames back over an inproc PUSH/PULL pair (each thread owns its PUSH
-socket); only this loop touches the broker socket. Inproc frames: ``[type byte, header,
-frontend identity, body?]``, or ``[b"announce"]`` after the served models changed. The broker
-is heartbeated; when it goes silent the socket is replaced and the models announced again.
+Those threads build their replies with ``fabric.inproc`` into one ``ReplyBuffer`` and, at
+each flush, hand what it holds to this loop over an inproc PUSH/PULL pair (each thread owns
+its PUSH socket); only this loop touches the broker sockets. The brokers are heartbeated;
+when one goes silent its socket is replaced (after a backoff) and the models announced again.
 """
 
 from __future__ import annotations
@@ -20,32 +20,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import zmq
 
-from fabric import errors
-from fabric.curve import CurveClient
+from fabric import errors, inproc, messages
+from fabric.curve import fabric_security
 from fabric.errors import RequestError
-from fabric.heartbeat import Backoff
+from fabric.heartbeat import Backoff, Liveness
+from fabric.messages import Message
 from fabric.protocol import (
     CONTROL_OPS,
-    FRAME_TYPE,
-    PROTOCOL_TAG,
-    TYPE_FRAME,
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
+    Frame,
     HeartbeatHeader,
     MalformedMessage,
-    MsgType,
-    PeerId,
-    ReadyHeader,
-    ReplyHeader,
+    ReannounceHeader,
     RequestHeader,
-    decode_header,
-    encode_header,
-    pack_batch,
-    unpack_batch,
 )
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
@@ -55,16 +46,6 @@ from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
 
-_REPLY = TYPE_FRAME[MsgType.REPLY]
-_READY = TYPE_FRAME[MsgType.READY]
-_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
-_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
-_CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
-_ACK = TYPE_FRAME[MsgType.ACK]
-_ANNOUNCE = b"announce"
-_GROUP = b"group"  # inproc: several messages from one thread, msgpack list of frame lists
-_WAKE = b"wake"  # inproc: nothing to send; the loop is to look at its inline instances
-_BATCH = TYPE_FRAME[MsgType.BATCH]
 _RECV_BATCH = 256
 
 
@@ -72,14 +53,10 @@ _RECV_BATCH = 256
 class BrokerLink:
     index: int
     endpoint: str
+    liveness: Liveness
     socket: zmq.Socket[bytes] | None = None
-    last_heard: float = 0.0
     reconnect_at: float = 0.0  # 0 = connected (or connecting)
     backoff: Backoff = field(default_factory=Backoff)
-
-    @property
-    def route_prefix(self) -> bytes:
-        return bytes([self.index])
 
 
 class State(enum.Enum):
@@ -106,13 +83,12 @@ class WorkerServer:
         self.inproc_endpoint = f"inproc://worker-{self.identity.hex()}"
         self.inproc = make_socket(self.ctx, zmq.PULL)
         self.inproc.bind(self.inproc_endpoint)
-        self.links = [BrokerLink(i, ep) for i, ep in enumerate(config.brokers)]
+        self.links = [
+            BrokerLink(i, ep, Liveness(config.heartbeat_interval_s, config.heartbeat_liveness))
+            for i, ep in enumerate(config.brokers)
+        ]
         self._poller = zmq.Poller()
-        self._curve = (
-            CurveClient.load(config.curve_server_key, config.curve_client_cert)
-            if config.curve_server_key
-            else None
-        )
+        self._curve = fabric_security(config, "worker")
         self.models = ModelTable(
             config.model_repository,
             self.device,
@@ -121,11 +97,12 @@ class WorkerServer:
             send_ack=self._send_ack,
             flush=self._flush,
             inline_max_s=config.inline_compute_ms / 1e3,
-            wake=lambda: self._push([_WAKE]),
+            wake=lambda: self._push(inproc.wake()),
         )
         self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
-        self._local = threading.local()
+        self._local = threading.local()  # each thread's PUSH end of the inproc pipe
+        self._out = inproc.ReplyBuffer()  # built by any thread, sent by whichever flushes
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._control_thread = threading.Thread(
             target=self._control_loop, name="worker-control", daemon=True
@@ -141,7 +118,7 @@ class WorkerServer:
         )
 
     # ---- other threads → this loop ------------------------------------------------------------
-    def _push(self, frames: list[bytes]) -> None:
+    def _push(self, frames: Sequence[Frame]) -> None:
         sock = getattr(self._local, "push", None)
         if sock is None:
             sock = make_socket(self.ctx, zmq.PUSH)
@@ -150,35 +127,24 @@ class WorkerServer:
         sock.send_multipart(frames, copy=should_copy(frames))
 
     def _send_reply(
-        self, frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
+        self, route: inproc.Route, request_id: int, status: str, message: str, body: bytes | None
     ) -> None:
-        """Called once per request, on the thread that ran it; sent at its next ``_flush``."""
-        header = msgspec.msgpack.encode(ReplyHeader(request_id, status, message))
-        frames = [_REPLY, header, frontend] if body is None else [_REPLY, header, frontend, body]
-        self._pending().append(frames)
+        """Called once per request, on the thread that ran it; sent at the next ``_flush``."""
+        self._out.add(inproc.reply(route, request_id, status, message, body))
 
-    def _pending(self) -> list[list[bytes]]:
-        pending: list[list[bytes]] | None = getattr(self._local, "pending", None)
-        if pending is None:
-            pending = self._local.pending = []
-        return pending
+    def _send_ack(self, route: inproc.Route, request_id: int) -> None:
+        self._out.add(inproc.ack(route, request_id))
 
     def _flush(self) -> None:
-        """Hand this thread's buffered messages to the I/O loop as one inproc message (on
-        the I/O thread itself: straight to the brokers)."""
-        pending = self._pending()
-        if not pending:
+        """Hand everything buffered to the I/O loop as one inproc message (on the I/O thread
+        itself: straight to the brokers). Any thread may call it."""
+        out = self._out.take()
+        if not out:
             return
         if threading.get_ident() == self._io_thread:
-            self._route(list(pending))
-        elif len(pending) == 1:
-            self._push(pending[0])
+            self._route([inproc.outbound(m) for m in out])
         else:
-            self._push([_GROUP, msgspec.msgpack.encode(pending)])
-        pending.clear()
-
-    def _send_ack(self, frontend: PeerId, request_id: int) -> None:
-        self._pending().append([_ACK, msgspec.msgpack.encode(CancelHeader(request_id)), frontend])
+            self._push(inproc.group(out))
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -200,9 +166,9 @@ class WorkerServer:
 
     def _poll(self) -> None:
         if self.state is State.RUNNING and self.models.poll():
-            self._push([_ANNOUNCE])
+            self._push(inproc.announce())
 
-    def _run_control(self, header: ControlHeader, frontend: PeerId) -> None:
+    def _run_control(self, header: ControlHeader, route: inproc.Route) -> None:
         status, message, bodies = errors.OK, "", []
         try:
             if header.op == "statistics":
@@ -210,21 +176,21 @@ class WorkerServer:
                 bodies = [stats.SerializeToString()]
             elif header.op == "load":
                 self.models.load(header.model, header.version)
-                self._push([_ANNOUNCE])
+                self._push(inproc.announce())
             elif header.op == "unload":
                 self.models.unload(header.model, header.version)
-                self._push([_ANNOUNCE])
+                self._push(inproc.announce())
         except RequestError as exc:
             status, message = exc.code, exc.message
         except Exception as exc:  # the caller must hear back, whatever went wrong
             logger.exception("control %s of %s failed", header.op, header.model)
             status, message = errors.INTERNAL, f"{header.op} failed: {exc}"
         reply = ControlReplyHeader(header.request_id, status, message, bodies)
-        self._push([_CONTROL_REPLY, msgspec.msgpack.encode(reply), frontend])
+        self._push(inproc.control_reply(route, reply))
 
     # ---- broker links --------------------------------------------------------------------------
     # A worker registers with every broker and splits its credit between them. Internally a
-    # request's route is its broker link's index (one byte) then the frontend identity, so
+    # request's ``inproc.Route`` is its broker link's index then the frontend identity, so
     # that its reply goes back through the broker it came from.
 
     def _connect(self, link: BrokerLink) -> None:
@@ -240,7 +206,7 @@ class WorkerServer:
         )
         link.socket.connect(link.endpoint)
         self._poller.register(link.socket, zmq.POLLIN)
-        link.last_heard = time.monotonic()
+        link.liveness.seen()  # a fresh socket gets a full liveness period to hear back
         self._announce(link)
 
     def _announce(self, link: BrokerLink | None = None) -> None:
@@ -248,11 +214,11 @@ class WorkerServer:
         share = len(self.links)
         for m in models:  # each broker may lease this worker its share of the capacity
             m.capacity = max(1, m.capacity // share)
-        frames = [PROTOCOL_TAG, _READY, encode_header(ReadyHeader(models))]
+        frames = messages.ready(models)
         for target in [link] if link is not None else self.links:
             self._send(target, frames)
 
-    def _send(self, link: BrokerLink, frames: Sequence[bytes | memoryview]) -> bool:
+    def _send(self, link: BrokerLink, frames: Sequence[Frame]) -> bool:
         """Send to a broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
         if link.socket is None:
@@ -275,13 +241,12 @@ class WorkerServer:
         self._io_thread = threading.get_ident()
         self._control_thread.start()
         interval = self.config.heartbeat_interval_s
-        ttl = interval * self.config.heartbeat_liveness
         self._poller.register(self.inproc, zmq.POLLIN)
         for link in self.links:
             self._connect(link)
         next_beat = 0.0
         drain_until: float | None = None
-        heartbeat = [PROTOCOL_TAG, _HEARTBEAT, encode_header(HeartbeatHeader())]
+        heartbeat = messages.heartbeat()
         try:
             while True:
                 now = time.monotonic()
@@ -303,7 +268,7 @@ class WorkerServer:
                     if link.reconnect_at and now >= link.reconnect_at:
                         link.reconnect_at = 0.0
                         self._connect(link)
-                    elif not link.reconnect_at and now - link.last_heard > ttl:
+                    elif not link.reconnect_at and not link.liveness.alive():
                         delay = link.backoff.next_delay_s()
                         logger.warning(
                             "broker %s silent; reconnecting in %.2fs", link.endpoint, delay
@@ -322,7 +287,7 @@ class WorkerServer:
                     self._forward()
                 for link in self.links:
                     if link.socket in events and self._drain_broker(link):
-                        link.last_heard = time.monotonic()
+                        link.liveness.seen()
                         link.backoff.reset()
                         # The broker is there after all (this process was only paused, e.g.
                         # SIGSTOP): a reconnect now would drop, with the old socket, requests
@@ -347,32 +312,30 @@ class WorkerServer:
     def _forward(self) -> None:
         """Everything the other threads handed over since the last wake-up, one send per
         broker."""
-        messages: list[list[bytes]] = []
+        out: list[inproc.Outbound] = []
         for _ in range(_RECV_BATCH):
             try:
                 frames = recv_frames(self.inproc)
             except zmq.Again:
                 break
-            if frames[0] == _WAKE:
-                continue
-            if frames[0] == _ANNOUNCE:
-                self._announce()
-            elif frames[0] == _GROUP:
-                messages.extend(unpack_batch(frames[1]))
-            else:
-                messages.append(frames)
-        self._route(messages)
+            try:
+                for item in inproc.iter_inproc(frames):
+                    if item is inproc.Signal.ANNOUNCE:
+                        self._announce()
+                    elif isinstance(item, tuple):
+                        out.append(item)
+            except MalformedMessage:
+                logger.exception("dropped a malformed inproc message")
+        self._route(out)
 
-    def _route(self, messages: list[list[bytes]]) -> None:
+    def _route(self, out: list[inproc.Outbound]) -> None:
         """Send replies, acks and control replies, one send per broker."""
-        by_link: dict[int, list[list[bytes]]] = {}
-        for m in messages:  # [type, header, route, *body]: route = link index + frontend
-            route = m[2]
-            m[2] = route[1:]
-            by_link.setdefault(route[0], []).append(m)
+        by_link: dict[int, list[list[Frame]]] = {}
+        for index, message in out:
+            by_link.setdefault(index, []).append(message)
         for index, batch in by_link.items():
-            out = [PROTOCOL_TAG, *batch[0]] if len(batch) == 1 else pack_batch(batch)
-            if index >= len(self.links) or not self._send(self.links[index], out):
+            frames = messages.coalesce(batch)
+            if index >= len(self.links) or not self._send(self.links[index], frames):
                 logger.warning("broker unreachable or not reading; %d replies dropped",
                                len(batch))  # fmt: skip
 
@@ -385,52 +348,39 @@ class WorkerServer:
             except zmq.Again:
                 break
             heard = True
-            try:
-                self._handle(link, frames)
-            except MalformedMessage as exc:
-                logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
-            except Exception:
-                logger.exception("error handling a message from %s", link.endpoint)
+            for msg in messages.iter_messages(frames, routed=True):
+                try:
+                    if isinstance(msg, MalformedMessage):
+                        raise msg
+                    self._handle(link, msg)
+                except MalformedMessage as exc:
+                    logger.warning("dropped malformed message from %s: %s", link.endpoint, exc)
+                except Exception:
+                    logger.exception("error handling a message from %s", link.endpoint)
         return heard
 
-    def _handle(self, link: BrokerLink, frames: list[bytes]) -> None:
-        if len(frames) < 3 or frames[0] != PROTOCOL_TAG:
-            raise MalformedMessage("bad tag or too few frames")
-        msg_type = FRAME_TYPE.get(frames[1])
-        if msg_type is MsgType.BATCH:
-            for sub in unpack_batch(frames[2]):
-                if sub[0] == _BATCH:
-                    raise MalformedMessage("nested BATCH")
-                self._handle(link, [PROTOCOL_TAG, *sub])
-            return
-        if msg_type is MsgType.REQUEST:
-            if len(frames) != 5:
-                raise MalformedMessage("REQUEST needs frontend identity and one payload")
-            header = decode_header(MsgType.REQUEST, frames[2])
-            assert isinstance(header, RequestHeader)
-            self._on_request(header, link.route_prefix + frames[3], frames[4])
-        elif msg_type is MsgType.CANCEL:
-            cancel = decode_header(MsgType.CANCEL, frames[2])
-            assert isinstance(cancel, CancelHeader)
-            key = (link.route_prefix + frames[3], cancel.request_id)
-            for served in self.models.served.values():
-                served.cancelled.add(key)
-        elif msg_type is MsgType.CONTROL:
-            control = decode_header(MsgType.CONTROL, frames[2])
-            assert isinstance(control, ControlHeader)
-            route = link.route_prefix + frames[3]
-            if control.op not in CONTROL_OPS:
-                raise MalformedMessage(f"unknown control op {control.op!r}")
-            self._control.put(lambda: self._run_control(control, route))
-        elif msg_type is MsgType.DISCONNECT:
-            logger.info("broker %s does not know this worker; announcing again", link.endpoint)
-            self._announce(link)
-        elif msg_type is MsgType.HEARTBEAT:
-            pass
-        else:
-            raise MalformedMessage(f"unexpected message type {frames[1]!r}")
+    def _handle(self, link: BrokerLink, msg: Message) -> None:
+        match msg.header:
+            case RequestHeader() as header:
+                self._on_request(header, inproc.route(link.index, msg.route), msg.payload[0])
+            case CancelHeader() as cancel:
+                key = (inproc.route(link.index, msg.route), cancel.request_id)
+                for served in self.models.served.values():
+                    served.cancelled.add(key)
+            case ControlHeader() as control:
+                route = inproc.route(link.index, msg.route)
+                if control.op not in CONTROL_OPS:
+                    raise MalformedMessage(f"unknown control op {control.op!r}")
+                self._control.put(lambda: self._run_control(control, route))
+            case ReannounceHeader():
+                logger.info("broker %s does not know this worker; announcing again", link.endpoint)
+                self._announce(link)
+            case HeartbeatHeader():
+                pass
+            case _:
+                raise MalformedMessage(f"unexpected {msg.type.name} from a broker")
 
-    def _on_request(self, header: RequestHeader, frontend: PeerId, payload: bytes) -> None:
+    def _on_request(self, header: RequestHeader, frontend: inproc.Route, payload: Frame) -> None:
         version = header.version or self.models.latest.get(header.model, "")
         served = self.models.served.get((header.model, version))
         if served is None:
@@ -466,7 +416,7 @@ class WorkerServer:
         self.state = State.STOPPED
         self._control.put(None)
         for link in self.links:
-            self._send(link, [PROTOCOL_TAG, _DISCONNECT, encode_header(HeartbeatHeader())])
+            self._send(link, messages.disconnect())
         self.models.stop_all()
         # The control thread may be retiring an inline version, which needs this thread to
         # pump it to the end: keep pumping while waiting for it.

@@ -10,10 +10,12 @@ import pytest
 
 from broker.dispatcher import Dispatcher
 from fabric import errors
+from fabric.messages import Message, iter_messages
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
     PROTOCOL_TAG,
     TYPE_FRAME,
+    AckHeader,
     CancelHeader,
     CatalogEntry,
     CatalogHeader,
@@ -22,6 +24,7 @@ from fabric.protocol import (
     ModelAnnouncement,
     MsgType,
     PeerId,
+    ReannounceHeader,
     ReplyHeader,
     RequestHeader,
     decode_header,
@@ -655,7 +658,7 @@ def test_non_idempotent_started_request_is_not_requeued(
     rid = h.request(flags=flags)
     (s,) = h.sent()
     if acked:
-        h.d.on_ack(s.worker, CancelHeader(rid), FE)
+        h.d.on_ack(s.worker, AckHeader(rid), FE)
         assert h.d.leases[(FE, rid)].acked
     other = W2 if s.worker == W1 else W1
     h.d.on_worker_disconnect(s.worker)
@@ -678,8 +681,8 @@ def test_ack_from_a_worker_without_the_lease_is_ignored(h: Harness) -> None:
     h.announce(W1, ("m", "1", 4))
     h.announce(W2, ("other", "1", 4))
     rid = h.request(flags=FLAG_NON_IDEMPOTENT)
-    h.d.on_ack(W2, CancelHeader(rid), FE)
-    h.d.on_ack(W1, CancelHeader(rid), FE2)
+    h.d.on_ack(W2, AckHeader(rid), FE)
+    h.d.on_ack(W1, AckHeader(rid), FE2)
     assert not h.d.leases[(FE, rid)].acked
 
 
@@ -814,16 +817,18 @@ def test_catalog_changes_are_broadcast_to_known_frontends(h: Harness) -> None:
     assert [fe for fe, _, _ in h.frontend_messages()] == [FE]
 
 
-def test_unknown_worker_is_told_to_disconnect(h: Harness) -> None:
+def test_unknown_worker_is_told_to_announce_again(h: Harness) -> None:
     assert not h.d.on_worker_seen(W1)
     ((worker, frames),) = h.d.to_workers
     assert worker == W1
-    assert frames[:2] == [PROTOCOL_TAG, TYPE_FRAME[MsgType.DISCONNECT]]
-    assert isinstance(decode_header(MsgType.DISCONNECT, frames[2]), HeartbeatHeader)
+    (msg,) = iter_messages(frames, routed=True)
+    assert isinstance(msg, Message)
+    assert msg.type is MsgType.REANNOUNCE
+    assert isinstance(msg.header, ReannounceHeader)
     assert W1 not in h.d.registry.workers
 
 
-def test_known_worker_is_not_told_to_disconnect(h: Harness) -> None:
+def test_known_worker_is_not_told_to_announce_again(h: Harness) -> None:
     h.announce(W1, ("m", "1", 4))
     h.d.to_workers.clear()
     assert h.d.on_worker_seen(W1)
@@ -835,7 +840,7 @@ def test_purged_worker_must_announce_again(h: Harness) -> None:
     h.kill_by_silence(W1)
     h.d.to_workers.clear()
     assert not h.d.on_worker_seen(W1)
-    assert [f[1] for _, f in h.d.to_workers] == [TYPE_FRAME[MsgType.DISCONNECT]]
+    assert [f[1] for _, f in h.d.to_workers] == [TYPE_FRAME[MsgType.REANNOUNCE]]
     h.d.to_workers.clear()
     h.announce(W1, ("m", "1", 4))
     assert h.d.on_worker_seen(W1)

@@ -1,34 +1,38 @@
-"""The shared fabric library: wire frames and headers, liveness and backoff, deadlines, errors."""
+"""The shared fabric library: wire frames and headers, the typed builders and the one reader
+(``fabric.messages``), BATCH, malformed input, deadlines, errors."""
 
 from __future__ import annotations
 
-import random
+from collections.abc import Sequence
 
 import msgspec
 import pytest
 
-from fabric import deadlines, errors, heartbeat
-from fabric.heartbeat import Backoff, Liveness
+from fabric import deadlines, errors, messages
+from fabric.messages import Message, iter_messages
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
     FRAME_TYPE,
     HEADER_TYPES,
     PROTOCOL_TAG,
     TYPE_FRAME,
+    AckHeader,
     CancelHeader,
     CatalogEntry,
     CatalogHeader,
     ControlHeader,
     ControlReplyHeader,
+    DisconnectHeader,
+    Frame,
     HeartbeatHeader,
     MalformedMessage,
     ModelAnnouncement,
     MsgType,
     ReadyHeader,
+    ReannounceHeader,
     ReplyHeader,
     RequestHeader,
     coalesce,
-    decode,
     decode_header,
     encode,
     encode_header,
@@ -36,15 +40,15 @@ from fabric.protocol import (
 )
 
 
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
+def decode(
+    frames: Sequence[Frame], routed: bool = True
+) -> tuple[MsgType, msgspec.Struct, list[Frame]]:
+    """The one message in ``frames`` through the reader: type, header, frames after the header
+    (route first); raises what the reader flags."""
+    (msg,) = iter_messages(frames, routed=routed)
+    if isinstance(msg, MalformedMessage):
+        raise msg
+    return msg.type, msg.header, [msg.route, *msg.payload] if msg.route else list(msg.payload)
 
 
 # One representative header per message type, with non-default values everywhere.
@@ -78,8 +82,9 @@ SAMPLES: dict[MsgType, tuple[msgspec.Struct, tuple[bytes, ...]]] = {
         (),
     ),
     MsgType.HEARTBEAT: (HeartbeatHeader(2**31 - 1), ()),
-    MsgType.DISCONNECT: (HeartbeatHeader(5), ()),
-    MsgType.ACK: (CancelHeader(3), (b"fe",)),
+    MsgType.DISCONNECT: (DisconnectHeader(), ()),
+    MsgType.ACK: (AckHeader(3), (b"fe",)),
+    MsgType.REANNOUNCE: (ReannounceHeader(), ()),
     MsgType.CONTROL: (ControlHeader(41, "load", "simple", "2"), (b"fe",)),
     MsgType.CONTROL_REPLY: (
         ControlReplyHeader(41, errors.OK, "", [b"\x00stats", b""]),
@@ -119,7 +124,7 @@ def test_type_frames_are_single_distinct_bytes() -> None:
 def test_encode_frame_layout(msg_type: MsgType) -> None:
     header, payload = SAMPLES[msg_type]
     frames = encode(msg_type, header, *payload)
-    assert frames[0] == PROTOCOL_TAG == b"FAB1"
+    assert frames[0] == PROTOCOL_TAG == b"FAB2"
     assert frames[1] == bytes([msg_type.value])
     assert frames[2] == encode_header(header)
     assert list(frames[3:]) == list(payload)
@@ -180,7 +185,7 @@ def test_malformed_message_is_a_value_error() -> None:
     assert issubclass(MalformedMessage, ValueError)
 
 
-@pytest.mark.parametrize("tag", [b"FAB2", b"fab1", b"", b"FAB1\x00", b"\x06"])
+@pytest.mark.parametrize("tag", [b"FAB1", b"fab2", b"", b"FAB2\x00", b"\x06"])
 def test_wrong_tag(tag: bytes) -> None:
     frames = _valid_frames()
     frames[0] = tag
@@ -243,6 +248,7 @@ WRONG_SHAPES: list[tuple[MsgType, object]] = [
     (MsgType.CATALOG, [1, 2, [["m", "1", b"", "many"]]]),
     (MsgType.HEARTBEAT, ["gen"]),
     (MsgType.DISCONNECT, {"generation": 1}),
+    (MsgType.REANNOUNCE, 5),
     (MsgType.ACK, ["x"]),
     (MsgType.CONTROL, [1]),
     (MsgType.CONTROL_REPLY, [1, "OK", "", ["a str, not bytes"]]),
@@ -261,78 +267,6 @@ def test_header_of_another_type_is_rejected() -> None:
     data = encode_header(ReplyHeader(1, "OK", ""))
     with pytest.raises(MalformedMessage, match="bad REQUEST header"):
         decode([PROTOCOL_TAG, TYPE_FRAME[MsgType.REQUEST], data])
-
-
-# ---- liveness and backoff -------------------------------------------------------------------
-
-
-def test_liveness_defaults_are_the_named_constants() -> None:
-    live = Liveness(clock=FakeClock())
-    assert live.interval_s == heartbeat.HEARTBEAT_INTERVAL_S
-    assert live.liveness == heartbeat.HEARTBEAT_LIVENESS
-
-
-def test_liveness_expires_after_missed_intervals() -> None:
-    clock = FakeClock(50.0)
-    live = Liveness(interval_s=0.5, liveness=4, clock=clock)
-    assert live.last_seen == 50.0
-    assert live.expiry == 52.0
-    clock.advance(1.999)
-    assert live.alive()
-    clock.advance(0.001)  # exactly at expiry: dead
-    assert not live.alive()
-
-
-def test_liveness_traffic_resets_expiry() -> None:
-    clock = FakeClock(0.0)
-    live = Liveness(interval_s=1.0, liveness=3, clock=clock)
-    clock.advance(2.5)
-    live.seen()
-    assert live.last_seen == 2.5
-    assert live.expiry == 5.5
-    clock.advance(2.9)
-    assert live.alive()
-    clock.advance(0.1)
-    assert not live.alive()
-    live.seen()  # a dead peer that speaks again is alive
-    assert live.alive()
-
-
-def test_backoff_doubles_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    bounds: list[tuple[float, float]] = []
-
-    def upper(lo: float, hi: float) -> float:
-        bounds.append((lo, hi))
-        return hi
-
-    monkeypatch.setattr(heartbeat.random, "uniform", upper)
-    backoff = Backoff(base_s=0.1, cap_s=1.0)
-    delays = [backoff.next_delay_s() for _ in range(7)]
-    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
-    assert all(lo == 0 for lo, _ in bounds)  # full jitter
-    assert backoff.attempt == 7
-    backoff.reset()
-    assert backoff.attempt == 0
-    assert backoff.next_delay_s() == pytest.approx(0.1)
-
-
-def test_backoff_delays_stay_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heartbeat, "random", random.Random(1234))
-    backoff = Backoff(base_s=0.05, cap_s=2.0)
-    delays = []
-    for attempt in range(40):
-        delay = backoff.next_delay_s()
-        assert 0.0 <= delay <= min(2.0, 0.05 * 2**attempt)
-        delays.append(delay)
-    # Jittered, not constant.
-    assert len(set(delays)) > 30
-
-
-def test_backoff_survives_a_long_outage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heartbeat, "random", random.Random(99))
-    backoff = Backoff(base_s=0.5, cap_s=8.0)
-    for _ in range(1100):
-        assert 0.0 <= backoff.next_delay_s() <= 8.0
 
 
 # ---- deadlines ------------------------------------------------------------------------------
@@ -362,38 +296,16 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     return fake
 
 
-def test_deadline_from_timeout(fake_time: FakeTime) -> None:
-    assert deadlines.deadline_from_timeout(None) == deadlines.NO_DEADLINE == 0
-    assert deadlines.deadline_from_timeout(1.5) == WALL_NS + 1_500_000_000
-    assert deadlines.deadline_from_timeout(0.000001) == WALL_NS + 1_000
-
-
-def test_remaining_s(fake_time: FakeTime) -> None:
-    assert deadlines.remaining_s(0) is None
-    assert deadlines.remaining_s(WALL_NS + 2_500_000_000) == pytest.approx(2.5)
-    assert deadlines.remaining_s(WALL_NS - 1_000_000_000) == pytest.approx(-1.0)
-
-
-def test_expired(fake_time: FakeTime) -> None:
-    assert not deadlines.expired(0)
-    assert not deadlines.expired(WALL_NS + 1)
-    assert deadlines.expired(WALL_NS)  # reaching the deadline is passing it
-    assert deadlines.expired(WALL_NS - 1)
-    fake_time.wall_ns += 1
-    assert deadlines.expired(WALL_NS + 1)
-
-
 def test_to_monotonic(fake_time: FakeTime) -> None:
     assert deadlines.to_monotonic(0) is None
     assert deadlines.to_monotonic(WALL_NS + 3_000_000_000) == pytest.approx(503.0)
     assert deadlines.to_monotonic(WALL_NS - 500_000_000) == pytest.approx(499.5)
 
 
-def test_deadline_round_trip_through_the_wire(fake_time: FakeTime) -> None:
-    wire = deadlines.deadline_from_timeout(0.25)
-    fake_time.wall_ns += 100_000_000  # 0.1 s later, in another process
+def test_deadline_from_another_process(fake_time: FakeTime) -> None:
+    wire = WALL_NS + 250_000_000  # set 0.25 s ahead by the frontend's wall clock
+    fake_time.wall_ns += 100_000_000  # read 0.1 s later, in another process
     fake_time.mono_s = 9_000.0
-    assert deadlines.remaining_s(wire) == pytest.approx(0.15)
     assert deadlines.to_monotonic(wire) == pytest.approx(9_000.15)
 
 
@@ -454,3 +366,245 @@ def test_coalesce_sends_a_lone_message_as_itself() -> None:
 def test_malformed_batch_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(MalformedMessage):
         unpack_batch(body)
+
+
+# ---- typed builders through the one reader --------------------------------------------------
+
+REQ = SAMPLES[MsgType.REQUEST][0]
+assert isinstance(REQ, RequestHeader)
+PAYLOAD = b"\x00\x01payload"
+FE_ID = b"fe-\x00\xff"
+
+# (builder output, routed link?, type, header, route, payload) for every message kind and
+# direction in the wire table.
+BUILT: list[tuple[str, list[Frame], bool, MsgType, msgspec.Struct, bytes, list[bytes]]] = [
+    ("request F→B", messages.request(REQ, PAYLOAD), False, MsgType.REQUEST, REQ, b"", [PAYLOAD]),
+    (
+        "request B→W",
+        messages.request(encode_header(REQ), PAYLOAD, FE_ID),
+        True,
+        MsgType.REQUEST,
+        REQ,
+        FE_ID,
+        [PAYLOAD],
+    ),
+    (
+        "reply W→B",
+        messages.reply(ReplyHeader(9, "OK", ""), [b"resp"], FE_ID),
+        True,
+        MsgType.REPLY,
+        ReplyHeader(9, "OK", ""),
+        FE_ID,
+        [b"resp"],
+    ),
+    (
+        "reply B→F",
+        messages.reply(encode_header(ReplyHeader(9, "OK", "")), [b"resp"]),
+        False,
+        MsgType.REPLY,
+        ReplyHeader(9, "OK", ""),
+        b"",
+        [b"resp"],
+    ),
+    (
+        "error reply B→F",
+        messages.reply(ReplyHeader(9, errors.NOT_FOUND, "no")),
+        False,
+        MsgType.REPLY,
+        ReplyHeader(9, errors.NOT_FOUND, "no"),
+        b"",
+        [],
+    ),
+    ("cancel F→B", messages.cancel(5), False, MsgType.CANCEL, CancelHeader(5), b"", []),
+    ("cancel B→W", messages.cancel(5, FE_ID), True, MsgType.CANCEL, CancelHeader(5), FE_ID, []),
+    ("ack W→B", messages.ack(6, FE_ID), True, MsgType.ACK, AckHeader(6), FE_ID, []),
+    (
+        "ready",
+        messages.ready([ModelAnnouncement("m", "1", b"cfg", 4, 2)]),
+        True,
+        MsgType.READY,
+        ReadyHeader([ModelAnnouncement("m", "1", b"cfg", 4, 2)]),
+        b"",
+        [],
+    ),
+    ("reannounce", messages.reannounce(), True, MsgType.REANNOUNCE, ReannounceHeader(), b"", []),
+    (
+        "catalog",
+        messages.catalog(CatalogHeader(3, 1, [], 42)),
+        False,
+        MsgType.CATALOG,
+        CatalogHeader(3, 1, [], 42),
+        b"",
+        [],
+    ),
+    ("heartbeat", messages.heartbeat(), True, MsgType.HEARTBEAT, HeartbeatHeader(), b"", []),
+    (
+        "heartbeat with state",
+        messages.heartbeat(HeartbeatHeader(7, 8)),
+        False,
+        MsgType.HEARTBEAT,
+        HeartbeatHeader(7, 8),
+        b"",
+        [],
+    ),
+    ("disconnect", messages.disconnect(), False, MsgType.DISCONNECT, DisconnectHeader(), b"", []),
+    (
+        "control F→B",
+        messages.control(ControlHeader(1, "statistics")),
+        False,
+        MsgType.CONTROL,
+        ControlHeader(1, "statistics"),
+        b"",
+        [],
+    ),
+    (
+        "control B→W",
+        messages.control(encode_header(ControlHeader(1, "load", "m")), FE_ID),
+        True,
+        MsgType.CONTROL,
+        ControlHeader(1, "load", "m"),
+        FE_ID,
+        [],
+    ),
+    (
+        "control reply W→B",
+        messages.control_reply(ControlReplyHeader(1, "OK", "", [b"s"]), FE_ID),
+        True,
+        MsgType.CONTROL_REPLY,
+        ControlReplyHeader(1, "OK", "", [b"s"]),
+        FE_ID,
+        [],
+    ),
+    (
+        "control reply B→F",
+        messages.control_reply(ControlReplyHeader(1, "OK", "", [b"s", b"t"])),
+        False,
+        MsgType.CONTROL_REPLY,
+        ControlReplyHeader(1, "OK", "", [b"s", b"t"]),
+        b"",
+        [],
+    ),
+]
+
+
+def test_builders_cover_every_message_type() -> None:
+    assert {b[3] for b in BUILT} == set(MsgType) - {MsgType.BATCH}
+
+
+@pytest.mark.parametrize(
+    ("frames", "routed", "msg_type", "header", "route", "payload"),
+    [b[1:] for b in BUILT],
+    ids=[b[0] for b in BUILT],
+)
+def test_builder_round_trips_through_the_reader(
+    frames: list[Frame],
+    routed: bool,
+    msg_type: MsgType,
+    header: msgspec.Struct,
+    route: bytes,
+    payload: list[bytes],
+) -> None:
+    assert frames[0] == PROTOCOL_TAG
+    (msg,) = iter_messages(frames, routed=routed)
+    assert isinstance(msg, Message)
+    assert msg.type is msg_type
+    assert type(msg.header) is HEADER_TYPES[msg_type]
+    assert msg.header == header
+    assert msg.header_frame is frames[2]  # forwarded as received, never re-encoded
+    assert msg.route == route
+    assert [bytes(f) for f in msg.payload] == payload
+
+
+def test_every_header_type_belongs_to_one_message_type() -> None:
+    # Tiers tell messages apart by their header's class.
+    assert len(set(HEADER_TYPES.values())) == len(HEADER_TYPES)
+
+
+def test_builders_never_copy_payload_frames() -> None:
+    big = memoryview(bytes(range(256)) * 4096)
+    frames = messages.request(REQ, big, FE_ID)
+    assert frames[-1] is big
+    (msg,) = iter_messages(frames, routed=True)
+    assert isinstance(msg, Message)
+    assert msg.payload[0] is big
+    reply = messages.reply(msg.header_frame, [big])
+    assert reply[-1] is big
+
+
+def test_type_frames_are_shared_not_built_per_message() -> None:
+    assert messages.cancel(1)[1] is messages.cancel(2)[1]
+    assert messages.heartbeat()[2] is messages.heartbeat()[2]
+
+
+def test_is_request() -> None:
+    assert messages.is_request(messages.request(REQ, PAYLOAD, FE_ID))
+    assert not messages.is_request(messages.reply(ReplyHeader(1, "OK")))
+    assert not messages.is_request([])
+
+
+@pytest.mark.parametrize(
+    ("frames", "routed", "why"),
+    [
+        ([PROTOCOL_TAG, TYPE_FRAME[MsgType.REQUEST], encode_header(REQ)], False, "0 payload"),
+        ([*messages.request(REQ, PAYLOAD), b"extra"], False, "2 payload"),
+        (messages.request(REQ, PAYLOAD), True, "0 payload"),  # payload taken as the route
+        (
+            [PROTOCOL_TAG, TYPE_FRAME[MsgType.REPLY], encode_header(ReplyHeader(1, "OK"))],
+            True,
+            "without frontend identity",
+        ),
+        (messages.reply(ReplyHeader(1, "OK"), [b"a", b"b"]), False, "2 payload"),
+        ([*messages.heartbeat(), b"x"], False, "1 payload"),
+        (messages.cancel(1, FE_ID), False, "1 payload"),  # a route where none belongs
+    ],
+)
+def test_reader_checks_the_frames_each_type_carries(
+    frames: list[Frame], routed: bool, why: str
+) -> None:
+    with pytest.raises(MalformedMessage, match=why):
+        decode(frames, routed)
+
+
+# ---- BATCH --------------------------------------------------------------------------------
+
+
+def test_batch_is_unpacked_transparently_in_order() -> None:
+    built = [b[1] for b in BUILT if b[2]]  # the broker↔worker link's messages
+    got = list(iter_messages(coalesce(built), routed=True))
+    assert all(isinstance(m, Message) for m in got)
+    assert [(m.type, m.header, m.route) for m in got if isinstance(m, Message)] == [
+        (b[3], b[4], b[5]) for b in BUILT if b[2]
+    ]
+
+
+def test_a_bad_message_in_a_batch_costs_only_itself() -> None:
+    good = messages.reply(ReplyHeader(1, "OK"), [b"r"])
+    bad_header = [PROTOCOL_TAG, TYPE_FRAME[MsgType.REPLY], b"\xc1"]
+    unknown = [PROTOCOL_TAG, b"\x7f", b"\x90"]
+    nested = coalesce([good, good])
+    frames = coalesce([good, bad_header, unknown, nested, good])
+    got = list(iter_messages(frames, routed=False))
+    assert [type(m) for m in got] == [
+        Message,
+        MalformedMessage,
+        MalformedMessage,
+        MalformedMessage,
+        Message,
+    ]
+    assert "bad REPLY header" in str(got[1])
+    assert "unknown message type" in str(got[2])
+    assert "nested BATCH" in str(got[3])
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [PROTOCOL_TAG, TYPE_FRAME[MsgType.BATCH], b"\xc1"],
+        [PROTOCOL_TAG, TYPE_FRAME[MsgType.BATCH], msgspec.msgpack.encode([[b"\x01"]])],
+        [PROTOCOL_TAG, TYPE_FRAME[MsgType.BATCH], msgspec.msgpack.encode([[b"", b""]]), b"x"],
+    ],
+    ids=["garbage body", "message without header", "frames after the body"],
+)
+def test_malformed_batch_is_flagged_not_raised(frames: list[bytes]) -> None:
+    (got,) = iter_messages(frames, routed=True)
+    assert isinstance(got, MalformedMessage)

@@ -12,6 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from fabric.curve import init_keys
+
 from .stack import HEARTBEAT_INTERVAL_S, PYTHON, REPO_ROOT, Stack, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -103,23 +105,12 @@ def test_mtls_serves_clients_with_a_certificate_and_refuses_others(
 def test_curve_encrypts_and_allow_lists_the_tiers(
     make_stack: Callable[[], Stack], tmp_path: Path
 ) -> None:
-    keys = tmp_path / "keys"
-    allowed = tmp_path / "allowed"
-    allowed.mkdir()
-    for name in ("broker", "frontend", "worker", "stranger"):
-        subprocess.run([PYTHON, "-m", "fabric.curve", str(keys), name], check=True,
-                       cwd=REPO_ROOT, capture_output=True)  # fmt: skip
-    for name in ("frontend", "worker"):
-        shutil.copy(keys / f"{name}.key", allowed / f"{name}.key")
+    keys = init_keys(tmp_path / "keys").root
+    subprocess.run([PYTHON, "-m", "fabric.curve", str(keys), "stranger"], check=True,
+                   cwd=REPO_ROOT, capture_output=True)  # fmt: skip
     stack = make_stack()
-    curve = ["--curve-server-key", str(keys / "broker.key")]
-    port = _start(
-        stack,
-        [*curve, "--curve-client-cert", str(keys / "frontend.key_secret")],
-        ["--curve-secret-cert", str(keys / "broker.key_secret"),
-         "--curve-clients-dir", str(allowed)],
-        [*curve, "--curve-client-cert", str(keys / "worker.key_secret")],
-    )  # fmt: skip
+    curve = ["--fabric-keys", str(keys)]
+    port = _start(stack, curve, curve, curve)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
     wait_for(lambda: client.is_model_ready("simple"), timeout_s=60,
              what="model ready over CURVE", watch=stack.procs)  # fmt: skip
@@ -130,7 +121,8 @@ def test_curve_encrypts_and_allow_lists_the_tiers(
     port2 = free_port()
     stack._spawn("frontend", ["-m", "frontend", "--host", "127.0.0.1", "--port", str(port2),
                               "--broker", stack.broker_frontend_addr,
-                              "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S), *curve,
+                              "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S),
+                              "--curve-server-key", str(keys / "broker.key"),
                               "--curve-client-cert", str(keys / "stranger.key_secret")],
                  port2)  # fmt: skip
     stranger = grpcclient.InferenceServerClient(f"127.0.0.1:{port2}")

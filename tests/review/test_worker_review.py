@@ -13,7 +13,9 @@ import pytest
 
 import worker.runtime as runtime
 from fabric import errors
-from fabric.protocol import ControlHeader, ControlReplyHeader, MsgType, decode_header
+from fabric.inproc import iter_inproc
+from fabric.messages import Message, iter_messages
+from fabric.protocol import ControlHeader, ControlReplyHeader, MsgType
 from tests.worker.test_runtime import (
     Harness,
     Probe,
@@ -121,9 +123,12 @@ def test_control_op_failing_unexpectedly_is_answered() -> None:
     except Exception:
         pass  # the control loop logs it; what matters is whether a reply went out
     replies = [
-        decode_header(MsgType.CONTROL_REPLY, frames[1])
+        msg.header
         for frames in pushed
-        if frames[0] == bytes([MsgType.CONTROL_REPLY])
+        for item in iter_inproc(frames)
+        if isinstance(item, tuple)
+        for msg in iter_messages(item[1], routed=True)
+        if isinstance(msg, Message) and msg.type is MsgType.CONTROL_REPLY
     ]
     assert len(replies) == 1
     assert isinstance(replies[0], ControlReplyHeader)

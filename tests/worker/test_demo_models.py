@@ -17,7 +17,7 @@ from worker.codec import decode_bytes_tensor, decode_request, encode_response
 from worker.demo_models import build_repository, main, make_mlp
 from worker.loaders import LoadedModel, load_model
 from worker.model_config import DynamicBatching
-from worker.repository import ModelSource, scan_repository
+from worker.repository import ModelSource, scan_model
 
 COMMITTED = Path(__file__).resolve().parents[2] / "models"
 
@@ -31,7 +31,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sources(repo: Path) -> dict[str, ModelSource]:
-    return {s.name: s for s in scan_repository(repo)}
+    return {p.name: scan_model(p) for p in repo.iterdir() if (p / "config.pbtxt").is_file()}
 
 
 def digests(root: Path) -> dict[str, str]:

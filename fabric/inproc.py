@@ -1,0 +1,155 @@
+"""The worker's in-process sub-protocol: its compute and control threads → its I/O loop.
+
+Those threads never touch a broker socket; they hand messages to the I/O loop over an inproc
+PUSH/PULL pair. A request's *route* is the index of the broker link it came through (one
+byte) followed by the frontend identity, so that its reply leaves through the same broker.
+Inproc messages (one ZeroMQ message each):
+
+| frames                                  | meaning                                           |
+|-----------------------------------------|---------------------------------------------------|
+| [link byte, *wire message]              | send the wire message (``fabric.messages``) to link|
+| [b"group", msgpack list of the above]   | several of those, from one flush of one thread    |
+| [b"announce"]                           | the served models changed: send READY to brokers  |
+| [b"wake"]                               | nothing to send; look at the inline instances     |
+
+The link byte frame is one byte long, the signal frames longer, so they never collide.
+``ReplyBuffer`` collects what threads build until their next flush.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TypeAlias
+
+import msgspec
+
+from . import messages
+from .protocol import (
+    ControlReplyHeader,
+    Frame,
+    MalformedMessage,
+    PeerId,
+    ReplyHeader,
+    RequestId,
+)
+
+Route: TypeAlias = bytes
+"""Broker link index (one byte), then the frontend identity."""
+
+_GROUP = b"group"
+_ANNOUNCE = b"announce"
+_WAKE = b"wake"
+_group_decoder = msgspec.msgpack.Decoder(list[list[bytes]])
+
+
+class Signal(enum.Enum):
+    ANNOUNCE = "announce"
+    WAKE = "wake"
+
+
+Outbound: TypeAlias = tuple[int, list[Frame]]
+"""(broker link index, wire message frames)."""
+
+
+def route(link_index: int, frontend: PeerId) -> Route:
+    return bytes([link_index]) + frontend
+
+
+# ---- builders -------------------------------------------------------------------------------
+
+
+def reply(
+    to: Route, request_id: RequestId, status: str, message: str, body: bytes | None
+) -> list[Frame]:
+    """``[link, tag, REPLY, header, frontend, body?]``."""
+    header = ReplyHeader(request_id, status, message)
+    return [to[:1], *messages.reply(header, () if body is None else (body,), to[1:])]
+
+
+def ack(to: Route, request_id: RequestId) -> list[Frame]:
+    """``[link, tag, ACK, header, frontend]``."""
+    return [to[:1], *messages.ack(request_id, to[1:])]
+
+
+def control_reply(to: Route, header: ControlReplyHeader) -> list[Frame]:
+    """``[link, tag, CONTROL_REPLY, header, frontend]``."""
+    return [to[:1], *messages.control_reply(header, to[1:])]
+
+
+def group(items: Sequence[Sequence[Frame]]) -> list[Frame]:
+    """One inproc message for several built ones; a lone one is sent as itself."""
+    if len(items) == 1:
+        return list(items[0])
+    return [_GROUP, msgspec.msgpack.encode(items)]
+
+
+def announce() -> list[Frame]:
+    return [_ANNOUNCE]
+
+
+def wake() -> list[Frame]:
+    return [_WAKE]
+
+
+# ---- reader ---------------------------------------------------------------------------------
+
+
+def outbound(frames: Sequence[Frame]) -> Outbound:
+    """Link index and wire frames of one built outbound message (a new list: ``frames`` is
+    left as it is)."""
+    if len(frames) < 4 or len(frames[0]) != 1:
+        raise MalformedMessage(f"inproc message without link byte ({len(frames)} frames)")
+    rest = frames[1:]
+    return frames[0][0], rest if isinstance(rest, list) else list(rest)
+
+
+def iter_inproc(frames: Sequence[Frame]) -> Iterator[Outbound | Signal]:
+    """What one received inproc message asks for, groups unpacked. Raises MalformedMessage
+    (only a bug in this process can cause one)."""
+    kind = frames[0]
+    if len(kind) == 1:
+        yield outbound(frames)
+    elif kind == _WAKE:
+        yield Signal.WAKE
+    elif kind == _ANNOUNCE:
+        yield Signal.ANNOUNCE
+    elif kind == _GROUP and len(frames) == 2:
+        try:
+            items = _group_decoder.decode(frames[1])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MalformedMessage(f"bad inproc group: {exc}") from exc
+        for item in items:
+            yield outbound(item)
+    else:
+        raise MalformedMessage(f"unknown inproc message {bytes(kind)!r}")
+
+
+class ReplyBuffer:
+    """Outbound messages (built by the functions above) waiting for a flush.
+
+    Thread-safe: any thread may ``add``; ``take`` atomically hands everything added so far,
+    by any thread, to its caller, who sends it (on its own socket). So each message is sent
+    exactly once, by whichever thread flushes first. Two flushes on two threads may arrive
+    in either order; nothing depends on it (an ACK arriving after its REPLY is ignored).
+    The owner (the worker server) is the only sender; the buffer never changes a message.
+    """
+
+    __slots__ = ("_items", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[list[Frame]] = []
+
+    def add(self, message: list[Frame]) -> None:
+        with self._lock:
+            self._items.append(message)
+
+    def take(self) -> list[list[Frame]]:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)

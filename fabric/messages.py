@@ -1,0 +1,288 @@
+"""Builders and the one reader of the wire messages in ``fabric.protocol``'s table.
+
+Tiers never build or index protocol frames: they call one builder per message kind, which
+returns the frames a DEALER sends (a ROUTER puts the peer identity in front), and read what
+arrives with ``iter_messages``, which checks the tag, unpacks BATCH, decodes each header and
+yields a ``Message`` (or, for input that breaks the protocol, a ``MalformedMessage`` to log
+and drop, so that one bad message in a BATCH never costs the others).
+
+Hot path: type frames are precomputed, payload frames are passed through (never copied),
+and a forwarded header travels as the frame it arrived in (``header`` accepts either a
+header struct or its encoded frame). Builders that worker compute threads call (``reply``,
+``ack``, ``control_reply``) encode with the thread-safe ``msgspec.msgpack.encode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeAlias
+
+import msgspec
+
+from .protocol import (
+    HEADER_TYPES,
+    PROTOCOL_TAG,
+    TYPE_FRAME,
+    AckHeader,
+    CancelHeader,
+    CatalogHeader,
+    ControlHeader,
+    ControlReplyHeader,
+    DisconnectHeader,
+    Frame,
+    HeartbeatHeader,
+    MalformedMessage,
+    ModelAnnouncement,
+    MsgType,
+    PeerId,
+    ReadyHeader,
+    ReannounceHeader,
+    ReplyHeader,
+    RequestHeader,
+    RequestId,
+    coalesce,
+    encode_header,
+    unpack_batch,
+)
+
+__all__ = [
+    "Header",
+    "MalformedMessage",
+    "Message",
+    "ack",
+    "cancel",
+    "catalog",
+    "coalesce",
+    "control",
+    "control_reply",
+    "disconnect",
+    "heartbeat",
+    "is_request",
+    "iter_messages",
+    "ready",
+    "reannounce",
+    "reply",
+    "request",
+]
+
+Header: TypeAlias = (
+    RequestHeader
+    | ReplyHeader
+    | CancelHeader
+    | AckHeader
+    | ReadyHeader
+    | ReannounceHeader
+    | CatalogHeader
+    | HeartbeatHeader
+    | DisconnectHeader
+    | ControlHeader
+    | ControlReplyHeader
+)
+
+_TAG = PROTOCOL_TAG
+_REQUEST = TYPE_FRAME[MsgType.REQUEST]
+_REPLY = TYPE_FRAME[MsgType.REPLY]
+_CANCEL = TYPE_FRAME[MsgType.CANCEL]
+_ACK = TYPE_FRAME[MsgType.ACK]
+_READY = TYPE_FRAME[MsgType.READY]
+_REANNOUNCE = TYPE_FRAME[MsgType.REANNOUNCE]
+_CATALOG = TYPE_FRAME[MsgType.CATALOG]
+_HEARTBEAT = TYPE_FRAME[MsgType.HEARTBEAT]
+_DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
+_CONTROL = TYPE_FRAME[MsgType.CONTROL]
+_CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
+_BATCH = TYPE_FRAME[MsgType.BATCH]
+
+_DISCONNECT_HEADER = encode_header(DisconnectHeader())
+_REANNOUNCE_HEADER = encode_header(ReannounceHeader())
+_EMPTY_HEARTBEAT = encode_header(HeartbeatHeader())
+
+
+def _frame(header: msgspec.Struct | Frame) -> Frame:
+    return header if isinstance(header, bytes | memoryview) else encode_header(header)
+
+
+# ---- builders: one per message kind -----------------------------------------------------
+# ``frontend`` is given on the broker↔worker link only (see the wire table).
+
+
+def request(
+    header: RequestHeader | Frame, payload: Frame, frontend: PeerId | None = None
+) -> list[Frame]:
+    """F→B ``[tag, REQUEST, header, payload]``; B→W ``[tag, REQUEST, header, frontend,
+    payload]``."""
+    head = header if type(header) is bytes else _frame(header)  # forwarded: no call
+    if frontend is None:
+        return [_TAG, _REQUEST, head, payload]
+    return [_TAG, _REQUEST, head, frontend, payload]
+
+
+def reply(
+    header: ReplyHeader | Frame,
+    body: Sequence[Frame] = (),
+    frontend: PeerId | None = None,
+) -> list[Frame]:
+    """W→B ``[tag, REPLY, header, frontend, body?]``; B→F ``[tag, REPLY, header, body?]``."""
+    if type(header) is bytes or isinstance(header, memoryview):
+        head: Frame = header
+    else:
+        head = msgspec.msgpack.encode(header)
+    if frontend is None:
+        return [_TAG, _REPLY, head, *body]
+    return [_TAG, _REPLY, head, frontend, *body]
+
+
+def cancel(request_id: RequestId, frontend: PeerId | None = None) -> list[Frame]:
+    """F→B ``[tag, CANCEL, header]``; B→W ``[tag, CANCEL, header, frontend]``."""
+    head = encode_header(CancelHeader(request_id))
+    return [_TAG, _CANCEL, head] if frontend is None else [_TAG, _CANCEL, head, frontend]
+
+
+def ack(request_id: RequestId, frontend: PeerId) -> list[Frame]:
+    """W→B ``[tag, ACK, header, frontend]``: the request is in a batch now."""
+    return [_TAG, _ACK, msgspec.msgpack.encode(AckHeader(request_id)), frontend]
+
+
+def ready(models: list[ModelAnnouncement]) -> list[Frame]:
+    """W→B ``[tag, READY, header]``: every model version the worker serves now."""
+    return [_TAG, _READY, encode_header(ReadyHeader(models))]
+
+
+def reannounce() -> list[Frame]:
+    """B→W ``[tag, REANNOUNCE, header]``: the broker does not know this worker."""
+    return [_TAG, _REANNOUNCE, _REANNOUNCE_HEADER]
+
+
+def catalog(header: CatalogHeader) -> list[Frame]:
+    """B→F ``[tag, CATALOG, header]``."""
+    return [_TAG, _CATALOG, encode_header(header)]
+
+
+def heartbeat(header: HeartbeatHeader | Frame | None = None) -> list[Frame]:
+    """Any direction ``[tag, HEARTBEAT, header]``; an encoded header may be shared."""
+    return [_TAG, _HEARTBEAT, _EMPTY_HEARTBEAT if header is None else _frame(header)]
+
+
+def disconnect() -> list[Frame]:
+    """F→B, W→B ``[tag, DISCONNECT, header]``: the sender leaves on purpose."""
+    return [_TAG, _DISCONNECT, _DISCONNECT_HEADER]
+
+
+def control(header: ControlHeader | Frame, frontend: PeerId | None = None) -> list[Frame]:
+    """F→B ``[tag, CONTROL, header]``; B→W ``[tag, CONTROL, header, frontend]``."""
+    head = _frame(header)
+    return [_TAG, _CONTROL, head] if frontend is None else [_TAG, _CONTROL, head, frontend]
+
+
+def control_reply(header: ControlReplyHeader, frontend: PeerId | None = None) -> list[Frame]:
+    """W→B ``[tag, CONTROL_REPLY, header, frontend]``; B→F ``[tag, CONTROL_REPLY, header]``."""
+    head = msgspec.msgpack.encode(header)
+    if frontend is None:
+        return [_TAG, _CONTROL_REPLY, head]
+    return [_TAG, _CONTROL_REPLY, head, frontend]
+
+
+def is_request(frames: Sequence[Frame]) -> bool:
+    """Whether built ``frames`` are a REQUEST (what an undeliverable send must give back)."""
+    return len(frames) > 1 and frames[1] == _REQUEST
+
+
+# ---- the reader ---------------------------------------------------------------------------
+
+
+class Message:
+    """One received message. ``route`` is the frontend identity that per-request messages
+    carry on the broker↔worker link (``b""`` elsewhere); ``payload`` the frames after it."""
+
+    __slots__ = ("header", "header_frame", "payload", "route", "type")
+
+    def __init__(
+        self,
+        msg_type: MsgType,
+        header: Header,
+        header_frame: Frame,
+        route: PeerId,
+        payload: Sequence[Frame],
+    ) -> None:
+        self.type = msg_type
+        self.header = header
+        self.header_frame = header_frame
+        self.route = route
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Message({self.type.name}, {self.header!r}, route={self.route!r})"
+
+
+_ROUTED = frozenset(
+    {
+        MsgType.REQUEST,
+        MsgType.REPLY,
+        MsgType.CANCEL,
+        MsgType.ACK,
+        MsgType.CONTROL,
+        MsgType.CONTROL_REPLY,
+    }
+)
+# Payload frames (after any route) each type may carry: (fewest, most).
+_PAYLOAD_FRAMES: dict[MsgType, tuple[int, int]] = {t: (0, 0) for t in MsgType}
+_PAYLOAD_FRAMES[MsgType.REQUEST] = (1, 1)
+_PAYLOAD_FRAMES[MsgType.REPLY] = (0, 1)
+
+_Layout: TypeAlias = tuple[MsgType, "msgspec.msgpack.Decoder[Any]", bool, int, int]
+# Everything the reader needs per type frame, in one lookup keyed by the frame itself
+# (hashing bytes is cheap, hashing an enum member is a Python call).
+_LAYOUTS: dict[bytes, _Layout] = {
+    TYPE_FRAME[t]: (t, msgspec.msgpack.Decoder(h), t in _ROUTED, *_PAYLOAD_FRAMES[t])
+    for t, h in HEADER_TYPES.items()
+}
+
+
+def iter_messages(frames: Sequence[Frame], *, routed: bool) -> Iterator[Message | MalformedMessage]:
+    """Every message in ``frames`` (one ZeroMQ message without any routing identity), BATCH
+    unpacked. ``routed``: read on the broker↔worker link, where per-request messages carry
+    the frontend identity. Malformed input is yielded as ``MalformedMessage``, never raised."""
+    if len(frames) < 3 or frames[0] != _TAG:
+        yield MalformedMessage(f"bad protocol tag or too few frames ({len(frames)})")
+        return
+    if frames[1] != _BATCH:
+        yield _read(frames, 1, routed)
+        return
+    if len(frames) != 3:
+        yield MalformedMessage("BATCH with frames after its body")
+        return
+    try:
+        batch = unpack_batch(frames[2])
+    except MalformedMessage as exc:
+        yield exc
+        return
+    for sub in batch:
+        yield _read(sub, 0, routed)
+
+
+def _read(frames: Sequence[Frame], at: int, routed: bool) -> Message | MalformedMessage:
+    """The message whose type frame is ``frames[at]`` (the hot path: keep it lean)."""
+    key = frames[at]
+    layout = _LAYOUTS.get(key if type(key) is bytes else bytes(key))
+    if layout is None:
+        if key == _BATCH:
+            return MalformedMessage("nested BATCH")
+        return MalformedMessage(f"unknown message type {bytes(key)!r}")
+    msg_type, decoder, takes_route, fewest, most = layout
+    header_frame = frames[at + 1]
+    try:
+        header = decoder.decode(header_frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return MalformedMessage(f"bad {msg_type.name} header: {exc}")
+    first = at + 2
+    route = b""
+    if routed and takes_route:
+        if len(frames) <= first:
+            return MalformedMessage(f"{msg_type.name} without frontend identity")
+        frame = frames[first]
+        route = frame if type(frame) is bytes else bytes(frame)
+        first += 1
+    count = len(frames) - first
+    if count < fewest or count > most:
+        return MalformedMessage(f"{msg_type.name} with {count} payload frames ({fewest}..{most})")
+    return Message(msg_type, header, header_frame, route, frames[first:])
