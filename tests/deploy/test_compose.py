@@ -228,11 +228,14 @@ def test_worker_added_at_run_time_gets_traffic(stack: ComposeProject) -> None:
         added = [c for c in stack.containers("worker") if c.name not in before]
         assert len(added) == 1, added
         (new,) = added
-        wait_until(
-            lambda: stack.metric_sum(new, SUCCESS, model=MODEL) >= CALLS_PER_REPLICA,
-            STARTUP_TIMEOUT_S,
-            f"calls served by {new.name}",
-        )
+
+        def new_one_served() -> bool:
+            try:
+                return stack.metric_sum(new, SUCCESS, model=MODEL) >= CALLS_PER_REPLICA
+            except OSError:  # its metrics endpoint is not up yet
+                return False
+
+        wait_until(new_one_served, STARTUP_TIMEOUT_S, f"calls served by {new.name}")
     finally:
         seconds = load.stop()
     print(
