@@ -3,9 +3,10 @@ docker compose (2 frontends behind the balancer, 2 workers), driven with tritonc
 the balancer's port.
 
 One client connection carries every call, so calls reaching both frontends shows per-call
-(not per-connection) balancing. Then: a worker container is SIGKILLed under load and no call
-fails; a worker added at run time gets traffic; Prometheus scrapes every replica; and every
-tier exits 0 on ``docker compose stop`` (tini hands SIGTERM to the tier, whose drain runs).
+(not per-connection) balancing. Then: Prometheus scrapes every replica; a worker container is
+SIGKILLed under load and no call fails; a worker, then a frontend, added at run time get
+traffic with no call failing (the balancer follows Docker's DNS); and every tier exits 0 on
+``docker compose stop`` (tini hands SIGTERM to the tier, whose drain runs).
 
 Skipped unless FABRICSERVE_TEST_COMPOSE=1 (set by ``make test-compose``) and docker answers.
 The figures of each phase are printed (``-s``) for the report.
@@ -241,6 +242,31 @@ def test_worker_added_at_run_time_gets_traffic(stack: ComposeProject) -> None:
     print(
         f"\n[compose] scaled workers to {len(before) + 1} under load ({live_before:.0f} live "
         f"before): {load.summary()} in {seconds:.1f} s; workers {served(stack, 'worker')}"
+    )
+    assert load.failures == []
+
+
+def test_frontend_added_at_run_time_gets_calls(stack: ComposeProject) -> None:
+    before = {c.name for c in stack.containers("frontend", running_only=False)}
+    load = Load(stack.lb_url).start()
+    try:
+        wait_until(lambda: load.ok >= 100, PHASE_TIMEOUT_S, "load running")
+        stack.scale("frontend", len(before) + 1)
+        (new,) = [c for c in stack.containers("frontend") if c.name not in before]
+
+        def new_one_served() -> bool:
+            try:
+                return stack.metric_sum(new, SUCCESS, model=MODEL) >= CALLS_PER_REPLICA
+            except OSError:  # its metrics endpoint is not up yet
+                return False
+
+        # The balancer re-reads Docker's DNS every 2 s and reloads nginx on a change.
+        wait_until(new_one_served, PHASE_TIMEOUT_S, f"calls through {new.name}")
+    finally:
+        seconds = load.stop()
+    print(
+        f"\n[compose] scaled frontends to {len(before) + 1} under load: {load.summary()} in "
+        f"{seconds:.1f} s; frontends {served(stack, 'frontend')}"
     )
     assert load.failures == []
 
