@@ -29,12 +29,14 @@ import pytest
 
 from .compose import ComposeProject, docker_available, wait_until
 
+RUN_COMPOSE = os.environ.get("FABRICSERVE_TEST_COMPOSE") == "1"
 pytestmark = [
     pytest.mark.skipif(
-        os.environ.get("FABRICSERVE_TEST_COMPOSE") != "1",
+        not RUN_COMPOSE,
         reason="the compose stack runs under `make test-compose` (FABRICSERVE_TEST_COMPOSE=1)",
     ),
-    pytest.mark.skipif(not docker_available(), reason="docker is not available"),
+    # Asked only when the stack is to run: the normal test run does not start docker.
+    pytest.mark.skipif(RUN_COMPOSE and not docker_available(), reason="docker is not available"),
     pytest.mark.timeout(600),
 ]
 
