@@ -32,7 +32,9 @@ endif
 PYTEST_ARGS ?=
 
 .PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean k8s-render \
-	docker-ready docker-base docker-context images compose-up compose-down test-compose
+	docker-ready docker-base docker-context images image-deps image-torch image-broker image-frontend image-worker \
+	image-lb image-prometheus \
+	compose-up compose-down test-compose
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -142,18 +144,32 @@ docker-context:
 	for w in $(WORKER_WHEELS); do ln -f $$w $(DOCKER_BUILD)/wheels/ 2>/dev/null \
 		|| cp $$w $(DOCKER_BUILD)/wheels/; done
 
-images: docker-base docker-context
-	$(BUILD_IMAGE) -f deploy/docker/Dockerfile --target deps -t fabricserve-build:deps .
-	$(DOCKER) build -f deploy/docker/torch.Dockerfile --build-arg DEPS_IMAGE=fabricserve-build:deps \
+# One target per image, so that `make -j` builds the torch chain and the others side by side
+# (apt and pip downloads overlap with unpacking on a small machine).
+IMAGE_TARGETS := image-broker image-frontend image-worker image-lb image-prometheus
+
+image-deps: docker-base docker-context
+	$(BUILD_IMAGE) -q -f deploy/docker/Dockerfile --target deps -t fabricserve-build:deps .
+
+image-torch: image-deps
+	$(DOCKER) build -q -f deploy/docker/torch.Dockerfile \
+		--build-arg DEPS_IMAGE=fabricserve-build:deps \
 		--build-arg TORCH_SPEC="$(WORKER_TORCH_SPEC)" -t fabricserve-build:torch-$(WORKER_TAG) \
 		$(DOCKER_BUILD)
-	$(BUILD_IMAGE) -f deploy/docker/Dockerfile --target broker -t fabricserve-broker .
-	$(BUILD_IMAGE) -f deploy/docker/Dockerfile --target frontend -t fabricserve-frontend .
-	$(BUILD_IMAGE) -f deploy/docker/Dockerfile --target worker \
+
+image-broker image-frontend: image-%: image-deps
+	$(BUILD_IMAGE) -q -f deploy/docker/Dockerfile --target $* -t fabricserve-$* .
+
+image-worker: image-torch image-broker
+	$(BUILD_IMAGE) -q -f deploy/docker/Dockerfile --target worker \
 		--build-arg TORCH_IMAGE=fabricserve-build:torch-$(WORKER_TAG) \
 		-t fabricserve-worker:$(WORKER_TAG) .
-	$(BUILD_IMAGE) -f deploy/docker/lb.Dockerfile -t fabricserve-lb .
-	$(BUILD_IMAGE) -f deploy/docker/prometheus.Dockerfile -t fabricserve-prometheus .
+
+image-lb image-prometheus: image-%: docker-base docker-context
+	$(BUILD_IMAGE) -q -f deploy/docker/$*.Dockerfile -t fabricserve-$* .
+
+images:
+	$(MAKE) --no-print-directory -j3 --output-sync=target $(IMAGE_TARGETS)
 
 compose-up: images
 	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --scale frontend=$(COMPOSE_FRONTENDS) \

@@ -4,7 +4,10 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 COPY deploy/docker/install-os.sh /usr/local/lib/fabricserve/
+# The web UI loads moment-timezone's bundled builds; its raw data directory (210 MB) and
+# promtool (46 MB) are never used here.
 RUN sh /usr/local/lib/fabricserve/install-os.sh prometheus \
+    && rm -rf /usr/share/javascript/moment-timezone/data /usr/bin/promtool \
     && install -d -o 10001 -g 10001 /prometheus
 COPY deploy/docker/prometheus.yml /etc/fabricserve/prometheus.yml
 USER 10001:10001
