@@ -31,7 +31,10 @@ RUN_METRICS_PORT := $(METRICS_PORT)
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean k8s-render \
+	docker-ready docker-base docker-context images image-deps image-torch image-broker image-frontend image-worker \
+	image-lb image-prometheus \
+	compose-up compose-down test-compose
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,6 +92,96 @@ bench-broker: install-test
 
 chaos: install-test
 	$(PY) -m bench.chaos
+
+# Render the Kubernetes manifests (OVERLAY=cpu or gpu); validated offline by tests/deploy.
+OVERLAY ?= cpu
+k8s-render:
+	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+
+# ---- Images and docker compose (deploy/docker/, docker-compose.yml) --------------------------
+# BASE_IMAGE is used when present or pullable; where no registry answers, a Debian base is made
+# here (debootstrap + docker import, as root) under LOCAL_BASE_IMAGE. The CPU torch wheel, when
+# on disk, goes into the worker image's own build context (no multi-GB CUDA download). A CUDA
+# worker: make images WORKER_TAG=cuda WORKER_WHEELS= WORKER_TORCH_SPEC="torch==2.13.0
+#   --index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple"
+DOCKER ?= docker
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+	else echo docker-compose; fi)
+COMPOSE_PROJECT ?= fabricserve
+COMPOSE_FRONTENDS ?= 2
+COMPOSE_WORKERS ?= 2
+BASE_IMAGE ?= python:3.11-slim-bookworm
+LOCAL_BASE_IMAGE ?= fabricserve-base:bookworm
+WORKER_TORCH_SPEC ?= $(TORCH_SPEC)
+WORKER_WHEELS ?= $(wildcard /opt/wheels/torch-*+cpu-*.whl)
+WORKER_TAG ?= latest
+HOST_CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+DOCKER_BUILD := deploy/docker/.build
+BUILD_IMAGE = $(DOCKER) build --build-arg BASE_IMAGE=$$(cat $(DOCKER_BUILD)/base-image)
+
+docker-ready:
+	sh deploy/docker/ensure-docker.sh
+
+docker-base: docker-ready
+	@mkdir -p $(DOCKER_BUILD)
+	@if $(DOCKER) image inspect $(BASE_IMAGE) >/dev/null 2>&1 \
+		|| timeout 300 $(DOCKER) pull -q $(BASE_IMAGE) >/dev/null 2>&1; then \
+		echo $(BASE_IMAGE) > $(DOCKER_BUILD)/base-image; \
+	else \
+		echo "$(BASE_IMAGE) cannot be had: using $(LOCAL_BASE_IMAGE)"; \
+		$(DOCKER) image inspect $(LOCAL_BASE_IMAGE) >/dev/null 2>&1 \
+			|| sh deploy/docker/make-base.sh $(LOCAL_BASE_IMAGE); \
+		echo $(LOCAL_BASE_IMAGE) > $(DOCKER_BUILD)/base-image; \
+	fi
+
+# pip inside the builds trusts what the host trusts (an intercepting proxy's CA included).
+docker-context:
+	rm -rf $(DOCKER_BUILD)/pip $(DOCKER_BUILD)/wheels
+	mkdir -p $(DOCKER_BUILD)/pip $(DOCKER_BUILD)/wheels
+	printf '[global]\n' > $(DOCKER_BUILD)/pip/pip.conf
+	if [ -f $(HOST_CA_BUNDLE) ]; then cp $(HOST_CA_BUNDLE) $(DOCKER_BUILD)/pip/ca.crt; \
+		printf 'cert = /etc/fabricserve-build/ca.crt\n' >> $(DOCKER_BUILD)/pip/pip.conf; fi
+	for w in $(WORKER_WHEELS); do ln -f $$w $(DOCKER_BUILD)/wheels/ 2>/dev/null \
+		|| cp $$w $(DOCKER_BUILD)/wheels/; done
+
+# One target per image, so that `make -j` builds the torch chain and the others side by side
+# (apt and pip downloads overlap with unpacking on a small machine).
+IMAGE_TARGETS := image-broker image-frontend image-worker image-lb image-prometheus
+
+image-deps: docker-base docker-context
+	$(BUILD_IMAGE) -q -f deploy/docker/Dockerfile --target deps -t fabricserve-build:deps .
+
+image-torch: image-deps
+	$(DOCKER) build -q -f deploy/docker/torch.Dockerfile \
+		--build-arg DEPS_IMAGE=fabricserve-build:deps \
+		--build-arg TORCH_SPEC="$(WORKER_TORCH_SPEC)" -t fabricserve-build:torch-$(WORKER_TAG) \
+		$(DOCKER_BUILD)
+
+image-broker image-frontend: image-%: image-deps
+	$(BUILD_IMAGE) -q -f deploy/docker/Dockerfile --target $* -t fabricserve-$* .
+
+image-worker: image-torch image-broker
+	$(BUILD_IMAGE) -q -f deploy/docker/Dockerfile --target worker \
+		--build-arg TORCH_IMAGE=fabricserve-build:torch-$(WORKER_TAG) \
+		-t fabricserve-worker:$(WORKER_TAG) .
+
+image-lb image-prometheus: image-%: docker-base docker-context
+	$(BUILD_IMAGE) -q -f deploy/docker/$*.Dockerfile -t fabricserve-$* .
+
+images:
+	$(MAKE) --no-print-directory -j3 --output-sync=target $(IMAGE_TARGETS)
+
+compose-up: images
+	$(COMPOSE) -p $(COMPOSE_PROJECT) up -d --scale frontend=$(COMPOSE_FRONTENDS) \
+		--scale worker=$(COMPOSE_WORKERS)
+
+compose-down:
+	$(COMPOSE) -p $(COMPOSE_PROJECT) --profile gpu down --remove-orphans
+
+# Its own compose project on free ports; tears itself down.
+test-compose: install-test images
+	FABRICSERVE_TEST_COMPOSE=1 COMPOSE="$(COMPOSE)" $(PY) -m pytest -p no:cacheprovider \
+		tests/deploy/test_compose.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
