@@ -295,9 +295,6 @@ class Registry:
         return key in self._versions
 
     # ---- lookups ------------------------------------------------------------------
-    def model_known(self, model: str) -> bool:
-        return any(name == model for name, _ in (*self._versions, *self._departed))
-
     def version_known(self, model: str, version: str) -> bool:
         return (model, version) in self._versions or (model, version) in self._departed
 

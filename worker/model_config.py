@@ -122,7 +122,6 @@ class DynamicBatching:
     preferred_batch_size: tuple[int, ...] = ()
     default_timeout_microseconds: int = 0
     max_queue_size: int = 0
-    preserve_ordering: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,6 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     dynamic_batching: DynamicBatching | None = None
     instance_count: int = 1
-    instance_kind: str = "KIND_AUTO"
     version_policy: VersionPolicy = VersionPolicy()
     platform: str = ""
     backend: str = ""
@@ -237,7 +235,6 @@ def spec_from_config(config: mc.ModelConfig, path: str | Path = CONFIG_FILENAME)
         outputs=outputs,
         dynamic_batching=_dynamic_batching(config, fail),
         instance_count=_instance_count(config, fail),
-        instance_kind=_instance_kind(config),
         version_policy=_version_policy(config, fail),
         platform=config.platform,
         backend=config.backend,
@@ -289,7 +286,6 @@ def _dynamic_batching(config: mc.ModelConfig, fail: _Fail) -> DynamicBatching | 
         preferred_batch_size=tuple(sorted(set(db.preferred_batch_size))),
         default_timeout_microseconds=policy.default_timeout_microseconds,
         max_queue_size=policy.max_queue_size,
-        preserve_ordering=db.preserve_ordering,
     )
 
 
@@ -313,12 +309,6 @@ def _instance_count(config: mc.ModelConfig, fail: _Fail) -> int:
             raise fail(f"instance_group count must be >= 0, got {group.count}")
         total += group.count or 1
     return total
-
-
-def _instance_kind(config: mc.ModelConfig) -> str:
-    if not config.instance_group:
-        return "KIND_AUTO"
-    return str(mc.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind))
 
 
 def _version_policy(config: mc.ModelConfig, fail: _Fail) -> VersionPolicy:

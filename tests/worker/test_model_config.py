@@ -62,7 +62,6 @@ def test_full_config_converts_to_named_dataclasses() -> None:
     )
     assert spec.version_policy == VersionPolicy("latest", 2, ())
     assert spec.instance_count == 3
-    assert spec.instance_kind == "KIND_CPU"
     assert spec.input_by_name["TEXT"].numpy_dtype == np.dtype(object)
     assert spec.output_by_name["OUTPUT0"].byte_size == 2
 
@@ -74,7 +73,6 @@ def test_defaults() -> None:
     assert spec.dynamic_batching is None
     assert spec.version_policy == VersionPolicy("latest", 1, ())
     assert spec.instance_count == 1
-    assert spec.instance_kind == "KIND_AUTO"
 
 
 def test_load_from_directory_fills_name(tmp_path: Path) -> None:
