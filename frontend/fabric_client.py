@@ -45,6 +45,8 @@ from fabric.sockets import (
     should_copy,
 )
 
+from .brokers import choose_broker
+
 logger = logging.getLogger(__name__)
 
 _RECV_BATCH = 256
@@ -251,19 +253,10 @@ class FabricClient:
             fut.set_result(reply)
 
     def _choose(self, model: str) -> BrokerLink:
-        alive = [link for link in self._links if link.liveness.alive()]
-        if not alive:
+        link = choose_broker(self._links, model, next(self._rr))
+        if link is None:
             raise RequestError(errors.UNAVAILABLE, "no broker is reachable")
-        if len(alive) == 1:
-            return alive[0]
-        serving = [
-            link
-            for link in alive
-            if link.catalog is not None
-            and any(e.name == model and e.workers > 0 for e in link.catalog.models)
-        ]
-        pool = serving or alive
-        return pool[next(self._rr) % len(pool)]
+        return link
 
     # ---- catalog --------------------------------------------------------------------------
     def live_catalogs(self) -> list[CatalogHeader]:

@@ -1,0 +1,77 @@
+"""Broker choice with a fake clock: live brokers only, those with a worker for the model first,
+in turn among equals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fabric.heartbeat import Liveness
+from fabric.protocol import CatalogEntry, CatalogHeader
+from frontend.brokers import choose_broker
+
+INTERVAL_S = 1.0
+LIVENESS = 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Broker:
+    name: str
+    liveness: Liveness
+    catalog: CatalogHeader | None = None
+
+
+def broker(name: str, clock: Clock, serves: dict[str, int] | None = None) -> Broker:
+    live = Liveness(INTERVAL_S, LIVENESS, clock, seen_at_start=False)
+    live.seen()
+    catalog = None
+    if serves is not None:
+        entries = [CatalogEntry(m, "1", b"", workers) for m, workers in serves.items()]
+        catalog = CatalogHeader(1, sum(serves.values()), entries)
+    return Broker(name, live, catalog)
+
+
+def test_no_live_broker_is_none() -> None:
+    clock = Clock()
+    b = broker("a", clock)
+    clock.now += INTERVAL_S * LIVENESS + 0.1
+    assert choose_broker([b], "m", 0) is None
+    assert choose_broker([], "m", 0) is None
+
+
+def test_a_silent_broker_is_skipped() -> None:
+    clock = Clock()
+    a, b = broker("a", clock), broker("b", clock)
+    clock.now += 2.5
+    b.liveness.seen()
+    clock.now += 1.0  # a last heard 3.5 s ago, b 1 s ago
+    assert [choose_broker([a, b], "m", t).name for t in range(4)] == ["b"] * 4  # type: ignore[union-attr]
+
+
+def test_brokers_with_a_worker_for_the_model_come_first_in_turn() -> None:
+    clock = Clock()
+    a = broker("a", clock, {"m": 1})
+    b = broker("b", clock, {"m": 0, "other": 2})
+    c = broker("c", clock, {"m": 2})
+    chosen = [choose_broker([a, b, c], "m", t).name for t in range(4)]  # type: ignore[union-attr]
+    assert chosen == ["a", "c", "a", "c"]
+
+
+def test_without_any_serving_broker_every_live_one_takes_its_turn() -> None:
+    clock = Clock()
+    a, b = broker("a", clock, {"x": 1}), broker("b", clock)  # b has no catalog yet
+    assert [choose_broker([a, b], "m", t).name for t in range(3)] == ["a", "b", "a"]  # type: ignore[union-attr]
+
+
+def test_a_lost_broker_is_dead_at_once() -> None:
+    clock = Clock()
+    a, b = broker("a", clock, {"m": 1}), broker("b", clock, {"m": 1})
+    a.liveness.lost()
+    assert choose_broker([a, b], "m", 0) is b
