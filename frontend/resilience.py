@@ -8,6 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fabric.errors import RETRYABLE
+from fabric.heartbeat import Backoff
+
+
+STARTING_RETRY_TOKENS = 10.0
+"""Retries a fresh frontend may make before its traffic has earned any (its first failures)."""
 
 
 @dataclass
@@ -19,7 +24,7 @@ class RetryBudget:
     min_per_s: float = 10.0
     max_tokens: float = 100.0
     clock: Callable[[], float] = time.monotonic
-    _tokens: float = field(default=10.0, init=False)
+    _tokens: float = field(default=STARTING_RETRY_TOKENS, init=False)
     _last: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
@@ -58,8 +63,10 @@ class RetryPolicy:
     ) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)], and at most half the time
         left so that the retry still has time to run. ``rng`` defaults to the module's."""
-        uniform = rng.uniform if rng is not None else random.uniform
-        delay = uniform(0, min(self.max_backoff_s, self.base_backoff_s * 2**attempt))
+        backoff = Backoff(
+            self.base_backoff_s, self.max_backoff_s, uniform=rng.uniform if rng else None
+        )
+        delay = backoff.delay_s(attempt)
         if remaining_s is not None:
             delay = min(delay, remaining_s / 2)
         return delay
