@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from fabric.errors import RETRYABLE
 from fabric.heartbeat import Backoff
 
-
 STARTING_RETRY_TOKENS = 10.0
 """Retries a fresh frontend may make before its traffic has earned any (its first failures)."""
 
