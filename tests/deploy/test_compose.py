@@ -155,6 +155,17 @@ def test_every_container_becomes_healthy(stack: ComposeProject) -> None:
     assert [len(stack.containers(s)) for s in services] == [1, 2, 2, 1]
 
 
+def test_the_fabric_speaks_curve(stack: ComposeProject) -> None:
+    """Both broker ports offer CURVE (read from their ZMTP greeting, from this host over the
+    compose network): compose comes up secure by default."""
+    from tests.integration.zmtp import greeting_mechanism
+
+    (broker,) = stack.containers("broker")
+    address = stack.address(broker)
+    for port in (5555, 5556):
+        assert greeting_mechanism(address, port) == "CURVE", f"broker port {port}"
+
+
 def test_calls_spread_over_both_frontends_and_both_workers(stack: ComposeProject) -> None:
     before = {**served(stack, "frontend"), **served(stack, "worker")}
     load = Load(stack.lb_url).start()
