@@ -260,8 +260,15 @@ def to_markdown(report: Report) -> str:
         bs = batch_size_table(report, model)
         if bs:
             lines += [*bs, ""]
-    if meta.get("plot"):
-        lines += [f"![throughput against p99 latency]({meta['plot']})", ""]
+    return "\n".join([*lines, *report_tail(report, models)]) + "\n"
+
+
+def report_tail(report: Report, models: list[str]) -> list[str]:
+    """What every benchmark report ends with: the plot, the table notes, idle CPU, failures
+    and the in-process comparison."""
+    lines: list[str] = []
+    if report.meta.get("plot"):
+        lines += [f"![throughput against p99 latency]({report.meta['plot']})", ""]
     lines += TABLE_NOTES
     idle = idle_line(report)
     if idle:
@@ -269,4 +276,4 @@ def to_markdown(report: Report) -> str:
     lines.append("")
     lines += failures_section(report)
     lines += inprocess_section(report, models)
-    return "\n".join(lines) + "\n"
+    return lines

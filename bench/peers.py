@@ -52,13 +52,10 @@ from bench.cli import add_common_args, new_meta, parse_ints, write_outputs
 from bench.compare import attach_inprocess, inprocess_sizes, run_inprocess
 from bench.lifecycle import Proc, StackError, free_port, stop_all
 from bench.markdown import (
-    TABLE_NOTES,
     batch_size_table,
-    failures_section,
     fmt,
-    idle_line,
-    inprocess_section,
     meta_line,
+    report_tail,
     results_table,
 )
 from bench.measure import Target, idle_cpu, idle_rss, idle_sample, sweep, sweep_interleaved
@@ -301,16 +298,7 @@ def to_markdown(report: Report) -> str:
     bs = batch_size_table(report, MODEL)
     if bs:
         lines += [*bs, ""]
-    if meta.get("plot"):
-        lines += [f"![throughput against p99 latency]({meta['plot']})", ""]
-    lines += TABLE_NOTES
-    idle = idle_line(report)
-    if idle:
-        lines.append(idle)
-    lines.append("")
-    lines += failures_section(report)
-    lines += inprocess_section(report, [MODEL])
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *report_tail(report, [MODEL])]) + "\n"
 
 
 # --------------------------------------------------------------------------- main
