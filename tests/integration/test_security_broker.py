@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import zmq
 
+from fabric.messages import Message, iter_messages
 from fabric.protocol import (
     PROTOCOL_TAG,
     TYPE_FRAME,
@@ -273,10 +274,15 @@ def test_a_stolen_frontend_identity_takes_nothing_over(
     wait_for(lambda: client.is_model_ready("spied"), timeout_s=30, what="the spy's model listed")
     caller = threading.Thread(target=_call_quietly, args=(client, "spied"), daemon=True)
     caller.start()
-    assert spy.poll(10_000), "no request reached the spy"
-    frames = spy.recv_multipart()
-    assert frames[1] == TYPE_FRAME[MsgType.REQUEST]
-    frontend_identity = frames[3]  # [tag, REQUEST, header, frontend identity, payload]
+    frontend_identity = b""
+    deadline = time.monotonic() + 10
+    while not frontend_identity and time.monotonic() < deadline:
+        if not spy.poll(100):
+            continue
+        for msg in iter_messages(spy.recv_multipart(), routed=True):  # heartbeats come too
+            if isinstance(msg, Message) and msg.type is MsgType.REQUEST:
+                frontend_identity = msg.route
+    assert frontend_identity, "no request reached the spy"
     thief = dealer(stack.broker_frontend_addr, frontend_identity)
     for _ in range(20):  # heartbeats as the frontend would send them
         thief.send_multipart(encode(MsgType.HEARTBEAT, HeartbeatHeader(0)))
