@@ -202,7 +202,8 @@ def test_a_batch_of_heartbeats_is_not_amplified(stack: AttackedStack, dealer: De
     thread = threading.Thread(target=victim, name="victim-client")
     thread.start()
     try:
-        time.sleep(0.5)
+        # The attack lands while the victim is calling: once it has made its first call.
+        wait_for(lambda: bool(latencies) or bool(errors), timeout_s=30, what="the victim calling")
         attacker.send_multipart(batch)
         received = 0
         end = time.monotonic() + 2.0
