@@ -293,6 +293,7 @@ class FabricClient:
 
     def _drain(self, link: BrokerLink) -> None:
         sock = link.socket
+        handle = partial(self._handle, link)
         while True:
             for _ in range(_RECV_BATCH):
                 try:
@@ -304,7 +305,7 @@ class FabricClient:
                 link.liveness.seen()
                 messages.handle_each(
                     messages.iter_messages(frames, routed=False),
-                    partial(self._handle, link),
+                    handle,
                     self._bad_log,
                     link.endpoint,
                 )

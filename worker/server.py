@@ -353,6 +353,7 @@ class WorkerServer:
     def _drain_broker(self, link: BrokerConnection) -> bool:
         assert link.socket is not None
         heard = False
+        handle = partial(self._handle, link)
         for _ in range(_RECV_BATCH):
             try:
                 frames = recv_frames(link.socket)
@@ -361,7 +362,7 @@ class WorkerServer:
             heard = True
             messages.handle_each(
                 messages.iter_messages(frames, routed=True),
-                partial(self._handle, link),
+                handle,
                 self._bad_log,
                 link.endpoint,
             )
