@@ -32,14 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         return exit_on_setup_error("serve-worker", exc)
     import torch
 
+    from .devices import DeviceError, cuda_state, host_has_nvidia_gpu, resolve_devices, set_tf32
     from .server import WorkerServer
 
+    try:
+        devices = resolve_devices(config.device, cuda_state(), host_has_nvidia_gpu())
+    except DeviceError as exc:
+        print(f"serve-worker: error: {exc}", file=sys.stderr)
+        return 2
+    set_tf32(config.allow_tf32, devices)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     # The I/O thread and the compute threads share the GIL; torch releases it around every
     # op and must get it back quickly, or a small model waits out the default 5 ms interval.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    server = WorkerServer(config)
+    server = WorkerServer(config, devices)
     server.load_repository()
     if config.metrics_port:
         from .metrics import serve_metrics
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     with stop_signals("worker", server.request_stop):
         server.serve()
-    return 0
+    return server.exit_code
 
 
 if __name__ == "__main__":

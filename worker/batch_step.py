@@ -30,6 +30,7 @@ from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
 
 from .batcher import Batcher, BatchPolicy, Waiting
 from .codec import DecodedRequest, batch_signature, decode_request, encode_response
+from .gpu_faults import DeviceHealth, judge, release_cached_memory
 from .loaders import LoadedModel
 from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
 from .stats import ModelStats
@@ -148,9 +149,11 @@ class BatchStep:
         send_ack: SendAck | None = None,
         flush: Callable[[], None] | None = None,
         clock: Clock = time.monotonic,
+        health: DeviceHealth | None = None,
     ) -> None:
         self.model = model
         self.name = name
+        self._health = health  # shared by the worker's instances; see gpu_faults
         self.cancelled = cancelled
         self._send_reply = send_reply
         self._send_ack = send_ack
@@ -266,11 +269,15 @@ class BatchStep:
         return kept
 
     # ---- running --------------------------------------------------------------------------
-    def run(self, batch: list[Waiting[Ready]]) -> None:
-        """Run one batch and answer each of its requests (sent at the flush that ends it)."""
+    def run(self, batch: list[Waiting[Ready]], acked: bool = False) -> None:
+        """Run one batch and answer each of its requests (sent at the flush that ends it).
+        ``acked``: a half of a batch that ran out of device memory, whose acks went out."""
         clock = self._clock
         start = clock()
-        if self._send_ack is not None:
+        if self._health is not None and self._health.poisoned is not None:
+            self._fail_all(batch, errors.INTERNAL, self._health.poisoned)
+            return
+        if self._send_ack is not None and not acked:
             # Non-idempotent requests tell the broker they may now have run.
             acked = False
             for w in batch:
@@ -304,16 +311,19 @@ class BatchStep:
                     for outs, r in zip(per_request, requests, strict=True)
                 ]
         except Exception as exc:  # a model bug fails this batch; the loop goes on
-            if isinstance(exc, RequestError):
-                code, message = exc.code, exc.message
-            else:
+            verdict = judge(exc, spec.name, len(batch))
+            if verdict.split:  # out of device memory: each half may fit
+                logger.warning("%s: out of device memory on %d rows; splitting", self.name, rows)
+                release_cached_memory()
+                half = len(batch) // 2
+                self.run(batch[:half], acked=True)
+                self.run(batch[half:], acked=True)
+                return
+            if not isinstance(exc, RequestError):
                 logger.exception("%s: batch of %d failed", self.name, len(batch))
-                code, message = errors.INTERNAL, f"model '{spec.name}' failed: {exc}"
-            now = clock()
-            for w in batch:
-                self._fail(w.item.inbound, code, message)
-            self._stats.record_failure(len(batch), sum(now - w.arrived_s for w in batch))
-            self._flush()
+            if verdict.poison and self._health is not None:
+                self._health.poison(verdict.message)
+            self._fail_all(batch, verdict.code, verdict.message)
             return
         for w, outs in zip(batch, per_request, strict=True):
             ready = w.item
@@ -361,6 +371,13 @@ class BatchStep:
         return out
 
     # ---- answering ------------------------------------------------------------------------
+    def _fail_all(self, batch: list[Waiting[Ready]], code: str, message: str) -> None:
+        now = self._clock()
+        for w in batch:
+            self._fail(w.item.inbound, code, message)
+        self._stats.record_failure(len(batch), sum(now - w.arrived_s for w in batch))
+        self._flush()
+
     def _fail(self, inbound: Inbound, code: str, message: str) -> None:
         self._send_reply(inbound.frontend, inbound.header.request_id, code, message, None)
 

@@ -20,7 +20,14 @@ class WorkerConfig(CurveClientSettings):
         flag="--broker",
     )
     model_repository: str = setting("models", "model repository directory")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    device: str = setting(
+        "auto",
+        "auto (every visible GPU, else the CPU; fails on a GPU host whose torch cannot use "
+        "CUDA), cpu, cuda or cuda:N",
+    )
+    allow_tf32: bool = setting(
+        False, "let float32 matmuls and convolutions use TF32 on GPUs (faster, ~3 digits)"
+    )
     max_message_bytes: int = setting(
         256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
     )

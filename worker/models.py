@@ -23,6 +23,9 @@ from fabric.protocol import ModelAnnouncement, PeerId
 from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
 
+from .devices import PlacementError, WorkerDevices, instance_groups, place_instances
+from .gpu_faults import DeviceHealth
+from .gpu_warmup import PREPARE_TIMEOUT_S, on_gpu, owned_devices, preparation
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .repository import ModelSource, scan_model
@@ -103,7 +106,7 @@ class ModelTable:
     def __init__(
         self,
         repository: str | Path,
-        device: str,
+        device: str | WorkerDevices,
         send_reply: SendReply,
         min_credit: int,
         send_ack: SendAck | None = None,
@@ -111,6 +114,7 @@ class ModelTable:
         drain_timeout_s: float = 30.0,
         inline_max_s: float = 0.0,
         wake: Callable[[], None] | None = None,
+        health: DeviceHealth | None = None,
     ) -> None:
         self.repository = Path(repository)
         self._roots = sorted(
@@ -123,7 +127,9 @@ class ModelTable:
         self.inline: tuple[ModelInstance, ...] = ()  # replaced whole: the I/O thread reads it
         self._wake = wake  # makes the I/O thread pump at once (a stop queued for an inline one)
         self._inline_lock = threading.Lock()
-        self.device = device
+        self.devices = owned_devices(device)  # each model's instance_group picks among them
+        self.device = self.devices.default
+        self.health = health
         self._send_reply = send_reply
         self._send_ack = send_ack
         self._flush = flush
@@ -252,20 +258,27 @@ class ModelTable:
 
     def _start(self, source: ModelSource, version: str) -> None:
         spec = source.spec
-        count = max(1, spec.instance_count)
+        try:
+            placed = place_instances(spec.name, instance_groups(spec.config), self.devices)
+        except PlacementError as exc:
+            raise ModelLoadError(spec.name, version, str(exc)) from exc
+        if not placed:
+            logger.info(
+                "model %s version %s: its instance_group GPUs belong to other workers",
+                spec.name,
+                version,
+            )
+            return
+        count = len(placed)
         models: list[LoadedModel] = []
         warm_s: float | None = None
         try:
-            for _ in range(count):
-                models.append(load_model(source, version, self.device))
-            candidate = (
-                self.inline_max_s > 0
-                and count == 1
-                and self.device == "cpu"
-                and models[0].shape_bound
-            )
+            for device in placed:
+                models.append(load_model(source, version, device))
+            candidate = self.inline_max_s > 0 and placed == ["cpu"] and models[0].shape_bound
             for m in models:
-                warm_s = warm_up(m, timed=candidate)
+                if not on_gpu(m):  # GPU instances warm up on their own threads, below
+                    warm_s = warm_up(m, timed=candidate)
         except Exception as exc:
             for m in models:
                 m.close()
@@ -291,13 +304,15 @@ class ModelTable:
                 self._send_ack,
                 self._flush,
                 served.cancelled,
+                health=self.health,
             )
             for i, m in enumerate(models)
         ]
         inline = warm_s is not None and warm_s < self.inline_max_s / 4
         for inst in served.instances:
             inst.shares_inbox = len(served.instances) > 1
-            inst.start(self.inline_max_s if inline else 0.0)
+            inst.start(self.inline_max_s if inline else 0.0, preparation(inst.model))
+        self._await_prepared(served, version)
         if inline:
             with self._inline_lock:
                 self.inline = (*self.inline, *served.instances)
@@ -309,9 +324,24 @@ class ModelTable:
             spec.name,
             version,
             count,
-            self.device,
+            ", ".join(sorted(set(placed))),
             ", inline" if inline else "",
         )
+
+    def _await_prepared(self, served: ServedVersion, version: str) -> None:
+        """Wait for every instance's warm-up on its own thread; a failure stops them all and
+        fails the load (nothing was announced yet)."""
+        try:
+            for inst in served.instances:
+                inst.wait_prepared(PREPARE_TIMEOUT_S)
+        except Exception as exc:
+            for inst in served.instances:
+                inst.stop()
+            for inst in served.instances:
+                inst.join(5.0)
+                inst.model.close()
+            name = served.model.spec.name
+            raise ModelLoadError(name, version, f"warm-up failed: {exc}") from exc
 
     def _stop(self, key: Key, drain: bool = True) -> None:
         served = self.served.get(key)

@@ -39,6 +39,7 @@ from .batch_step import (
     SendReply,
 )
 from .batcher import Waiting
+from .gpu_faults import DeviceHealth
 from .loaders import LoadedModel
 from .stats import ModelStats
 
@@ -107,14 +108,19 @@ class ModelInstance:
         flush: Callable[[], None] | None = None,
         cancelled: CancelBoard | None = None,
         clock: Callable[[], float] = time.monotonic,
+        health: DeviceHealth | None = None,
     ) -> None:
         self.model = model
         self.name = f"model-{model.spec.name}-v{model.version}-{index}"
         self.inbox = queue_in
         self.cancelled = cancelled if cancelled is not None else CancelBoard()
         self.step = BatchStep(
-            model, self.name, send_reply, stats, self.cancelled, send_ack, flush, clock
+            model, self.name, send_reply, stats, self.cancelled, send_ack, flush, clock, health
         )
+        # Run first on the instance's own thread (bind its GPU, warm up), then ``_prepared``.
+        self._prepare: Callable[[], None] | None = None
+        self._prepared = threading.Event()
+        self._prepare_error: BaseException | None = None
         self._lock = threading.Lock()
         self._state = State.NEW
         self._stopped = threading.Event()
@@ -148,13 +154,15 @@ class ModelInstance:
         return self._stopped.is_set()
 
     # ---- lifecycle (owner's threads) ------------------------------------------------------
-    def start(self, inline_max_s: float = 0.0) -> None:
-        """Start computing: on a thread of its own, or inline when ``inline_max_s`` > 0."""
+    def start(self, inline_max_s: float = 0.0, prepare: Callable[[], None] | None = None) -> None:
+        """Start computing: on a thread of its own, or inline when ``inline_max_s`` > 0.
+        ``prepare`` (threaded only) runs first on that thread: see ``wait_prepared``."""
         with self._lock:
             if self._state is not State.NEW:
                 raise RuntimeError(f"{self.name} already started ({self._state.value})")
             self._judge = InlineJudge(inline_max_s)
-            if inline_max_s > 0:
+            self._prepare = prepare
+            if inline_max_s > 0 and prepare is None:
                 self.inline = True
                 self._state = State.INLINE
             else:
@@ -171,6 +179,16 @@ class ModelInstance:
                 self._state = State.DRAINING
             # NEW: the STOP waits for whoever starts it; DRAINING/STOPPED: a repeated stop
             # (the owner refused leftovers and took the first STOP with them).
+
+    def wait_prepared(self, timeout_s: float) -> None:
+        """Wait for ``prepare`` to finish on the instance's thread; raises what it raised (the
+        thread has then ended) or TimeoutError."""
+        if self._prepare is None:
+            return
+        if not self._prepared.wait(timeout_s):
+            raise TimeoutError(f"{self.name}: not prepared after {timeout_s:.0f} s")
+        if self._prepare_error is not None:
+            raise self._prepare_error
 
     def join(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for the instance to finish; never runs its work."""
@@ -222,6 +240,17 @@ class ModelInstance:
 
     # ---- threaded driver (the instance's thread) ------------------------------------------
     def _run(self) -> None:
+        if self._prepare is not None and not self._prepared.is_set():
+            try:
+                self._prepare()
+            except BaseException as exc:
+                self._prepare_error = exc
+                with self._lock:
+                    self._state = State.STOPPED
+                self._stopped.set()
+                return
+            finally:
+                self._prepared.set()
         batch: list[Waiting[Ready]] = []
         while True:
             try:

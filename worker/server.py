@@ -43,12 +43,17 @@ from fabric.ratelog import RateLimitedLog
 from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
 from .config import WorkerConfig
+from .devices import WorkerDevices
+from .gpu_faults import DeviceHealth
+from .gpu_warmup import owned_devices
 from .models import ModelTable, refuse_leftovers
 from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
 
 _RECV_BATCH = 256
+EXIT_DEVICE_LOST = 3
+"""Exit status after a CUDA error poisoned the device: the supervisor starts a fresh worker."""
 
 
 @dataclass
@@ -67,19 +72,14 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-def pick_device(requested: str) -> str:
-    """``auto`` means the first CUDA device when there is one, else the CPU."""
-    if requested != "auto":
-        return requested
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 class WorkerServer:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, devices: WorkerDevices | None = None) -> None:
         self.config = config
-        self.device = pick_device(config.device)
+        self.devices = devices if devices is not None else owned_devices(config.device)
+        self.device = self.devices.default
+        # A sticky CUDA error on any instance: stop announcing, answer what is held, exit.
+        self.health = DeviceHealth()
+        self.exit_code = 0
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.identity = b"wk-" + os.urandom(6)
         self.inproc_endpoint = f"inproc://worker-{self.identity.hex()}"
@@ -95,14 +95,16 @@ class WorkerServer:
         self._curve = fabric_security(config, "worker")
         self.models = ModelTable(
             config.model_repository,
-            self.device,
+            self.devices,
             self._send_reply,
             config.min_credit,
             send_ack=self._send_ack,
             flush=self._flush,
             inline_max_s=config.inline_compute_ms / 1e3,
             wake=lambda: self._push(inproc.wake()),
+            health=self.health,
         )
+        self.health.on_poison(lambda: self._push(inproc.wake()))
         self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
         self._local = threading.local()  # each thread's PUSH end of the inproc pipe
@@ -122,7 +124,7 @@ class WorkerServer:
         logger.info(
             "worker %s on %s serves %s",
             self.identity.hex(),
-            self.device,
+            self.devices.describe(),
             ", ".join(f"{n}:{v}" for n, v in sorted(self.models.served)) or "nothing",
         )
 
@@ -261,6 +263,9 @@ class WorkerServer:
         try:
             while True:
                 now = time.monotonic()
+                if self.health.poisoned is not None and self.state is State.RUNNING:
+                    self.exit_code = EXIT_DEVICE_LOST
+                    self.state = State.DRAINING  # held requests fail with the CUDA error
                 if self.state is State.DRAINING:
                     if drain_until is None:
                         logger.info(
