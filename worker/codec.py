@@ -304,6 +304,10 @@ def _from_raw(name: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...])
             f"input '{name}': raw data is {len(data)} bytes, shape {list(shape)} of "
             f"{tspec.datatype} needs {expected}",
         )
+    if tspec.datatype == "BOOL" and count and np.frombuffer(data, dtype=np.uint8).max() > 1:
+        # numpy and torch take any non-zero byte as a bool without complaint, and CUDA
+        # kernels then read an invalid bool: Triton's encoding is one byte, 0 or 1.
+        raise RequestError(INVALID_ARGUMENT, f"input '{name}': BOOL bytes must be 0 or 1")
     return np.frombuffer(data, dtype=tspec.numpy_dtype).reshape(shape)
 
 

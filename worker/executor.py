@@ -4,13 +4,84 @@ instance's device is a CUDA device; the CPU path never touches this module's mac
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
 from .model_config import DATATYPES, ModelSpec, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+STREAMS_PER_POOL = 32
+"""Streams in each of torch's per-device, per-priority pools (``torch.cuda.Stream()`` hands them
+out round-robin, so the 33rd stream made is the first one again)."""
+STREAM_PRIORITIES = (0, -1)  # normal, then high: two pools, 64 distinct streams a device
+
+S = TypeVar("S")
+
+
+class StreamLeases(Generic[S]):
+    """Streams of one device held by live instances, so that no two instances share one.
+
+    Models reloaded many times would otherwise get a stream still used by a live instance,
+    and each would wait for the other's batches. ``make(priority)`` draws from torch's pool
+    and ``key`` identifies a stream; both are injectable, so this is tested without a GPU.
+    """
+
+    def __init__(self, make: Callable[[int], S], key: Callable[[S], int]) -> None:
+        self._make = make
+        self._key = key
+        self._lock = threading.Lock()
+        self._live: dict[int, int] = {}  # stream key -> instances holding it
+
+    def acquire(self) -> S:
+        with self._lock:
+            for priority in STREAM_PRIORITIES:
+                for _ in range(STREAMS_PER_POOL):
+                    stream = self._make(priority)
+                    if self._key(stream) not in self._live:
+                        self._live[self._key(stream)] = 1
+                        return stream
+            stream = self._make(STREAM_PRIORITIES[0])
+            self._live[self._key(stream)] += 1
+        logger.warning(
+            "more than %d model instances on one GPU: some share a CUDA stream",
+            STREAMS_PER_POOL * len(STREAM_PRIORITIES),
+        )
+        return stream
+
+    def release(self, stream: S) -> None:
+        with self._lock:
+            key = self._key(stream)
+            held = self._live.get(key, 0)
+            if held <= 1:
+                self._live.pop(key, None)
+            else:
+                self._live[key] = held - 1
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+
+_leases: dict[int, StreamLeases[torch.cuda.Stream]] = {}
+_leases_lock = threading.Lock()
+
+
+def stream_leases(device: torch.device) -> StreamLeases[torch.cuda.Stream]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _leases_lock:
+        leases = _leases.get(index)
+        if leases is None:
+            leases = _leases[index] = StreamLeases(
+                lambda priority: torch.cuda.Stream(device=index, priority=priority),
+                lambda stream: int(stream.cuda_stream),
+            )
+        return leases
 
 
 class HostStaging:
@@ -53,10 +124,12 @@ class CudaExecution:
 
     def __init__(self, device: torch.device, spec: ModelSpec) -> None:
         self.device = device
-        self.stream = torch.cuda.Stream(device=device)
+        self._leases = stream_leases(device)
+        self.stream = self._leases.acquire()
         # The weights were copied on the loading thread's current stream; start after them.
         self.stream.wait_stream(torch.cuda.current_stream(device))
-        self.done = torch.cuda.Event()
+        # Blocking: the waiting thread sleeps in the driver instead of spinning a core.
+        self.done = torch.cuda.Event(blocking=True)
         self.staging = HostStaging(_pinned_bytes)
         self._inputs = [(t.name, _torch_dtype(t)) for t in spec.inputs]
 
@@ -75,13 +148,17 @@ class CudaExecution:
         except BaseException:
             # Copies queued before the failure may still read the staging buffers, which the
             # next batch would overwrite.
-            stream.synchronize()
+            self.done.record(stream)
+            self.done.synchronize()
             raise
         return result
 
     def close(self) -> None:
-        self.stream.synchronize()
-        self.staging.buffers.clear()
+        try:
+            self.stream.synchronize()
+        finally:
+            self.staging.buffers.clear()
+            self._leases.release(self.stream)
 
 
 def _pinned_bytes(size: int) -> torch.Tensor:

@@ -54,20 +54,25 @@ class Fault(enum.Enum):
 
 def classify(exc: BaseException) -> Fault:
     """Read ``exc`` and its causes (``raise ... from``, or raised while handling)."""
+    return _find(exc)[0]
+
+
+def _find(exc: BaseException) -> tuple[Fault, BaseException]:
+    """The fault and the exception in the chain that shows it (``exc`` itself for NONE)."""
     seen: BaseException | None = exc
     for _ in range(_CHAIN_LIMIT):
         if seen is None:
             break
         if isinstance(seen, torch.OutOfMemoryError):
-            return Fault.OUT_OF_MEMORY
+            return Fault.OUT_OF_MEMORY, seen
         if isinstance(seen, RuntimeError):  # AcceleratorError, jit's wrapper, plain CUDA errors
             text = str(seen).lower()
             if any(marker in text for marker in STICKY_CUDA_ERRORS):
-                return Fault.POISONED
+                return Fault.POISONED, seen
             if any(marker in text for marker in OOM_TEXTS):
-                return Fault.OUT_OF_MEMORY
+                return Fault.OUT_OF_MEMORY, seen
         seen = seen.__cause__ or seen.__context__
-    return Fault.NONE
+    return Fault.NONE, exc
 
 
 def release_cached_memory() -> None:
@@ -122,21 +127,22 @@ class Verdict:
 
 def judge(exc: Exception, model: str, requests: int) -> Verdict:
     """The answer to a batch of ``requests`` requests of ``model`` that raised ``exc``."""
-    fault = classify(exc)
+    fault, culprit = _find(exc)
     if fault is Fault.OUT_OF_MEMORY:
         if requests > 1:
             return Verdict(True, errors.RESOURCE_EXHAUSTED, "")
         return Verdict(
             False,
             errors.RESOURCE_EXHAUSTED,
-            f"model '{model}' ran out of device memory on this request alone: {_first_line(exc)}",
+            f"model '{model}' ran out of device memory on this request alone: "
+            f"{_first_line(culprit)}",
         )
     if fault is Fault.POISONED:
         return Verdict(
             False,
             errors.INTERNAL,
             f"model '{model}' failed with a CUDA error that leaves the device unusable; "
-            f"the worker restarts: {_first_line(exc)}",
+            f"the worker restarts: {_first_line(culprit)}",
             poison=True,
         )
     if isinstance(exc, RequestError):
