@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # `make run`: FRONTENDS share PORT; broker i binds BROKER_*_PORT + 2i; metrics ports are
 # consecutive from METRICS_PORT (frontend-0 first, as Triton's 8002); METRICS=0 turns them off.
 FRONTENDS ?= 1
-WORKERS ?= 1
+WORKERS ?= auto
 BROKERS ?= 1
 DEMO_MODELS := models
 MODELS ?= $(DEMO_MODELS)

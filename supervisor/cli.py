@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 from fabric.curve import init_keys
 
+from .gpus import AUTO, probe_gpus, worker_plan
 from .plan import Options, ProcessSpec, Tier, build_plan, duplicate_ports
 from .ports import port_in_use
 from .runner import GRACE_S, Supervisor
@@ -24,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
     p.add_argument("--host", default="127.0.0.1", help="gRPC address")
     p.add_argument("--port", type=int, default=8001, help="gRPC port, shared by the frontends")
     p.add_argument("--frontends", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", default=AUTO,
+                   help="worker processes; auto = one per visible GPU (worker i on cuda:i), "
+                   "one on the CPU without GPUs")  # fmt: skip
     p.add_argument("--brokers", type=int, default=1)
     p.add_argument("--broker-frontend-port", type=int, default=5555,
                    help="first broker's frontend port; broker i adds 2i")  # fmt: skip
@@ -42,12 +46,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
     p.add_argument("--frontend-arg", action="append", default=[], help="extra frontend flag")
     p.add_argument("--broker-arg", action="append", default=[], help="extra broker flag")
     a = p.parse_args(argv)
+    workers, devices = worker_plan(a.workers, probe_gpus(os.environ))
     options = Options(
         models=str(Path(a.models).resolve()),
         host=a.host,
         port=a.port,
         frontends=a.frontends,
-        workers=a.workers,
+        workers=workers,
         brokers=a.brokers,
         broker_frontend_port=a.broker_frontend_port,
         broker_worker_port=a.broker_worker_port,
@@ -56,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
         extra_worker_args=tuple(a.worker_arg),
         extra_frontend_args=tuple(a.frontend_arg),
         extra_broker_args=tuple(a.broker_arg),
+        worker_devices=devices,
     )
     return options, a.grace_s
 
@@ -82,6 +88,8 @@ def banner(o: Options, plan: list[ProcessSpec]) -> str:
         f"gRPC (KServe v2) on {o.host}:{o.port} once ready: {o.frontends} frontend(s), "
         f"{o.brokers} broker(s), {o.workers} worker(s); models from {o.models}; Ctrl-C stops",
     ]
+    if o.worker_devices:
+        lines.append("workers on " + ", ".join(o.worker_devices))
     with_metrics = sorted((s for s in plan if s.metrics_port), key=lambda s: s.metrics_port)
     metrics = [f"{s.name} {s.metrics_port}" for s in with_metrics]
     if metrics:

@@ -35,6 +35,7 @@ class Options:
     extra_worker_args: tuple[str, ...] = ()
     extra_frontend_args: tuple[str, ...] = ()
     extra_broker_args: tuple[str, ...] = ()
+    worker_devices: tuple[str, ...] = ()  # worker i: --device worker_devices[i]; () = default
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ def build_plan(o: Options) -> list[ProcessSpec]:
     workers: list[ProcessSpec] = []
     for i in range(o.workers):
         m_args, m_ports, m_port = metrics()
+        device = ("--device", o.worker_devices[i]) if i < len(o.worker_devices) else ()
         args = ("-m", "worker", "--broker", ",".join(wk_eps), "--model-repository", o.models,
-                *keys, *m_args, *o.extra_worker_args)  # fmt: skip
+                *keys, *m_args, *device, *o.extra_worker_args)  # fmt: skip
         workers.append(ProcessSpec(f"worker-{i}", Tier.WORKER, args, m_ports, m_port))
     return [*brokers, *workers, *frontends]
 
