@@ -31,7 +31,7 @@ RUN_METRICS_PORT := $(METRICS_PORT)
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean k8s-render \
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker bench-gpu chaos clean k8s-render \
 	docker-ready docker-base docker-context images image-deps image-torch image-broker image-frontend image-worker \
 	image-lb image-prometheus \
 	compose-up compose-down test-compose
@@ -89,6 +89,14 @@ bench-peers: install-test
 
 bench-broker: install-test
 	$(PY) -m bench.broker_bench
+
+# On a GPU host: installs GPU_TORCH_SPEC when torch cannot use CUDA, runs the gpu tests (a skip
+# fails) and the CUDA benchmark, writes bench/results/gpu-*.json and gpu-latest.md. Elsewhere:
+# a dry run on the CPU that says so.
+GPU_TORCH_SPEC ?= torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128 \
+	--extra-index-url https://pypi.org/simple
+bench-gpu: install-test
+	$(PY) -m bench.gpu --torch-spec "$(GPU_TORCH_SPEC)"
 
 chaos: install-test
 	$(PY) -m bench.chaos
