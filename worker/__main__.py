@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .devices import DeviceError, cuda_state, host_has_nvidia_gpu, resolve_devices, set_tf32
-    from .server import WorkerServer
+    from .server import EXIT_DEVICE_LOST, WorkerServer
 
     try:
         devices = resolve_devices(config.device, cuda_state(), host_has_nvidia_gpu())
@@ -55,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     with stop_signals("worker", server.request_stop):
         server.serve()
+    if server.exit_code == EXIT_DEVICE_LOST:
+        # The CUDA context is poisoned: torch's teardown (freeing cached device memory) can
+        # abort the process, which would hide this exit status. Everything is answered and
+        # the sockets are closed; leave without it.
+        logging.shutdown()
+        os._exit(server.exit_code)
     return server.exit_code
 
 

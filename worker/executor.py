@@ -156,6 +156,8 @@ class CudaExecution:
     def close(self) -> None:
         try:
             self.stream.synchronize()
+        except RuntimeError as exc:  # a poisoned context (see gpu_faults) cannot synchronise
+            logger.warning("closing a model instance's stream: %s", str(exc)[:200])
         finally:
             self.staging.buffers.clear()
             self._leases.release(self.stream)

@@ -268,7 +268,7 @@ def test_a_merged_batch_that_runs_out_of_memory_is_split() -> None:
 # ---- a device-side assert, in a process of its own (it poisons the CUDA context) -------------
 
 ASSERT_SCRIPT = """
-import json, sys
+import json, os, sys
 import numpy as np, torch
 from worker.gpu_faults import Fault, classify, judge
 from worker.loaders import TorchModel
@@ -294,7 +294,10 @@ for rows in ([[1, 2]], [[1, 99]], [[1, 2]]):  # in range, out of range, in range
     except Exception as exc:
         faults.append(classify(exc).value)
         verdict = judge(exc, "m", 1)
+model.close()  # must not raise on the poisoned context: the worker closes its models on exit
 print(json.dumps({"faults": faults, "message": verdict.message, "poison": verdict.poison}))
+sys.stdout.flush()
+os._exit(0)  # torch's teardown may abort on a poisoned context; the worker exits the same way
 """
 
 
