@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
     p.add_argument("--worker-arg", action="append", default=[],
                    help="extra flag for every worker, e.g. --worker-arg=--device=cpu")  # fmt: skip
     p.add_argument("--frontend-arg", action="append", default=[], help="extra frontend flag")
+    p.add_argument("--routing", default="",
+                   help="routing file (YAML) given to every frontend")  # fmt: skip
     p.add_argument("--broker-arg", action="append", default=[], help="extra broker flag")
     a = p.parse_args(argv)
     options = Options(
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
         extra_worker_args=tuple(a.worker_arg),
         extra_frontend_args=tuple(a.frontend_arg),
         extra_broker_args=tuple(a.broker_arg),
+        routing=str(Path(a.routing).resolve()) if a.routing else "",
     )
     return options, a.grace_s
 
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not Path(options.models).is_dir():
         print(f"run: model repository {options.models} is not a directory", file=sys.stderr)
+        return 2
+    if options.routing and not Path(options.routing).is_file():
+        print(f"run: routing file {options.routing} is not a file", file=sys.stderr)
         return 2
     if options.fabric_keys:
         init_keys(options.fabric_keys)
