@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,7 +20,9 @@ from prometheus_client.registry import Collector
 from fabric import errors
 
 from ..metrics import LATENCY_BUCKETS_S
-from .table import RouteState
+
+if TYPE_CHECKING:  # table.py holds counters of this module
+    from .table import RouteState
 
 SHADOW_RESULTS = ("match", "mismatch", "error", "drop")
 TargetLabel = tuple[str, str, str]  # route, model, version

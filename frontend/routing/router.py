@@ -21,7 +21,7 @@ from ..streams import Infer
 from ..wire import RequestRoute
 from .config import RoutingFile
 from .keys import Metadata, MetadataSource, sticky_key
-from .metrics import RoutingMetrics
+from .metrics import RoutingMetrics, TargetCounters
 from .shadow import Shadows, Submitter
 from .table import BYPASS, DecisionSource, RouteState, RoutingTable
 
@@ -62,8 +62,10 @@ class Router:
             if state.rolled_back and not before.get(name, False):
                 self.metrics.rolled_back(name, state.reason)
 
-    def primary(self, name: str) -> RouteState | None:
-        return self.routes.get(name)
+    def _bind_counters(self, state: RouteState) -> list[TargetCounters]:
+        """The counters of ``state``'s targets, looked up once per route state."""
+        state.counters = [self.metrics.target(state.name, m, v) for m, v in state.targets]
+        return state.counters
 
     async def infer(
         self,
@@ -75,12 +77,19 @@ class Router:
     ) -> Reply:
         """One call for a public name (``route.model`` is a key of ``routes``)."""
         state = self.routes[route.model]
-        key = None if route.version else sticky_key(state, payload, metadata)
-        model, version, slot = self.table.resolve(state, route.version, key)
-        target = RequestRoute(model, version, route.id)
-        if slot == BYPASS:  # a version no target has: it goes where it says, uncounted
-            return await infer(target, payload, remaining_s)
-        counters = self.metrics.target(state.name, model, version)
+        if route.version or state.sticky_header or state.sticky_parameter:
+            key = None if route.version else sticky_key(state, payload, metadata)
+            slot = self.table.resolve(state, route.version, key).slot
+            if slot == BYPASS:  # a version no target has: it goes where it says, uncounted
+                return await infer(route, payload, remaining_s)
+        else:  # the common case, inline: a weighted draw
+            slot = state.picker.pick(self._draw())
+        counters = (state.counters or self._bind_counters(state))[slot]
+        if route.id:
+            model, version = state.targets[slot]
+            target = RequestRoute(model, version, route.id)
+        else:  # most clients send no id: one prepared route per target
+            target = state.plain[slot]
         primary: asyncio.Future[Reply] | None = None
         if state.shadows and not route.version:
             primary = asyncio.get_running_loop().create_future()

@@ -17,7 +17,9 @@ from typing import NamedTuple, Protocol
 
 from fabric.routes import RouteDecision, RouteSpec
 
+from ..wire import RequestRoute
 from .config import Route, RoutingFile, Shadow
+from .metrics import TargetCounters
 from .pick import Picker, effective_weights, target_salt
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class RouteState:
     sticky_parameter: str = ""
     shadows: list[Shadow] = field(default_factory=list)
     by_version: dict[str, int] = field(default_factory=dict)
+    counters: list[TargetCounters] = field(default_factory=list)  # per target, set by Router
+    plain: list[RequestRoute] = field(default_factory=list)  # per target, for calls without id
 
     def set_canary(self, canary_weight: int | None) -> None:
         self.canary_weight = canary_weight
@@ -91,6 +95,7 @@ def build_state(name: str, route: Route) -> RouteState:
         sticky_parameter=route.sticky.parameter if route.sticky else "",
         shadows=list(route.shadow),
         by_version=by_version,
+        plain=[RequestRoute(m, v, "") for m, v in targets],
     )
 
 

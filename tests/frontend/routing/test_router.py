@@ -49,14 +49,16 @@ def test_each_call_goes_to_one_target_and_is_counted_there() -> None:
         for _ in range(3):
             await router.infer(infer, RequestRoute("pair", "", "id"), b"", 1.0, None)
         await router.infer(infer, RequestRoute("clf", "", "id"), b"", 1.0, lambda: [])
+        await router.infer(infer, RequestRoute("pair", "", ""), b"", 1.0, None)  # no id
         return router
 
     router = asyncio.run(main())
     assert [(r.model, r.version, r.id) for r in seen] == [("alpha", "1", "id")] * 3 + [
-        ("clf", "2", "id")
+        ("clf", "2", "id"),
+        ("alpha", "1", ""),
     ]
     m = router.metrics
-    assert m.target("pair", "alpha", "1").calls == 3
+    assert m.target("pair", "alpha", "1").calls == 4
     assert m.target("clf", "clf", "2").calls == 1
     assert m.target("clf", "clf", "2").errors == {errors.INTERNAL: 1}
 
