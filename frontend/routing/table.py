@@ -56,11 +56,23 @@ class RouteState:
     by_version: dict[str, int] = field(default_factory=dict)
     counters: list[TargetCounters] = field(default_factory=list)  # per target, set by Router
     plain: list[RequestRoute] = field(default_factory=list)  # per target, for calls without id
+    refused_canary: int | None = None  # a decided canary weight that left no target
 
-    def set_canary(self, canary_weight: int | None) -> None:
+    def set_canary(self, canary_weight: int | None) -> bool:
+        """Puts the canary's weight in force; False (and nothing changed) when it would
+        leave no target with weight."""
+        weights = effective_weights([t.weight for t in self.route.targets], canary_weight)
+        if not any(weights):  # nowhere to send anything: keep the weights in force
+            if canary_weight != self.refused_canary:  # said once, not every tick
+                logger.warning(
+                    "route %s: canary weight %s leaves no target", self.name, canary_weight
+                )
+                self.refused_canary = canary_weight
+            return False
         self.canary_weight = canary_weight
-        self.weights = effective_weights([t.weight for t in self.route.targets], canary_weight)
-        self.picker = Picker(self.weights, [target_salt(m, v) for m, v in self.targets])
+        self.weights = weights
+        self.picker = Picker(weights, [target_salt(m, v) for m, v in self.targets])
+        return True
 
     def primary(self) -> tuple[str, str]:
         """The target with the most weight now (the first of equals)."""
@@ -143,8 +155,7 @@ class RoutingTable:
                     d.reason,
                 )
             state.step, state.rolled_back, state.reason = d.step, d.rolled_back, d.reason
-            if d.canary_weight != state.canary_weight:
-                state.set_canary(d.canary_weight)
+            if d.canary_weight != state.canary_weight and state.set_canary(d.canary_weight):
                 changed.append(state)
                 logger.info("route %s: weights now %s (step %d)", state.name, state.weights, d.step)
         return changed

@@ -111,3 +111,20 @@ def test_primary_is_the_heaviest_target() -> None:
     table = RoutingTable(parse_routing(FILE))
     assert table.routes["clf"].primary() == ("clf", "1")
     assert table.routes["pair"].primary() == ("alpha", "3")  # the first of equals
+
+
+def test_a_decision_that_leaves_no_target_is_not_applied() -> None:
+    text = b"""
+routes:
+  solo:
+    targets:
+      - {model: a, version: "1", weight: 0}
+      - {model: b, version: "1", weight: 100}
+"""
+    decisions = FakeDecisions()
+    table = RoutingTable(parse_routing(text), decisions)
+    solo = table.routes["solo"]
+    decisions.decisions[("solo", solo.digest)] = RouteDecision("solo", solo.digest, -1, 0, True, "x")
+    assert table.refresh() == []
+    assert solo.weights == [0.0, 100.0]
+    assert table.resolve(solo, "", None).slot == 1
