@@ -124,7 +124,8 @@ routes:
     decisions = FakeDecisions()
     table = RoutingTable(parse_routing(text), decisions)
     solo = table.routes["solo"]
-    decisions.decisions[("solo", solo.digest)] = RouteDecision("solo", solo.digest, -1, 0, True, "x")
+    decision = RouteDecision("solo", solo.digest, -1, 0, True, "x")
+    decisions.decisions[("solo", solo.digest)] = decision
     assert table.refresh() == []
     assert solo.weights == [0.0, 100.0]
     assert table.resolve(solo, "", None).slot == 1
