@@ -2,14 +2,25 @@
 routing costs. Its frontend runs ``--routing`` with the public name ``mlp`` split 90/10 between
 ``mlp`` and ``mlp_canary`` (the same network, copied under another name: a canary release of
 an unchanged model), on a repository of its own holding just those two, so the other stacks
-are not changed. Measured at the same points as ``ours`` in the same rounds."""
+are not changed. Measured at the same points as ``ours`` in the same rounds.
+
+``python -m bench.routed`` times the frontend's routing hook alone, in process: a call through
+``Router.infer`` against a call straight to the same do-nothing ``infer``, per call."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import sys
+import time
 from pathlib import Path
 
 from bench.results import SummaryRow
+from fabric import errors
+from frontend.fabric_client import Reply
+from frontend.routing.config import parse_routing
+from frontend.routing.router import Router
+from frontend.wire import RequestRoute
 
 ROUTED_SYSTEM = "ours_routed"
 ROUTED_MODEL = "mlp"
@@ -53,3 +64,43 @@ def routing_cost_lines(summary: list[SummaryRow], model: str) -> list[str]:
                 f"routing file, p50 {p50:+.2f} ms"
             )
     return [*out, ""] if out else []
+
+
+class _NoFabric:
+    """The router's shadow client; the timed route has no shadow, so it is never called."""
+
+    def submit(
+        self, model: str, version: str, deadline_ns: int, payload: bytes
+    ) -> tuple[int, asyncio.Future[Reply], object]:
+        raise AssertionError("no shadow in the timed route")
+
+    def cancel(self, request_id: int) -> None:
+        raise AssertionError("no shadow in the timed route")
+
+
+async def hook_cost_us(calls: int = 200_000, repeats: int = 5) -> tuple[float, float]:
+    """(µs per direct call, µs per routed call), the best of ``repeats``."""
+    ok = Reply(errors.OK, "", b"")
+
+    async def infer(route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
+        return ok
+
+    router = Router(parse_routing(ROUTING.encode()), _NoFabric(), lambda: 0.0, 60.0)
+    request = RequestRoute(ROUTED_MODEL, "", "")
+    direct, routed = float("inf"), float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            await infer(request, b"", 1.0)
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            await router.infer(infer, request, b"", 1.0, None)
+        t2 = time.perf_counter()
+        direct, routed = min(direct, (t1 - t0) / calls), min(routed, (t2 - t1) / calls)
+    return direct * 1e6, routed * 1e6
+
+
+if __name__ == "__main__":
+    d, r = asyncio.run(hook_cost_us())
+    print(f"routing hook: {r - d:.2f} µs per call ({d:.2f} µs direct, {r:.2f} µs routed)")
+    sys.exit(0)
