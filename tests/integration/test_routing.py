@@ -6,11 +6,13 @@ reload of a valid and an invalid file. One stack serves the whole module."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -212,6 +214,27 @@ def test_explicit_version_and_metadata_of_public_names(routed: Routed) -> None:
     index = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
     assert index[("shadowed", "")] == "READY" and index[("sticky", "")] == "READY"
     assert index[("tag", "1")] == "READY" and ("tag", "") not in index  # tag is a model name
+
+
+def test_stream_calls_are_routed_with_the_stream_header(routed: Routed) -> None:
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(routed.stack.frontend.url)
+    expected = _sticky_map(routed.stack.frontend, ["user-3"])["user-3"]
+    client.start_stream(
+        lambda result, error: replies.put((result, error)), headers={"x-routing-key": "user-3"}
+    )
+    try:
+        for i in range(20):
+            client.async_stream_infer("sticky", _inputs(i), request_id=str(i))
+        client.async_stream_infer("tag", _inputs(), model_version="2", request_id="v2")
+        got = [replies.get(timeout=30) for _ in range(21)]
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    assert all(error is None for _, error in got), got
+    versions = {r.get_response().id: r.get_response().model_version for r, _ in got}
+    assert versions.pop("v2") == "2"
+    assert set(versions.values()) == {expected}  # the stream's key pins every call
 
 
 def _p50_ms(client: grpcclient.InferenceServerClient, model: str, version: str) -> float:
