@@ -18,6 +18,8 @@ BROKER_FRONTEND_PORT ?= 5555
 BROKER_WORKER_PORT ?= 5556
 METRICS ?= 1
 METRICS_PORT ?= 8002
+# `make run ROUTING=routing.yaml`: every frontend gets --routing (canary, A/B, shadow routing).
+ROUTING ?=
 # Demo models are built only into the default directory; MODELS=dir is served as it is.
 ifeq ($(MODELS),$(DEMO_MODELS))
 RUN_NEEDS := models
@@ -57,7 +59,8 @@ run: $(RUN_NEEDS)
 	$(PY) scripts/run_local.py --models $(MODELS) --frontends $(FRONTENDS) \
 		--workers $(WORKERS) --brokers $(BROKERS) --host $(HOST) --port $(PORT) \
 		--broker-frontend-port $(BROKER_FRONTEND_PORT) \
-		--broker-worker-port $(BROKER_WORKER_PORT) --metrics-port $(RUN_METRICS_PORT)
+		--broker-worker-port $(BROKER_WORKER_PORT) --metrics-port $(RUN_METRICS_PORT) \
+		$(if $(ROUTING),--routing $(ROUTING))
 
 protos: install-test
 	$(PY) -m protos.generate

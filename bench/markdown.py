@@ -11,6 +11,7 @@ from typing import Any
 from bench.compare import inprocess_call_us
 from bench.models import MODEL_BLURB
 from bench.results import IdleSample, Measurement, Note, Report, StartFailure, SummaryRow
+from bench.routed import routing_cost_lines
 from bench.summary import median
 
 
@@ -257,6 +258,7 @@ def to_markdown(report: Report) -> str:
         lines += results_table(report.summary, model)
         lines.append("")
         lines += curve_cost_lines(report.summary, model)
+        lines += routing_cost_lines(report.summary, model)
         bs = batch_size_table(report, model)
         if bs:
             lines += [*bs, ""]

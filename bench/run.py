@@ -48,6 +48,7 @@ from bench.markdown import to_markdown
 from bench.measure import Target, idle_sample, sweep_interleaved
 from bench.models import MODELS, OPTIONAL_MODELS
 from bench.results import Report, Round, StackInfo, StartFailure
+from bench.routed import ROUTED_MODEL, ROUTED_SYSTEM, build_routed_repo
 from bench.summary import summarize
 from bench.systems import build_repo, start_bare, start_ours_idle
 from fabric.curve import init_keys
@@ -61,7 +62,12 @@ CURVE_MODEL = "mlp"
 
 
 def run_round(
-    args: argparse.Namespace, log_dir: Path, rnd: int, repo: Path | None, models: list[str]
+    args: argparse.Namespace,
+    log_dir: Path,
+    rnd: int,
+    repo: Path | None,
+    models: list[str],
+    routing: Path | None = None,
 ) -> Round:
     """One round of ``make bench``: the bare server for each model and our stack, all up at
     once, measured point by point (``sweep_interleaved``)."""
@@ -71,6 +77,8 @@ def run_round(
     ours_info: StackInfo | None = None
     curve: Target | None = None
     curve_info: StackInfo | None = None
+    routed: Target | None = None
+    routed_info: StackInfo | None = None
     try:
         for model in models:
             print(f"bench: round {rnd + 1}/{args.rounds}: starting bare, {model}", file=sys.stderr)
@@ -98,9 +106,23 @@ def run_round(
                     entry.results.append(StartFailure(system=CURVE_SYSTEM, error=str(exc)))
                 if curve_info is not None:
                     entry.info[CURVE_SYSTEM] = curve_info
+            if routing is not None and ROUTED_MODEL in models:
+                print(f"bench: round {rnd + 1}/{args.rounds}: starting ours with a routing file",
+                      file=sys.stderr)  # fmt: skip
+                try:
+                    routed, routed_info = start_ours_idle(
+                        args, log_dir, rnd, routing.parent, [ROUTED_MODEL], ROUTED_SYSTEM,
+                        frontend_args=("--routing", str(routing)),
+                    )  # fmt: skip
+                except StackError as exc:
+                    entry.results.append(StartFailure(system=ROUTED_SYSTEM, error=str(exc)))
+                if routed_info is not None:
+                    entry.info[ROUTED_SYSTEM] = routed_info
         targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
         if curve is not None and CURVE_MODEL in targets:
             targets[CURVE_MODEL].append(curve)
+        if routed is not None:
+            targets[ROUTED_MODEL].append(routed)
         entry.results += sweep_interleaved(targets, args, rnd, args.model_concurrency)
         entry.results += [idle_sample(t, m, args.idle_seconds) for m, t in bare.items()]
     finally:
@@ -110,6 +132,8 @@ def run_round(
             ours_info.exit_codes = stop_all(ours.procs)
         if curve is not None and curve_info is not None:
             curve_info.exit_codes = stop_all(curve.procs)
+        if routed is not None and routed_info is not None:
+            routed_info.exit_codes = stop_all(routed.procs)
     return entry
 
 
@@ -137,6 +161,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default=True,
         help=f"also measure our stack with CURVE on the fabric ({CURVE_SYSTEM}, {CURVE_MODEL} "
         "only), to show what encryption and authentication cost",
+    )
+    parser.add_argument(
+        "--routed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also measure our stack with a routing file ({ROUTED_SYSTEM}, {ROUTED_MODEL} "
+        "split 90/10 over two targets), to show what routing costs",
     )
     args = parser.parse_args(argv)
     quick = args.quick
@@ -188,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             models = drop_missing_optional(report, built, models)
             report.meta["models"] = models
+        routing = None
+        if repo is not None and args.routed and ROUTED_MODEL in models:
+            routing = build_routed_repo(repo, Path(tmp) / "routed")
         for rnd in range(args.rounds):
-            report.rounds.append(run_round(args, log_dir, rnd, repo, models))
+            report.rounds.append(run_round(args, log_dir, rnd, repo, models, routing))
         all_results = [r for rnd_ in report.rounds for r in rnd_.results]
         for model in models:
             sizes = inprocess_sizes(all_results, model)
@@ -197,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             report.inprocess[model] = run_inprocess(repo, model, sizes, args.inprocess_seconds)
     attach_inprocess(report)
     every_c = list(dict.fromkeys([*args.concurrency, *args.model_concurrency["mlp_wait"]]))
-    report.summary = summarize(report.rounds, every_c, ["bare", "ours", CURVE_SYSTEM], models)
+    report.summary = summarize(
+        report.rounds, every_c, ["bare", "ours", CURVE_SYSTEM, ROUTED_SYSTEM], models
+    )
     report.meta["elapsed_s"] = time.monotonic() - t_begin
     return write_outputs(report, args, "run", to_markdown)
 

@@ -45,9 +45,11 @@ def start_ours(
     models: list[str],
     system: str = "ours",
     fabric_args: tuple[str, ...] = (),
+    frontend_args: tuple[str, ...] = (),
 ) -> tuple[Target, StackInfo]:
     """Broker, worker, frontend on free loopback ports; waits until every model is ready.
-    ``fabric_args`` go to all three (``--fabric-keys DIR``: the fabric with CURVE)."""
+    ``fabric_args`` go to all three (``--fabric-keys DIR``: the fabric with CURVE),
+    ``frontend_args`` to the frontend (``--routing FILE``)."""
     p_front, p_work, p_grpc = free_port(), free_port(), free_port()
     front_bind, work_bind = f"tcp://127.0.0.1:{p_front}", f"tcp://127.0.0.1:{p_work}"
     url = f"127.0.0.1:{p_grpc}"
@@ -65,6 +67,7 @@ def start_ours(
         procs.append(Proc("worker", worker, log_dir, env=ONE_THREAD))
         frontend = [py, "-m", "frontend", "--host", "127.0.0.1", "--port", str(p_grpc)]
         frontend += ["--broker", front_bind, *fabric_args, *shlex.split(args.frontend_args)]
+        frontend += frontend_args
         procs.append(Proc("frontend", frontend, log_dir))
         wait_ready(url, procs, models)
     except BaseException:
@@ -85,9 +88,12 @@ def start_ours_idle(
     models: list[str],
     system: str = "ours",
     fabric_args: tuple[str, ...] = (),
+    frontend_args: tuple[str, ...] = (),
 ) -> tuple[Target, StackInfo]:
     """``start_ours``, then its idle CPU and memory once start-up work has settled."""
-    target, info = start_ours(args, log_dir / f"r{rnd}-{system}", repo, models, system, fabric_args)
+    target, info = start_ours(
+        args, log_dir / f"r{rnd}-{system}", repo, models, system, fabric_args, frontend_args
+    )
     try:
         time.sleep(SETTLE_S)
         info.idle_cpu_util = idle_cpu(target.procs, args.idle_seconds)

@@ -10,6 +10,7 @@ from fabric.cli import StopSignals, build_config, setup_logging, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
 from .config import ENV_PREFIX, FrontendConfig
+from .routing.config import RoutingError
 from .server import FrontendServer
 
 
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except RoutingError as exc:  # --routing names a file that cannot be used
+        print(f"serve-frontend: routing file {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -45,3 +45,8 @@ class FrontendConfig(CurveClientSettings):
     max_concurrent_streams: int = setting(
         1024, "calls open at once on one client connection (HTTP/2 streams)"
     )
+    routing_file: str = setting(
+        "",
+        "routing file (YAML): canary, A/B, sticky and shadow routing; watched for edits",
+        flag="--routing",
+    )

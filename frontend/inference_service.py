@@ -23,6 +23,7 @@ from .fabric_client import FabricClient, Reply
 from .metrics import RequestMetrics
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
+from .routing.router import Router
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
@@ -60,6 +61,7 @@ class InferenceService:
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
         self._policies_version = -1
+        self.router: Router | None = None  # --routing: public names (frontend.routing)
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -113,10 +115,15 @@ class InferenceService:
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
         models = self.client.models()
+        name, version = request.name, request.version
+        if self.router is not None and name in self.router.routes:
+            if not version:
+                return pb.ModelReadyResponse(ready=self.router.ready(name, models))
+            name, version = self.router.answer_for(name, version)
         ready = any(
             n > 0
             for (m, v), (_, n) in models.items()
-            if m == request.name and (not request.version or v == request.version)
+            if m == name and (not version or v == version)
         )
         return pb.ModelReadyResponse(ready=ready)
 
@@ -124,7 +131,7 @@ class InferenceService:
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         config = await self._config_or_abort(request.name, request.version, context)
-        known = {v: n for (m, v), (_, n) in self.client.models().items() if m == request.name}
+        known = {v: n for (m, v), (_, n) in self.client.models().items() if m == config.name}
         ready = [v for v, n in known.items() if n > 0]
         versions = sorted(ready or known, key=version_sort_key)
         batch = [-1] if config.max_batch_size > 0 else []
@@ -164,6 +171,9 @@ class InferenceService:
                 state="READY" if n > 0 else "UNAVAILABLE",
                 reason="" if n > 0 else "no live worker serves this version",
             )
+        if self.router is not None:  # public names that are not model names
+            for name, ready in self.router.index(self.client.models(), request.ready):
+                out.models.add(name=name, state="READY" if ready else "UNAVAILABLE")
         return out
 
     async def _config_or_abort(
@@ -171,6 +181,8 @@ class InferenceService:
     ) -> mc.ModelConfig:
         try:
             names.check_model(name, version, "name")
+            if self.router is not None:
+                name, version = self.router.answer_for(name, version)
             return self._config(name, version, context)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
@@ -374,7 +386,13 @@ class InferenceService:
             route = scan_request(request)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
-        reply = await self.infer(route, request, context.time_remaining())
+        router = self.router
+        if router is not None and route.model in router.routes:
+            reply = await router.infer(
+                self.infer, route, request, context.time_remaining(), context.invocation_metadata
+            )
+        else:
+            reply = await self.infer(route, request, context.time_remaining())
         if reply.status != errors.OK or reply.payload is None:
             await context.abort(grpc_code(reply.status), reply.message or reply.status)
         return reply.payload  # type: ignore[return-value]
@@ -383,8 +401,11 @@ class InferenceService:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Many requests over one stream, bounded (see ``frontend.streams``)."""
+        infer = self.infer
+        if self.router is not None:
+            infer = self.router.stream_infer(infer, context.invocation_metadata())
         async for response in serve_stream(
-            self.infer,
+            infer,
             requests,
             context,
             max_pending=self.config.stream_max_pending,

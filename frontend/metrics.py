@@ -87,7 +87,9 @@ class FrontendCollector(Collector):
             yield GaugeMetricFamily(f"fabric_frontend_{gauge}", f"Frontend {gauge}", value=level)
 
 
-def serve_metrics(collector: FrontendCollector, host: str, port: int) -> None:
+def serve_metrics(collector: FrontendCollector, host: str, port: int, *more: Collector) -> None:
     registry = CollectorRegistry()
     registry.register(collector)
+    for extra in more:
+        registry.register(extra)
     start_http_server(port, addr=host, registry=registry)

@@ -23,6 +23,7 @@ from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
 from .metrics import FrontendCollector, serve_metrics
+from .routing.setup import RoutingSetup
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class FrontendServer:
             security=fabric_security(config, "frontend"),
         )
         self.service = InferenceService(config, self.client, package_version())
+        # --routing: the file is read and checked here, so a bad one stops the start.
+        self.routing = RoutingSetup.from_config(config, self.client, self.service)
         self.health = health.aio.HealthServicer()
         self.state = State.RUNNING
         self.port = 0
@@ -146,6 +149,8 @@ class FrontendServer:
         await server.start()
         self._server = server
         self._health_task = asyncio.create_task(self._track_health(), name="health-tracker")
+        if self.routing is not None:
+            self.routing.start()
         if self.config.metrics_port:
             svc = self.service
             serve_metrics(
@@ -160,6 +165,7 @@ class FrontendServer:
                 ),
                 self.config.metrics_host,
                 self.config.metrics_port,
+                *([self.routing.collector()] if self.routing is not None else []),
             )
         logger.info(
             "frontend serving gRPC on %s:%d, brokers %s",
@@ -186,6 +192,8 @@ class FrontendServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
+        if self.routing is not None:
+            await self.routing.close()
         await self.client.close()
         self.state = State.STOPPED
         logger.info("[shutdown] frontend: stopped")

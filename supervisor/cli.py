@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
     p.add_argument("--worker-arg", action="append", default=[],
                    help="extra flag for every worker, e.g. --worker-arg=--device=cpu")  # fmt: skip
     p.add_argument("--frontend-arg", action="append", default=[], help="extra frontend flag")
+    p.add_argument("--routing", default="",
+                   help="routing file (YAML) given to every frontend")  # fmt: skip
     p.add_argument("--broker-arg", action="append", default=[], help="extra broker flag")
     a = p.parse_args(argv)
     workers, devices = worker_plan(a.workers, probe_gpus(os.environ))
@@ -62,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, float]:
         extra_frontend_args=tuple(a.frontend_arg),
         extra_broker_args=tuple(a.broker_arg),
         worker_devices=devices,
+        routing=str(Path(a.routing).resolve()) if a.routing else "",
     )
     return options, a.grace_s
 
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not Path(options.models).is_dir():
         print(f"run: model repository {options.models} is not a directory", file=sys.stderr)
+        return 2
+    if options.routing and not Path(options.routing).is_file():
+        print(f"run: routing file {options.routing} is not a file", file=sys.stderr)
         return 2
     if options.fabric_keys:
         init_keys(options.fabric_keys)

@@ -36,6 +36,7 @@ class Options:
     extra_frontend_args: tuple[str, ...] = ()
     extra_broker_args: tuple[str, ...] = ()
     worker_devices: tuple[str, ...] = ()  # worker i: --device worker_devices[i]; () = default
+    routing: str = ""  # routing file given to every frontend (--routing); "" = none
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def build_plan(o: Options) -> list[ProcessSpec]:
     wk_eps = [f"tcp://{loopback}:{o.broker_worker_port + 2 * i}" for i in range(o.brokers)]
     next_metrics = iter(range(o.metrics_port, o.metrics_port + 1_000))
     keys = ("--fabric-keys", o.fabric_keys) if o.fabric_keys else ()
+    routing = ("--routing", o.routing) if o.routing else ()
 
     def metrics() -> tuple[list[str], tuple[PortUse, ...], int]:
         if not o.metrics_port:
@@ -80,7 +82,7 @@ def build_plan(o: Options) -> list[ProcessSpec]:
         m_args, m_ports, m_port = metrics()
         grpc_port = PortUse(o.host, o.port, "gRPC")
         args = ("-m", "frontend", "--host", o.host, "--port", str(o.port),
-                "--broker", ",".join(fe_eps), "--reuse-port", *keys, *m_args,
+                "--broker", ",".join(fe_eps), "--reuse-port", *keys, *routing, *m_args,
                 *o.extra_frontend_args)  # fmt: skip
         # The shared gRPC port is checked once, with the first frontend.
         ports = (grpc_port, *m_ports) if i == 0 else m_ports

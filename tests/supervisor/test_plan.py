@@ -86,3 +86,18 @@ def test_models_path_made_absolute(tmp_path: object, monkeypatch: pytest.MonkeyP
     options, grace_s = parse_args(["--models", "repo", "--workers", "3", "--grace-s", "2"])
     assert options.models == f"{tmp_path}/repo"
     assert (options.workers, grace_s) == (3, 2.0)
+
+
+def test_routing_file_goes_to_every_frontend_only(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    options, _ = parse_args(["--routing", "routing.yaml", "--frontends", "2"])
+    assert options.routing == f"{tmp_path}/routing.yaml"
+    plan = build_plan(options)
+    for spec in plan:
+        if spec.tier is Tier.FRONTEND:
+            assert arg(spec.args, "--routing") == options.routing
+        else:
+            assert "--routing" not in spec.args
+    assert all("--routing" not in s.args for s in build_plan(Options(frontends=2)))
