@@ -76,3 +76,38 @@ def merge_decisions(decisions: list[RouteDecision]) -> RouteDecision | None:
     if rolled:
         return rolled[0]
     return min(decisions, key=lambda d: (d.step, d.canary_weight))
+
+
+def initial_decision(spec: RouteSpec) -> RouteDecision:
+    """The decision on a route no broker has announced yet: the first rollout step (or the
+    file's weight without a rollout), not rolled back."""
+    if spec.rollout_steps:
+        return RouteDecision(spec.route, spec.digest, 0, spec.rollout_steps[0], False, "")
+    canary = spec.weights[-1] if spec.weights else 0
+    return RouteDecision(spec.route, spec.digest, NO_ROLLOUT, canary, False, "")
+
+
+def effective_weights(spec: RouteSpec, decision: RouteDecision | None) -> list[float]:
+    """Each target's weight under ``decision`` (``initial_decision`` when there is none yet).
+
+    Rolled back: the canary (last target) gets 0, the others keep their file weights. During
+    a rollout the step is the canary's percentage of the traffic, and the other targets share
+    the rest in proportion to their file weights. Without a rollout the canary has its file
+    weight. One definition, used by the frontend's pick and the broker's metrics alike."""
+    weights = [float(w) for w in spec.weights]
+    if decision is None:
+        decision = initial_decision(spec)
+    if not weights:
+        return weights
+    if decision.rolled_back:
+        weights[-1] = 0.0
+        return weights
+    if decision.step == NO_ROLLOUT:
+        weights[-1] = float(decision.canary_weight)
+        return weights
+    canary = float(min(100, max(0, decision.canary_weight)))
+    others = sum(weights[:-1])
+    rest = 100.0 - canary
+    out = [w * rest / others if others else 0.0 for w in weights[:-1]]
+    out.append(canary)
+    return out
