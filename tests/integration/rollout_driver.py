@@ -36,7 +36,7 @@ def route_spec(
     steps: list[int] | None = None,
     dwell_s: float = 0.0,
     window_s: float = 30.0,
-    min_requests: int = 40,
+    min_requests: int = 100,
     max_error_rate_delta: float = 0.05,
     max_p99_ratio: float = 2.0,
     stable: str = "clf",

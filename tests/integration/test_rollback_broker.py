@@ -128,7 +128,7 @@ def test_a_healthy_canary_under_the_same_load_stays(
 ) -> None:
     spec = HEALTHY_ROUTE
     labels = {"route": spec.route, "model": HEALTHY, "version": "1"}
-    target = 3 * spec.min_requests
+    target = 2 * spec.min_requests
 
     def enough() -> bool:
         return len(fleet.outcomes(HEALTHY)) >= target
