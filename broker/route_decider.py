@@ -13,9 +13,10 @@ a real difference shows). The caller's own INVALID_ARGUMENT and CANCELLED, NOT_F
 RESOURCE_EXHAUSTED (load shedding before dispatch) are not counted at all.
 
 A digest's epoch is when this broker first heard of it; a rollback latches until the digest
-disappears (the file changed and no frontend reports it for ``ROUTE_FORGET_S``). A digest
-this broker does not know yet (it restarted) starts from the decision the reporting frontend
-holds, so a restart never brings a rolled-back canary back.
+disappears (the file changed and no frontend reports it for ``ROUTE_FORGET_S``). Frontends
+send back the decisions they follow: a digest this broker does not know yet (it restarted)
+starts from that decision, and a rollback another broker decided latches here too, so that
+neither a restart nor the loss of a broker brings a rolled-back canary back.
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ class RouteDecider:
         added = False
         for raw in specs[:MAX_ROUTES_PER_FRONTEND]:
             state = self.routes.get(raw.digest)
-            if state is None:
+            if state is not None:
+                self._adopt_rollback(state, seeds.get(raw.digest))
+            else:
                 spec = self._valid(frontend, raw)
                 if spec is None:
                     continue
@@ -168,6 +171,18 @@ class RouteDecider:
         self._reported[frontend] = digests
         if added:
             self._rebuild_windows()
+
+    def _adopt_rollback(self, state: RouteState, held: RouteDecision | None) -> None:
+        """A frontend holds a rollback of this digest (another broker decided it): latch it
+        here too, so that every broker agrees whichever of them is lost later."""
+        if held is None or not held.rolled_back or state.rolled_back:
+            return
+        state.rolled_back = True
+        state.reason = held.reason or INHERITED
+        logger.info(
+            "route %s digest %s: rolled back (%s) as a frontend holds it",
+            state.spec.route, state.spec.digest[:12], state.reason,
+        )  # fmt: skip
 
     def forget_frontend(self, frontend: PeerId) -> None:
         self._reported.pop(frontend, None)

@@ -5,7 +5,9 @@ the fabric client sends them to every broker on each heartbeat (and at once when
 change), together with the decisions held on them, and passes each broker's answer to
 ``update``. ``decision`` is what the pick follows: the most conservative of what the live
 brokers say (rolled back if any says so, else the lowest rollout step), None while no broker
-has spoken on that digest yet (``fabric.routes.initial_decision`` is the default then).
+has spoken on that digest yet (``fabric.routes.initial_decision`` is the default then). A
+rollback stays for the digest's life, and a decision stays while no live broker has one (a
+broker restarted): the brokers adopt both from the decisions this frontend sends back.
 
 No I/O and no clock: the fabric client says when a broker is lost. ``decision`` is a dict
 lookup (merging happens when an answer arrives), so the hot path pays nothing more.
@@ -66,6 +68,13 @@ class RouteStates:
         for spec in self.specs:
             key = (spec.route, spec.digest)
             found = merge_decisions([d[key] for d in self._by_broker.values() if key in d])
+            before = self._merged.get(key)
+            if before is not None and (
+                found is None or (before.rolled_back and not found.rolled_back)
+            ):
+                # No live broker has spoken (one restarted), or the one that rolled the canary
+                # back is gone: keep what was decided; the brokers learn it from our heartbeats.
+                found = before
             if found is not None:
                 merged[key] = found
         if merged != self._merged:

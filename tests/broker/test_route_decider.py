@@ -252,11 +252,20 @@ def test_a_new_broker_starts_from_what_the_frontend_holds(decider: RouteDecider)
     d = only(decider)
     assert (d.rolled_back, d.reason, d.step, d.canary_weight) == (True, ERROR_RATE, 1, 0)
     assert decider.rollbacks == {}  # not a rollback of ours: not counted again
-    # What a frontend holds never overrides a digest the broker already tracks.
+    # For a digest the broker already tracks, a frontend's step changes nothing ...
     other = RouteDecider()
     other.report(FE, [spec(steps=[10, 50, 100])])
+    other.report(
+        FE2, [spec(steps=[10, 50, 100])], [RouteDecision("clf", "a" * 64, 2, 100, False, "")]
+    )
+    assert only(other, FE2).step == 0
+    # ... but a rollback (another broker decided it) latches here too, uncounted.
     other.report(FE2, [spec(steps=[10, 50, 100])], [held])
-    assert not only(other, FE2).rolled_back
+    d = only(other, FE2)
+    assert (d.rolled_back, d.reason, d.step, d.canary_weight) == (True, ERROR_RATE, 0, 0)
+    assert other.rollbacks == {}
+    other.report(FE2, [spec(steps=[10, 50, 100])], [])
+    assert only(other, FE2).rolled_back  # latched
 
 
 def test_each_frontend_gets_the_decisions_on_its_own_routes(decider: RouteDecider) -> None:

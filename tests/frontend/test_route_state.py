@@ -69,3 +69,27 @@ def test_a_change_of_routes_is_reported_at_once() -> None:
     states.report([spec("d2")])
     states.report([])
     assert calls == [1, 1, 0]
+
+
+def test_a_decision_stays_while_no_live_broker_has_one() -> None:
+    states = RouteStates()
+    states.report([spec()])
+    states.update(A, [decision(1)])
+    states.broker_lost(A)  # it restarted: until it speaks again, follow what it said
+    assert states.decision("clf", "d1") == decision(1)
+    assert states.held() == [decision(1)]  # and tell it, so that it starts from there
+    states.update(A, [decision(2)])
+    assert states.decision("clf", "d1") == decision(2)
+
+
+def test_a_rollback_stays_when_the_broker_that_decided_it_is_lost() -> None:
+    states = RouteStates()
+    states.report([spec()])
+    states.update(A, [decision(0, rolled_back=True)])
+    states.update(B, [decision(1)])
+    states.broker_lost(A)
+    merged = states.decision("clf", "d1")
+    assert merged is not None and merged.rolled_back
+    assert states.held() == [decision(0, rolled_back=True)]  # B adopts it from our heartbeat
+    states.report([spec("d2")])  # the file changed: a new digest starts clean
+    assert states.decision("clf", "d2") is None
