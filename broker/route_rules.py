@@ -108,8 +108,13 @@ class OutcomeWindow:
         if error:
             stats.errors += 1
         elif latency_s is not None:
-            bucket = latency_bucket(latency_s)
-            stats.buckets[bucket] = stats.buckets.get(bucket, 0) + 1
+            # latency_bucket inlined: this runs once per routed reply.
+            if latency_s <= LATENCY_FLOOR_S:
+                bucket = 0
+            else:
+                bucket = int(math.log(latency_s / LATENCY_FLOOR_S) / _LOG_RATIO) + 1
+            buckets = stats.buckets
+            buckets[bucket] = buckets.get(bucket, 0) + 1
 
     def snapshot(self, now: float) -> WindowStats:
         self._expire(int(now // self._slice_s))

@@ -99,6 +99,10 @@ def test_latency_buckets_are_within_their_ratio() -> None:
         assert latency <= upper * (1 + 1e-9)
         assert upper <= latency * LATENCY_BUCKET_RATIO * (1 + 1e-9)
     assert latency_bucket(0.0) == 0
+    window = OutcomeWindow(60.0)  # the window files each latency in the same bucket
+    for latency in (0.0, 0.0002, 0.0013, 3.7):
+        window.record(T0, error=False, latency_s=latency)
+    assert set(window.snapshot(T0).buckets) == {latency_bucket(x) for x in (0, 0.0002, 0.0013, 3.7)}
 
 
 def test_p99_is_the_slow_tail() -> None:
