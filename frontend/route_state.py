@@ -34,7 +34,8 @@ class RouteStates:
         self._on_report: Callable[[], None] | None = None
 
     def report(self, specs: list[RouteSpec]) -> None:
-        """The routes this frontend holds now (replacing those reported before)."""
+        """The routes this frontend holds now (replacing those reported before). Call it on
+        the event loop's thread (the fabric client sends at once, on its sockets)."""
         changed = [(s.route, s.digest) for s in specs] != [(s.route, s.digest) for s in self.specs]
         self.specs = list(specs)
         self._merge()
