@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from fabric import messages
 from fabric.protocol import HeartbeatHeader, PeerId, encode_header
+from fabric.routes import RouteDecision
 
 from .controls import Outbox
 from .registry import Registry
@@ -42,16 +43,28 @@ class Answers:
         self._catalog_cache: tuple[int, bytes] = (0, b"")
         self.told_to_leave: dict[PeerId, float] = {}
 
-    def heartbeat(self, frontend: PeerId, generation: int, now: float) -> None:
+    def heartbeat(
+        self,
+        frontend: PeerId,
+        generation: int,
+        now: float,
+        decisions: list[RouteDecision] | None = None,
+    ) -> None:
         """Answer a frontend's heartbeat, unless it was answered a moment ago: the catalog when
-        its generation is stale (and the budget allows), else a heartbeat."""
+        its generation is stale (and the budget allows), else a heartbeat. ``decisions`` (on
+        the routes it reported) go on a heartbeat even when the catalog went: a frontend that
+        starts learns them from its first answer."""
         if now - self._answered_s.get(frontend, _NEVER) < self._interval_s / 2:
             return  # one answer covers a burst of heartbeats
-        if generation != self._registry.generation and self.offer_catalog(frontend, now):
+        if (
+            generation != self._registry.generation
+            and self.offer_catalog(frontend, now)
+            and not decisions
+        ):
             return
         self._answered_s[frontend] = now
         reg = self._registry
-        hb = HeartbeatHeader(reg.generation, reg.incarnation)
+        hb = HeartbeatHeader(reg.generation, reg.incarnation, decisions=decisions or [])
         self._to_frontends.append((frontend, messages.heartbeat(hb)))
 
     def offer_catalog(self, frontend: PeerId, now: float) -> bool:

@@ -35,6 +35,7 @@ from .answers import Answers
 from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
+from .route_decider import RouteDecider
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Dispatcher:
             self.registry, heartbeat_interval_s, self.to_workers, self.to_frontends
         )
         self.counters = Counters()
+        self.routes = RouteDecider(clock)  # canary outcomes and decisions (route_decider.py)
 
     # ---- frontend side ---------------------------------------------------------------
     def on_request(
@@ -109,6 +111,8 @@ class Dispatcher:
             )
             return
         key = (header.model, version)
+        if key in self.routes.watched and not header.hedge_of:  # a hedge's refusal is no fault
+            self.routes.start((frontend, rid), key)
         if not reg.version_known(*key):
             self._fail(
                 frontend,
@@ -165,6 +169,7 @@ class Dispatcher:
         for key in self.queues.waiting_keys():
             if self.queues.remove(key, rkey) is not None:
                 self.counters.cancelled += 1
+                self.routes.forget(rkey)
                 return
 
     def on_control(self, frontend: PeerId, header: ControlHeader) -> None:
@@ -178,11 +183,14 @@ class Dispatcher:
 
     def on_frontend_heartbeat(self, frontend: PeerId, header: HeartbeatHeader) -> None:
         self._frontend_seen(frontend)
-        self.answers.heartbeat(frontend, header.generation, self._clock())
+        self.routes.report(frontend, header.routes, header.decisions)
+        decisions = self.routes.decisions_for(frontend)
+        self.answers.heartbeat(frontend, header.generation, self._clock(), decisions)
 
     def on_frontend_disconnect(self, frontend: PeerId) -> None:
         self.frontends.pop(frontend, None)
         self.answers.forget(frontend)
+        self.routes.forget_frontend(frontend)
 
     def _frontend_seen(self, frontend: PeerId) -> None:
         live = self.frontends.get(frontend)
@@ -256,6 +264,8 @@ class Dispatcher:
             return
         self._release(worker, item)
         self.counters.replies += 1
+        if self.routes.pending:
+            self.routes.finish((frontend, header.request_id), header.status)
         self.counters.by_status[header.status] = self.counters.by_status.get(header.status, 0) + 1
         self.to_frontends.append((frontend, messages.reply(header_frame, payload)))
         self._dispatch_for(worker)
@@ -277,6 +287,7 @@ class Dispatcher:
         for fe in [f for f, live in self.frontends.items() if not live.alive()]:
             del self.frontends[fe]
             self.answers.forget(fe)
+            self.routes.forget_frontend(fe)
         self.answers.tick(now)
         self.registry.flush_logs()
         for item in self.queues.expired(self._now_ns()):
@@ -288,6 +299,7 @@ class Dispatcher:
                 "deadline passed while queued in the broker",
             )
         self.controls.expire()
+        self.routes.tick()
         hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, messages.heartbeat(hb)))
@@ -429,6 +441,8 @@ class Dispatcher:
 
     def _fail(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
         self.counters.by_status[code] = self.counters.by_status.get(code, 0) + 1
+        if self.routes.pending:
+            self.routes.finish((frontend, request_id), code)
         self.to_frontends.append((frontend, messages.reply(ReplyHeader(request_id, code, message))))
 
     def _broadcast_catalog(self) -> None:

@@ -1,11 +1,12 @@
 """Prometheus metrics of the broker: queue depth, workers, credit, requeues, drops, refused
-announcements and malformed messages."""
+announcements and malformed messages; canary releases in ``route_metrics.py``."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .dispatcher import Dispatcher
+from .route_metrics import RouteMetrics
 
 
 class BrokerMetrics:
@@ -38,6 +39,7 @@ class BrokerMetrics:
             ["tier", "reason"],
             registry=r,
         )
+        self.routes = RouteMetrics(r, dispatcher.routes)
 
     def count_malformed(self, reason: str) -> None:
         self.malformed.labels("broker", reason).inc()
@@ -60,6 +62,7 @@ class BrokerMetrics:
         self.credit.clear()
         for model, c in credit.items():
             self.credit.labels(model).set(c)
+        self.routes.refresh()
         counters = d.counters
         for name in (
             "requests",

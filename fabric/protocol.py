@@ -24,7 +24,7 @@ Per type (F = frontend, B = broker, W = worker):
 | READY      | W→B          | ReadyHeader       | [] (full model state, sent on change)   |
 | REANNOUNCE | B→W          | ReannounceHeader  | [] (unknown worker: send READY again)   |
 | CATALOG    | B→F          | CatalogHeader     | [] (sent on change or when asked)       |
-| HEARTBEAT  | any          | HeartbeatHeader   | []                                      |
+| HEARTBEAT  | any          | HeartbeatHeader   | [] (F↔B: routes and their decisions)    |
 | DISCONNECT | F→B, W→B     | DisconnectHeader  | [] (graceful leave)                     |
 | CONTROL    | F→B          | ControlHeader     | []                                      |
 | CONTROL    | B→W          | ControlHeader     | [frontend identity]                     |
@@ -63,6 +63,8 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 import msgspec
+
+from .routes import RouteDecision, RouteSpec
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,10 @@ class CatalogHeader(msgspec.Struct, array_like=True, gc=False):
 class HeartbeatHeader(msgspec.Struct, array_like=True, gc=False):
     generation: int = 0  # F→B: catalog generation the frontend holds; B→F: current one
     incarnation: int = 0  # B→F: random per broker process (a change means its state is gone)
+    routes: list[RouteSpec] = []  # F→B: the routes the frontend holds (fabric.routes)
+    # F→B: the decisions it holds on them (they seed a broker that lost its state);
+    # B→F: this broker's decisions on the routes the frontend reported.
+    decisions: list[RouteDecision] = []
 
 
 class ControlHeader(msgspec.Struct, array_like=True, gc=False):

@@ -46,6 +46,7 @@ from fabric.sockets import (
 )
 
 from .brokers import choose_broker
+from .route_state import RouteStates
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ class FabricClient:
         self._drain_scheduled = False
         self._flush_scheduled = False
         self.catalog_version = 0  # bumps whenever any broker's catalog or liveness changes
+        # Routes reported to every broker on each heartbeat, and the brokers' decisions on them.
+        self.routes = RouteStates()
+        self.routes.on_report(self._send_heartbeats)
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -333,6 +337,7 @@ class FabricClient:
                 self.catalog_version += 1
             case HeartbeatHeader() as heartbeat:
                 self._check_incarnation(link, heartbeat.incarnation)
+                self.routes.update(link.endpoint, heartbeat.decisions)
             case _:
                 raise MalformedMessage(f"unexpected {msg.type.name} from a broker")
 
@@ -348,15 +353,24 @@ class FabricClient:
                     self.catalog_version += 1
                     logger.info("broker %s is %s", link.endpoint, "up" if alive else "down")
                 was_alive[id(link)] = alive
-                generation = link.catalog.generation if link.catalog and alive else 0
-                try:
-                    link.socket.send_multipart(
-                        messages.heartbeat(HeartbeatHeader(generation)), zmq.NOBLOCK
-                    )
-                except zmq.ZMQError:
-                    pass  # not connected yet; liveness will tell
-                self._after_send(link)
+                self._send_heartbeat(link, alive)
             await asyncio.sleep(self._interval_s)
+
+    def _send_heartbeat(self, link: BrokerLink, alive: bool) -> None:
+        generation = link.catalog.generation if link.catalog and alive else 0
+        routes = self.routes
+        header = HeartbeatHeader(generation, routes=routes.specs, decisions=routes.held())
+        try:
+            link.socket.send_multipart(messages.heartbeat(header), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # not connected yet; liveness will tell
+        self._after_send(link)
+
+    def _send_heartbeats(self) -> None:
+        """Heartbeat every broker now: the routes changed, and their decisions are wanted."""
+        if self._loop is not None:  # before start, the first heartbeats carry them
+            for link in self._links:
+                self._send_heartbeat(link, link.liveness.alive())
 
     def _rebuild(self, link: BrokerLink) -> None:
         """A fresh socket to a broker that went silent: whatever stopped it reading the old
@@ -382,6 +396,7 @@ class FabricClient:
             "broker %s %s; failing %d waiting requests", link.endpoint, why, len(link.waiting)
         )
         link.catalog = None
+        self.routes.broker_lost(link.endpoint)
         for request_id, flags in list(link.waiting.items()):
             entry = self._futures.pop(request_id, None)
             if entry is None or entry[0].done():

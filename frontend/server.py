@@ -111,7 +111,9 @@ class FrontendServer:
         )
         self.service = InferenceService(config, self.client, package_version())
         # --routing: the file is read and checked here, so a bad one stops the start.
-        self.routing = RoutingSetup.from_config(config, self.client, self.service)
+        self.routing = RoutingSetup.from_config(
+            config, self.client, self.service, decisions=self.client.routes
+        )
         self.health = health.aio.HealthServicer()
         self.state = State.RUNNING
         self.port = 0

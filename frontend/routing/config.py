@@ -17,7 +17,6 @@ routes:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable
 from typing import NoReturn
@@ -26,7 +25,7 @@ import msgspec
 import msgspec.yaml
 
 from fabric import names
-from fabric.routes import RouteSpec, TargetKey
+from fabric.routes import RouteSpec, TargetKey, canonical_digest
 
 TOTAL_WEIGHT = 100  # weights and rollout steps are percentages of the route's traffic
 
@@ -74,7 +73,7 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def digest(self) -> str:
         """Equal on every replica reading the same route, whatever the file's layout."""
-        return hashlib.sha256(msgspec.json.encode(self, order="sorted")).hexdigest()
+        return canonical_digest(msgspec.to_builtins(self))
 
     def spec(self, name: str) -> RouteSpec:
         rollback = self.rollback or Rollback(window_s=0.0, min_requests=0)
