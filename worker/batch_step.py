@@ -31,14 +31,13 @@ from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
 
 from .batcher import Batcher, BatchPolicy, Waiting
 from .codec import DecodedRequest, batch_signature, decode_request, encode_response
-from .loaders import LoadedModel
 from .decoupled import StreamWindows, run_decoupled
+from .loaders import LoadedModel
 from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
 from .sequences import check_request, control_tensors
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
-
 
 
 class SendReply(Protocol):
@@ -55,6 +54,7 @@ class SendReply(Protocol):
         more: bool = False,
         /,
     ) -> None: ...
+
 
 # (frontend identity, request id): the request joined a batch that is about to run
 SendAck = Callable[[PeerId, int], None]
@@ -332,7 +332,10 @@ class BatchStep:
                 }
             if spec.sequence_batching is not None:
                 headers = [w.item.inbound.header for w in batch]
-                inputs = {**inputs, **control_tensors(spec.sequence_batching, headers, spec.batched)}
+                inputs = {
+                    **inputs,
+                    **control_tensors(spec.sequence_batching, headers, spec.batched),
+                }
             infer_start = clock()
             outputs = self.model.execute(inputs)
             infer_end = clock()

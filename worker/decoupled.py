@@ -123,8 +123,8 @@ def run_decoupled(
     sent = 0
     stream = getattr(model, "execute_stream", None)
     if stream is None:
-        send(frontend, request_id, errors.INTERNAL,
-             f"model '{spec.name}' is decoupled, which only model.py models can be", None, False)  # fmt: skip
+        why = f"model '{spec.name}' is decoupled, which only model.py models can be"
+        send(frontend, request_id, errors.INTERNAL, why, None, False)
         flush()
         return 0
     windows.open(key)

@@ -149,8 +149,7 @@ def test_spec_is_hashable_and_comparable() -> None:
         ),
         ("instance_group [ { count: -1 } ]\n" + MINIMAL_IO, "count must be >= 0"),
         (
-            "sequence_batching { state [ { input_name: 'a' output_name: 'b' } ] }\n"
-            + MINIMAL_IO,
+            "sequence_batching { state [ { input_name: 'a' output_name: 'b' } ] }\n" + MINIMAL_IO,
             "implicit state is not supported",
         ),
         (
