@@ -4,8 +4,9 @@ A stateful model keeps a sequence's state on one worker instance, so every reque
 sequence must reach the worker its START went to. ``SequencePins`` decides, without I/O and
 with an injected clock:
 
-- a START picks a worker (least loaded with credit, else least loaded) and pins the sequence
-  to it; a START for a sequence already pinned restarts it on the same worker (Triton does
+- a START picks the worker holding the fewest live sequences (of those with credit, if any;
+  then the least loaded) and pins the sequence to it: sequences hold state, so they are
+  spread by count, not by the momentary load; a START for a sequence already pinned restarts it on the same worker (Triton does
   the same: the earlier sequence simply ends early);
 - any other request goes to the pinned worker, whatever its credit (order within the
   sequence matters more than the worker's credit, and the worker bounds its own queue);
@@ -83,6 +84,7 @@ class SequencePins:
         self.max_pins = max_pins
         self._pins: OrderedDict[SequenceKey, Pin] = OrderedDict()  # least recently used first
         self._lost: OrderedDict[SequenceKey, None] = OrderedDict()
+        self._held: dict[PeerId, int] = {}  # live pins per worker
 
     def __len__(self) -> int:
         return len(self._pins)
@@ -110,13 +112,21 @@ class SequencePins:
                     "held its state; start it again with the START flag",
                 )
             raise start_flag_error(key)
-        if flags & SEQUENCE_END:
-            self._pins.pop(key, None)
-        else:
+        old = self._pins.pop(key, None)
+        if old is not None:
+            self._release(old.worker)
+        if not flags & SEQUENCE_END:
             pin.last_s = now
             self._pins[key] = pin
-            self._pins.move_to_end(key)
+            self._held[pin.worker] = self._held.get(pin.worker, 0) + 1
         return pin.worker, pin.version
+
+    def _release(self, worker: PeerId) -> None:
+        left = self._held.get(worker, 0) - 1
+        if left > 0:
+            self._held[worker] = left
+        else:
+            self._held.pop(worker, None)
 
     def _new_pin(
         self, key: SequenceKey, header: RequestHeader, registry: Registry, now: float
@@ -130,21 +140,23 @@ class SequencePins:
         if version is None or not registry.version_known(header.model, version):
             raise RequestError(errors.NOT_FOUND, f"unknown model '{header.model}'")
         model_key = (header.model, version)
-        worker = registry.pick(model_key)
-        if worker is None:  # every server is busy: the least loaded one takes the sequence
-            servers = registry.servers(model_key)
-            if not servers:
-                raise RequestError(
-                    errors.UNAVAILABLE,
-                    f"no live worker serves model '{header.model}' version '{version}'",
-                )
-            worker = min(servers, key=lambda w: w.load(header.model))
+        servers = registry.servers(model_key)
+        if not servers:
+            raise RequestError(
+                errors.UNAVAILABLE,
+                f"no live worker serves model '{header.model}' version '{version}'",
+            )
+        free = [w for w in servers if w.credit(header.model) > 0] or servers
+        worker = min(
+            free, key=lambda w: (self._held.get(w.identity, 0), w.load(header.model))
+        )
         return Pin(worker.identity, model_key, now)
 
     def worker_lost(self, worker: PeerId) -> int:
         """The sequences pinned to ``worker`` are lost: tombstones until restarted. Returns
         how many there were."""
         gone = [k for k, pin in self._pins.items() if pin.worker == worker]
+        self._held.pop(worker, None)
         for key in gone:
             del self._pins[key]
             self._lost[key] = None
@@ -162,5 +174,6 @@ class SequencePins:
             if pin.last_s > limit:
                 break
             del self._pins[key]
+            self._release(pin.worker)
             dropped += 1
         return dropped

@@ -52,6 +52,23 @@ def test_every_request_of_a_sequence_goes_to_its_starts_worker() -> None:
     assert all(s.header.sequence_flags == 0 for s in sent)
 
 
+def test_starts_spread_by_live_sequences_not_momentary_load() -> None:
+    h = two_workers()
+    workers = []
+    for sequence in ("1", "2", "3", "4"):
+        seq_request(h, sequence, SEQUENCE_START)
+        (sent,) = h.sent()
+        h.reply(sent.worker, sent.header.request_id)  # idle again: load says nothing
+        workers.append(sent.worker)
+    assert workers[0] != workers[1] and workers[2:] == workers[:2]  # alternating
+    seq_request(h, "1", SEQUENCE_END)
+    seq_request(h, "3", SEQUENCE_END)  # the first worker holds none now, the other two
+    h.sent()
+    seq_request(h, "5", SEQUENCE_START)
+    (sent,) = h.sent()
+    assert sent.worker == workers[0]
+
+
 def test_a_pinned_sequence_ignores_credit_and_keeps_order() -> None:
     h = Harness()
     h.announce(W1, ("m", "1", 1))
