@@ -431,8 +431,8 @@ class Dispatcher:
         item.worker = None
         if item.sequence:  # its state was on that worker: it fails, never moves
             self.counters.failed_worker_lost += 1
-            self._fail(item.frontend, item.request_id, errors.ABORTED,
-                       "the worker holding this request's sequence was lost")  # fmt: skip
+            lost = "the worker holding this request's sequence was lost; start it again"
+            self._fail(item.frontend, item.request_id, errors.ABORTED, lost)
             return False
         may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT
         is_hedge = item.avoid is not None  # its first copy still runs: never requeue a hedge

@@ -147,9 +147,7 @@ class SequencePins:
                 f"no live worker serves model '{header.model}' version '{version}'",
             )
         free = [w for w in servers if w.credit(header.model) > 0] or servers
-        worker = min(
-            free, key=lambda w: (self._held.get(w.identity, 0), w.load(header.model))
-        )
+        worker = min(free, key=lambda w: (self._held.get(w.identity, 0), w.load(header.model)))
         return Pin(worker.identity, model_key, now)
 
     def worker_lost(self, worker: PeerId) -> int:

@@ -269,12 +269,17 @@ def test_sequences_stay_on_their_worker_under_load_and_a_killed_worker_fails_onl
 ) -> None:
     stack = two_workers
     # Both workers must be in the broker's table before sequences start, or all go to one.
-    opened = iter(range(10_000, 20_000))
+    # New sequences go to the worker holding the fewest: those opened while only one worker
+    # had joined are ended, so both start even.
+    opened: list[int] = []
     wait_for(
         lambda: len(_pids_of_open_sequences(stack, opened, 4)) == 2,
         timeout_s=60.0,
         what="sequences spread over both workers",
     )
+    client = stack.client()
+    for sequence_id in opened:
+        client.infer("accumulate", int_input(0), sequence_id=sequence_id, sequence_end=True)
     steps = 12
     results: dict[int, Any] = {}
     threads = [
@@ -293,10 +298,9 @@ def test_sequences_stay_on_their_worker_under_load_and_a_killed_worker_fails_onl
         assert [o for o, _ in got] == expected
         assert len({p for _, p in got}) == 1  # one worker held the whole sequence
         pids.add(got[0][1])
-    assert len(pids) == 2  # and the sequences were spread over both workers
+    assert len(pids) == 2, results  # and the sequences were spread over both workers
 
     # Now start one sequence per worker, kill one worker mid-sequence.
-    client = stack.client()
     by_pid: dict[int, int] = {}
     sequence_id = 900
     while len(by_pid) < 2:
@@ -329,13 +333,14 @@ def test_sequences_stay_on_their_worker_under_load_and_a_killed_worker_fails_onl
     stack.procs.remove(victim)  # killed on purpose: not a failure at teardown
 
 
-def _pids_of_open_sequences(stack: Stack, ids: Iterator[int], count: int) -> set[int]:
-    """Start ``count`` sequences (left open: the broker spreads live sequences by count); the
-    worker pids that answered them."""
+def _pids_of_open_sequences(stack: Stack, opened: list[int], count: int) -> set[int]:
+    """Start ``count`` more sequences (left open, their ids added to ``opened``); the worker
+    pids that answered them."""
     client = stack.client()
     pids = set()
     for _ in range(count):
-        result = client.infer("accumulate", int_input(1), sequence_id=next(ids),
+        opened.append(10_000 + len(opened))
+        result = client.infer("accumulate", int_input(1), sequence_id=opened[-1],
                               sequence_start=True)  # fmt: skip
         pids.add(int(result.as_numpy("PID")[0][0]))
     return pids
