@@ -26,6 +26,7 @@ output [
 TRICKLE_MODEL = '''\
 """Yields COUNT responses of SIZE bytes; records its progress in a file."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,25 @@ import numpy as np
 PROGRESS = Path(__file__).parent / "progress"
 
 
+def record(done):
+    # Replaced whole, so that a reader never sees a half-written file.
+    partial = PROGRESS.with_suffix(".partial")
+    partial.write_text(str(done))
+    os.replace(partial, PROGRESS)
+
+
 class Model:
     def load(self, config, device):
-        PROGRESS.write_text("0")
+        record(0)
 
     def execute(self, inputs):
         count = int(inputs["COUNT"][0])
         size = int(inputs["SIZE"][0])
         for index in range(count):
-            PROGRESS.write_text(str(index))
+            record(index)
             yield {
                 "DATA": np.full(size, index % 256, dtype=np.uint8),
                 "IDX": np.array([index], dtype=np.uint32),
             }
-        PROGRESS.write_text(str(count))
+        record(count)
 '''

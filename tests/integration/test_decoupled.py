@@ -168,9 +168,9 @@ def test_a_reader_that_does_not_read_pauses_the_worker(stack: Stack, model_repo:
             tensor.set_data_from_numpy(np.array([value], dtype=np.int32))
             inputs.append(tensor)
         stream.client.async_stream_infer("trickle", inputs, request_id="slow")
-        wait_for(lambda: int(progress.read_text() or 0) > 0, timeout_s=10.0, what="generation")
+        wait_for(lambda: int(progress.read_text()) > 0, timeout_s=10.0, what="generation")
         time.sleep(2.0)  # a stalled reader: let generation run as far as it is allowed
-        paused_at = int(progress.read_text() or 0)
+        paused_at = int(progress.read_text())
         # The credit window and the transport's buffers, not the whole request.
         assert paused_at < count // 2, f"generated {paused_at} of {count} for a stalled reader"
         release.set()
