@@ -84,8 +84,6 @@ def parse_sequence_batching(config: mc.ModelConfig, fail: Fail) -> SequenceBatch
     if not config.HasField("sequence_batching"):
         return None
     sb = config.sequence_batching
-    if config.HasField("dynamic_batching"):
-        raise fail("a model has either dynamic_batching or sequence_batching, not both")
     if sb.state:
         raise fail("sequence_batching: implicit state is not supported")
     controls: list[Control] = []
