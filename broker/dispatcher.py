@@ -278,6 +278,7 @@ class Dispatcher:
         if header.more:  # a decoupled model's response: the request goes on
             item = self.leases.get((frontend, header.request_id))
             if item is not None and item.worker == worker:
+                item.streamed = True
                 self.to_frontends.append((frontend, messages.reply(header_frame, payload)))
             return
         item = self.leases.pop((frontend, header.request_id), None)
@@ -429,9 +430,13 @@ class Dispatcher:
         if item.worker is not None:
             self._release(item.worker, item)
         item.worker = None
-        if item.sequence:  # its state was on that worker: it fails, never moves
+        if item.sequence or item.streamed:  # never moved: its state, or half its responses
             self.counters.failed_worker_lost += 1
-            lost = "the worker holding this request's sequence was lost; start it again"
+            lost = (
+                "the worker holding this request's sequence was lost; start it again"
+                if item.sequence
+                else "the worker streaming this request's responses was lost"
+            )
             self._fail(item.frontend, item.request_id, errors.ABORTED, lost)
             return False
         may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT

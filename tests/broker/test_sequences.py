@@ -181,3 +181,16 @@ def test_replies_with_more_keep_the_lease_until_the_last() -> None:
     h.reply(sent.worker, rid)
     assert [a.header.more for a in h.answers()] == [False]
     assert (FE, rid) not in h.d.leases
+
+
+def test_a_streaming_decoupled_request_is_never_requeued() -> None:
+    h = two_workers()
+    rid = h.request()
+    (sent,) = h.sent()
+    part = ReplyHeader(rid, errors.OK, "", True)
+    h.d.on_reply(sent.worker, part, encode_header(part), FE, [b"part-0"])
+    h.answers()
+    h.kill_by_silence(sent.worker)
+    header = h.one_error(rid, errors.ABORTED)  # not sent again from its first response
+    assert "streaming" in header.message
+    assert h.sent() == []
