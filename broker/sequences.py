@@ -6,8 +6,8 @@ with an injected clock:
 
 - a START picks the worker holding the fewest live sequences (of those with credit, if any;
   then the least loaded) and pins the sequence to it: sequences hold state, so they are
-  spread by count, not by the momentary load; a START for a sequence already pinned restarts it on the same worker (Triton does
-  the same: the earlier sequence simply ends early);
+  spread by count, not by the momentary load. A START for a sequence already pinned
+  restarts it on the same worker (as in Triton: the earlier sequence simply ends early);
 - any other request goes to the pinned worker, whatever its credit (order within the
   sequence matters more than the worker's credit, and the worker bounds its own queue);
 - the END request is sent and then the pin is released; a pin idle for ``idle_s`` is
