@@ -8,8 +8,9 @@ with an injected clock:
   then the least loaded) and pins the sequence to it: sequences hold state, so they are
   spread by count, not by the momentary load. A START for a sequence already pinned
   restarts it on the same worker (as in Triton: the earlier sequence simply ends early);
-- any other request goes to the pinned worker, whatever its credit (order within the
-  sequence matters more than the worker's credit, and the worker bounds its own queue);
+- any other request goes to the pinned worker at once, whatever its credit: it cannot go
+  elsewhere, and waiting in the model queue could let another worker take it (what is in
+  flight stays bounded by the frontends' in-flight and per-stream limits);
 - the END request is sent and then the pin is released; a pin idle for ``idle_s`` is
   released too (the worker expires the sequence's state by the model's own
   ``max_sequence_idle_microseconds``; the broker's bound only frees memory);
