@@ -330,7 +330,6 @@ def test_sequences_stay_on_their_worker_under_load_and_a_killed_worker_fails_onl
     # the lost sequence may start again, on the surviving worker
     result = client.infer("accumulate", int_input(5), sequence_id=doomed, sequence_start=True)
     assert int(result.as_numpy("OUTPUT")[0][0]) == 5
-    stack.procs.remove(victim)  # killed on purpose: not a failure at teardown
 
 
 def _pids_of_open_sequences(stack: Stack, opened: list[int], count: int) -> set[int]:
