@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fabric import errors, messages, names
+from fabric.errors import RequestError
 from fabric.heartbeat import Liveness
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
@@ -22,6 +23,7 @@ from fabric.protocol import (
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
+    CreditHeader,
     Frame,
     HeartbeatHeader,
     ModelAnnouncement,
@@ -34,8 +36,9 @@ from fabric.protocol import (
 from .answers import Answers
 from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
-from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
+from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry, WorkerState
 from .route_decider import RouteDecider
+from .sequences import SequencePins
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class Dispatcher:
         )
         self.counters = Counters()
         self.routes = RouteDecider(clock)  # canary outcomes and decisions (route_decider.py)
+        self.sequences = SequencePins(clock)
 
     # ---- frontend side ---------------------------------------------------------------
     def on_request(
@@ -103,6 +107,9 @@ class Dispatcher:
         reg = self.registry
         if not reg.workers:
             self._fail(frontend, rid, errors.UNAVAILABLE, "no worker is connected")
+            return
+        if header.sequence:
+            self._on_sequence(frontend, header, header_frame, payload)
             return
         version = reg.resolve_version(header.model, header.version)
         if version is None:
@@ -158,6 +165,26 @@ class Dispatcher:
                 rid,
                 errors.RESOURCE_EXHAUSTED,
                 f"broker queue full ({self.queues.max_queued} requests waiting)",
+            )
+
+    def _on_sequence(
+        self, frontend: PeerId, header: RequestHeader, header_frame: Frame, payload: Frame
+    ) -> None:
+        """A request of a sequence goes to the worker its sequence is pinned to, at once."""
+        try:
+            worker, key = self.sequences.route(header, self.registry)
+        except RequestError as exc:
+            self._fail(frontend, header.request_id, exc.code, exc.message)
+            return
+        item = Pending(frontend, header.request_id, key, header.deadline_ns, header.flags,
+                       header_frame, payload, sequence=True)  # fmt: skip
+        self._send(item, self.registry.workers[worker])
+
+    def on_credit(self, frontend: PeerId, header: CreditHeader) -> None:
+        item = self.leases.get((frontend, header.request_id))
+        if item is not None and item.worker is not None:
+            self.to_workers.append(
+                (item.worker, messages.credit(header.request_id, header.responses, frontend))
             )
 
     def on_cancel(self, frontend: PeerId, header: CancelHeader) -> None:
@@ -256,6 +283,12 @@ class Dispatcher:
         frontend: PeerId,
         payload: Sequence[Frame],
     ) -> None:
+        if header.more:  # a decoupled model's response: the request goes on
+            item = self.leases.get((frontend, header.request_id))
+            if item is not None and item.worker == worker:
+                item.streamed = True
+                self.to_frontends.append((frontend, messages.reply(header_frame, payload)))
+            return
         item = self.leases.pop((frontend, header.request_id), None)
         if item is None or item.worker != worker:
             if item is not None:  # a reply from a previous holder: keep the current lease
@@ -300,13 +333,14 @@ class Dispatcher:
             )
         self.controls.expire()
         self.routes.tick()
+        self.sequences.expire()
         hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, messages.heartbeat(hb)))
 
     # ---- internals ----------------------------------------------------------------------
-    def _send(self, item: Pending) -> bool:
-        worker = self.registry.pick(item.key, item.avoid)
+    def _send(self, item: Pending, target: WorkerState | None = None) -> bool:
+        worker = target or self.registry.pick(item.key, item.avoid)
         if worker is None:
             return False
         model = item.key[0]
@@ -353,6 +387,7 @@ class Dispatcher:
         if state is None:
             return
         logger.warning("worker %s %s; requeueing its work", worker.hex(), why)
+        self.sequences.worker_lost(worker)
         waiting = [
             item
             for rkey, item in list(self.leases.items())
@@ -407,6 +442,15 @@ class Dispatcher:
         if item.worker is not None:
             self._release(item.worker, item)
         item.worker = None
+        if item.sequence or item.streamed:  # never moved: its state, or half its responses
+            self.counters.failed_worker_lost += 1
+            lost = (
+                "the worker holding this request's sequence was lost; start it again"
+                if item.sequence
+                else "the worker streaming this request's responses was lost"
+            )
+            self._fail(item.frontend, item.request_id, errors.ABORTED, lost)
+            return False
         may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT
         is_hedge = item.avoid is not None  # its first copy still runs: never requeue a hedge
         if (

@@ -27,6 +27,8 @@ class Pending:
     acked: bool = False  # a worker said it started (put it in a batch)
     worker: PeerId | None = None
     avoid: PeerId | None = None  # a hedge never goes to its first copy's worker
+    sequence: bool = False  # pinned to its worker (broker.sequences): never requeued elsewhere
+    streamed: bool = False  # a decoupled request some of whose responses went out: nor this
 
 
 class ModelQueues:

@@ -23,6 +23,7 @@ from fabric.protocol import (
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
+    CreditHeader,
     DisconnectHeader,
     Frame,
     HeartbeatHeader,
@@ -239,6 +240,8 @@ class BrokerServer:
                 d.on_control(peer, control)
             case CancelHeader() as cancel:
                 d.on_cancel(peer, cancel)
+            case CreditHeader() as credit:
+                d.on_credit(peer, credit)
             case HeartbeatHeader() as heartbeat:
                 d.on_frontend_heartbeat(peer, heartbeat)
             case DisconnectHeader():

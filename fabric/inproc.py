@@ -61,10 +61,15 @@ def route(link_index: int, frontend: PeerId) -> Route:
 
 
 def reply(
-    to: Route, request_id: RequestId, status: str, message: str, body: bytes | None
+    to: Route,
+    request_id: RequestId,
+    status: str,
+    message: str,
+    body: bytes | None,
+    more: bool = False,
 ) -> list[Frame]:
     """``[link, tag, REPLY, header, frontend, body?]``."""
-    header = ReplyHeader(request_id, status, message)
+    header = ReplyHeader(request_id, status, message, more)
     return [to[:1], *messages.reply(header, () if body is None else (body,), to[1:])]
 
 

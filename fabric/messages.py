@@ -29,6 +29,7 @@ from .protocol import (
     CatalogHeader,
     ControlHeader,
     ControlReplyHeader,
+    CreditHeader,
     DisconnectHeader,
     Frame,
     HeartbeatHeader,
@@ -57,6 +58,7 @@ __all__ = [
     "coalesce",
     "control",
     "control_reply",
+    "credit",
     "disconnect",
     "heartbeat",
     "is_request",
@@ -79,6 +81,7 @@ Header: TypeAlias = (
     | DisconnectHeader
     | ControlHeader
     | ControlReplyHeader
+    | CreditHeader
 )
 
 _TAG = PROTOCOL_TAG
@@ -94,6 +97,7 @@ _DISCONNECT = TYPE_FRAME[MsgType.DISCONNECT]
 _CONTROL = TYPE_FRAME[MsgType.CONTROL]
 _CONTROL_REPLY = TYPE_FRAME[MsgType.CONTROL_REPLY]
 _BATCH = TYPE_FRAME[MsgType.BATCH]
+_CREDIT = TYPE_FRAME[MsgType.CREDIT]
 
 _DISCONNECT_HEADER = encode_header(DisconnectHeader())
 _REANNOUNCE_HEADER = encode_header(ReannounceHeader())
@@ -184,6 +188,13 @@ def control_reply(header: ControlReplyHeader, frontend: PeerId | None = None) ->
     return [_TAG, _CONTROL_REPLY, head, frontend]
 
 
+def credit(request_id: RequestId, responses: int, frontend: PeerId | None = None) -> list[Frame]:
+    """F→B ``[tag, CREDIT, header]``; B→W ``[tag, CREDIT, header, frontend]``: the reader of a
+    decoupled request took ``responses`` more of its responses."""
+    head = encode_header(CreditHeader(request_id, responses))
+    return [_TAG, _CREDIT, head] if frontend is None else [_TAG, _CREDIT, head, frontend]
+
+
 def is_request(frames: Sequence[Frame]) -> bool:
     """Whether built ``frames`` are a REQUEST (what an undeliverable send must give back)."""
     return len(frames) > 1 and frames[1] == _REQUEST
@@ -223,6 +234,7 @@ _ROUTED = frozenset(
         MsgType.ACK,
         MsgType.CONTROL,
         MsgType.CONTROL_REPLY,
+        MsgType.CREDIT,
     }
 )
 # Payload frames (after any route) each type may carry: (fewest, most).

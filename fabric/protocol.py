@@ -30,9 +30,11 @@ Per type (F = frontend, B = broker, W = worker):
 | CONTROL    | B→W          | ControlHeader     | [frontend identity]                     |
 | CONTROL_REPLY | W→B       | ControlReplyHeader| [frontend identity]                     |
 | CONTROL_REPLY | B→F       | ControlReplyHeader| [] (one body per worker that answered)  |
+| CREDIT     | F→B          | CreditHeader      | [] (a decoupled stream's reader took more)|
+| CREDIT     | B→W          | CreditHeader      | [frontend identity]                     |
 
 On the broker↔worker link every per-request message (REQUEST, REPLY, CANCEL, ACK, CONTROL,
-CONTROL_REPLY) carries the frontend identity right after the header, so that the broker
+CONTROL_REPLY, CREDIT) carries the frontend identity right after the header, so that the broker
 knows whose request it is; on the frontend↔broker link none does. Each message type has a
 header type of its own, so a reader can tell messages apart by their header's class.
 
@@ -45,6 +47,12 @@ many requests; a lone message is sent as itself.
 CONTROL carries repository and statistics operations (``op``: "statistics", "load",
 "unload"); the broker fans it out to every live worker and answers the frontend once all of
 them replied or the control timeout passed.
+
+A decoupled model answers one request with several REPLYs: each but the last has ``more``
+set, and the broker holds the lease until the last. The worker sends at most
+``DECOUPLED_WINDOW`` responses beyond those the frontend's reader took; CREDIT grants more.
+A sequence request names its correlation id in ``sequence`` (``SEQUENCE_*`` flags): the
+broker pins the sequence to one worker while it lives (``broker.sequences``).
 
 Requests are keyed by (frontend identity, request id): ids are unique per frontend only.
 Deadlines are absolute wall-clock nanoseconds (``time.time_ns()``), 0 meaning none, so that
@@ -88,6 +96,7 @@ class MsgType(enum.IntEnum):
     CONTROL_REPLY = 10
     BATCH = 11
     REANNOUNCE = 12
+    CREDIT = 13
 
 
 # Single-byte frames, precomputed so the hot path never builds them.
@@ -96,6 +105,16 @@ FRAME_TYPE: dict[bytes, MsgType] = {v: k for k, v in TYPE_FRAME.items()}
 
 FLAG_NON_IDEMPOTENT = 1
 """The model must not run twice: never requeue a request that a worker may have started."""
+
+SEQUENCE_START = 1
+"""``RequestHeader.sequence_flags``: the request starts its sequence (Triton's START)."""
+SEQUENCE_END = 2
+"""The request ends its sequence (Triton's END): the pin is released once it is sent."""
+SEQUENCE_STRING_ID = 4
+"""The correlation id was a string (``sequence`` holds it as sent), not a uint64."""
+
+DECOUPLED_WINDOW = 16
+"""Responses of one decoupled request a worker sends beyond those the reader has taken."""
 
 
 class RequestHeader(msgspec.Struct, array_like=True, gc=False):
@@ -106,12 +125,22 @@ class RequestHeader(msgspec.Struct, array_like=True, gc=False):
     trace: str = ""  # W3C traceparent, "" when not traced
     flags: int = 0
     hedge_of: RequestId = 0  # a hedge: the id of the first copy, whose worker it must avoid
+    sequence: str = ""  # correlation id of a sequence request ("" = none), see SEQUENCE_*
+    sequence_flags: int = 0
 
 
 class ReplyHeader(msgspec.Struct, array_like=True, gc=False):
     request_id: RequestId
     status: str  # "OK" or a gRPC status name
     message: str = ""
+    more: bool = False  # a decoupled model's response with more to follow (status OK)
+
+
+class CreditHeader(msgspec.Struct, array_like=True, gc=False):
+    """The reader of a decoupled request took ``responses`` more of its responses."""
+
+    request_id: RequestId
+    responses: int
 
 
 class CancelHeader(msgspec.Struct, array_like=True, gc=False):
@@ -197,6 +226,7 @@ HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
     MsgType.REANNOUNCE: ReannounceHeader,
     MsgType.CONTROL: ControlHeader,
     MsgType.CONTROL_REPLY: ControlReplyHeader,
+    MsgType.CREDIT: CreditHeader,
 }
 
 _encoder = msgspec.msgpack.Encoder()

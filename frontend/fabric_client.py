@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -110,6 +111,8 @@ class FabricClient:
         self._futures: dict[int, tuple[asyncio.Future[Reply], BrokerLink]] = {}
         self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
         self._controls: dict[int, asyncio.Future[ControlReplyHeader]] = {}
+        # Decoupled requests: every response goes to the callback, the last with more=False.
+        self._parts: dict[int, Callable[[Reply, bool], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._drain_scheduled = False
@@ -153,19 +156,30 @@ class FabricClient:
         payload: Frame,
         flags: int = 0,
         hedge_of: int = 0,
+        sequence: tuple[str, int] = ("", 0),
+        on_part: Callable[[Reply, bool], None] | None = None,
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
-        when no broker can take it."""
+        when no broker can take it. ``sequence``: (correlation id, SEQUENCE_* flags), all of
+        a sequence's requests go to one broker (it pins the sequence). ``on_part``: a
+        decoupled request's callback, given every response (``more`` True) and the last."""
         if hedge_of:  # the hedge must reach the broker that knows the first copy's worker
             entry = self._futures.get(hedge_of)
             link = entry[1] if entry is not None else self._choose(model)
+        elif sequence[0]:
+            link = self._choose(model, zlib.crc32(sequence[0].encode()))
         else:
             link = self._choose(model)
         request_id = next(self._ids)
-        header = RequestHeader(request_id, model, version, deadline_ns, "", flags, hedge_of)
+        header = RequestHeader(
+            request_id, model, version, deadline_ns, "", flags, hedge_of, *sequence
+        )
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)
+        if on_part is not None:
+            self._parts[request_id] = on_part
+            fut.add_done_callback(partial(self._last_part, request_id))
         link.waiting[request_id] = flags
         self._enqueue(link, messages.request(header, payload), request_id)
         return request_id, fut, link
@@ -214,6 +228,17 @@ class FabricClient:
             fut.cancel()
         self._enqueue(link, messages.cancel(request_id))
 
+    def credit(self, request_id: int, responses: int) -> None:
+        """The reader of a decoupled request took ``responses`` more of its responses."""
+        entry = self._futures.get(request_id)
+        if entry is not None:
+            self._enqueue(entry[1], messages.credit(request_id, responses))
+
+    def _last_part(self, request_id: int, fut: asyncio.Future[Reply]) -> None:
+        on_part = self._parts.pop(request_id, None)
+        if on_part is not None and not fut.cancelled():
+            on_part(fut.result(), False)
+
     def _enqueue(self, link: BrokerLink, frames: list[Frame], request_id: int = 0) -> None:
         """Send at the end of this event-loop turn, together with whatever else is sent."""
         link.outbox.append((frames, request_id))
@@ -256,8 +281,8 @@ class FabricClient:
         if not fut.done():
             fut.set_result(reply)
 
-    def _choose(self, model: str) -> BrokerLink:
-        link = choose_broker(self._links, model, next(self._rr))
+    def _choose(self, model: str, turn: int | None = None) -> BrokerLink:
+        link = choose_broker(self._links, model, next(self._rr) if turn is None else turn)
         if link is None:
             raise RequestError(errors.UNAVAILABLE, "no broker is reachable")
         return link
@@ -319,6 +344,11 @@ class FabricClient:
     def _handle(self, link: BrokerLink, msg: Message) -> None:
         match msg.header:
             case ReplyHeader() as header:
+                if header.more:  # one of a decoupled request's responses; more follow
+                    on_part = self._parts.get(header.request_id)
+                    if on_part is not None and msg.payload:
+                        on_part(Reply(header.status, header.message, msg.payload[0]), True)
+                    return
                 entry = self._futures.pop(header.request_id, None)
                 if entry is None:
                     return  # cancelled or timed out already

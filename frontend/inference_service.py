@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -19,6 +20,16 @@ from protos import model_config_pb2 as mc
 
 from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Finish, Send
 from .config import FrontendConfig
+from .decoupled import (
+    DECOUPLED_MODEL_INFER,
+    NO_SEQUENCE,
+    PLAIN,
+    ModelTraits,
+    Part,
+    sequence_fields,
+    stream_decoupled,
+    traits_of,
+)
 from .fabric_client import FabricClient, Reply
 from .metrics import RequestMetrics
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
@@ -60,6 +71,7 @@ class InferenceService:
         self.metrics = RequestMetrics()
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
+        self._traits: dict[str, ModelTraits] = {}
         self._policies_version = -1
         self.router: Router | None = None  # --routing: public names (frontend.routing)
 
@@ -198,9 +210,12 @@ class InferenceService:
                 ):
                     latest[name] = (version, entry.config)
             self._policies = {}
+            self._traits = {}
             for name, (_, config) in latest.items():
                 try:
-                    self._policies[name] = policy_from_config(mc.ModelConfig.FromString(config))
+                    parsed = mc.ModelConfig.FromString(config)
+                    self._policies[name] = policy_from_config(parsed)
+                    self._traits[name] = traits_of(parsed)
                 except DecodeError:  # a bad announcement must not break the other models
                     logger.warning("model %s: undecodable config announced; default policy", name)
                     self._policies[name] = DEFAULT_POLICY
@@ -225,6 +240,13 @@ class InferenceService:
             timeout_s = min(timeout_s, remaining_s)
         if timeout_s <= 0:
             return Reply(errors.DEADLINE_EXCEEDED, "deadline passed before dispatch", None)
+        sequence = NO_SEQUENCE
+        if self._traits.get(route.model, PLAIN).sequence:
+            try:
+                sequence = sequence_fields(payload)
+            except RequestError as exc:
+                return Reply(exc.code, exc.message, None)
+            policy = replace(policy, hedge_after_s=None, hedge_p95=False)  # one copy only
         if self.in_flight >= self.config.max_in_flight:
             self.counters["rejected"] += 1
             return Reply(
@@ -239,7 +261,7 @@ class InferenceService:
         # not grow memory or metric labels.
         known = route.model in self._policies
         try:
-            reply = await self._attempts(route, payload, policy, timeout_s, known)
+            reply = await self._attempts(route, payload, policy, timeout_s, known, sequence)
             status = reply.status
             return reply
         finally:
@@ -254,6 +276,7 @@ class InferenceService:
         policy: ModelPolicy,
         timeout_s: float,
         known: bool,
+        sequence: tuple[str, int] = NO_SEQUENCE,
     ) -> Reply:
         """Runs one call's ``AttemptPlanner``: submits, cancels and waits as it says; the
         decisions (retries, backoff, hedging, the deadline) are all the planner's."""
@@ -287,6 +310,7 @@ class InferenceService:
                                     payload,
                                     flags=policy.flags,
                                     hedge_of=hedge_of,
+                                    sequence=sequence,
                                 )
                             )
                         except RequestError as exc:
@@ -386,6 +410,9 @@ class InferenceService:
             route = scan_request(request)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
+        self._policy(route.model)  # traits follow the catalog
+        if self._traits.get(route.model, PLAIN).decoupled:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, DECOUPLED_MODEL_INFER)
         router = self.router
         if router is not None and route.model in router.routes:
             reply = await router.infer(
@@ -410,8 +437,19 @@ class InferenceService:
             context,
             max_pending=self.config.stream_max_pending,
             idle_timeout_s=self.config.stream_idle_timeout_s,
+            parts=self._decoupled_parts,
         ):
             yield response
+
+    def _decoupled_parts(
+        self, route: RequestRoute, payload: bytes
+    ) -> AsyncGenerator[Part, None] | None:
+        """A decoupled model's responses to one stream request; None for other models."""
+        policy = self._policy(route.model)
+        if not self._traits.get(route.model, PLAIN).decoupled:
+            return None
+        timeout_s = policy.default_timeout_s or self.config.default_timeout_s
+        return stream_decoupled(self.client, route, payload, timeout_s)
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -30,15 +31,32 @@ from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
 
 from .batcher import Batcher, BatchPolicy, Waiting
 from .codec import DecodedRequest, batch_signature, decode_request, encode_response
+from .decoupled import StreamWindows, run_decoupled
 from .gpu_faults import DeviceHealth, judge, release_cached_memory
 from .loaders import LoadedModel
 from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
+from .sequences import check_request, control_tensors
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
 
-# (frontend identity, request id, status, message, ModelInferResponse bytes or None)
-SendReply = Callable[[PeerId, int, str, str, bytes | None], None]
+
+class SendReply(Protocol):
+    """(frontend identity, request id, status, message, ModelInferResponse bytes or None);
+    ``more``: a decoupled model's response with more to follow (``worker.decoupled``)."""
+
+    def __call__(
+        self,
+        frontend: PeerId,
+        request_id: int,
+        status: str,
+        message: str,
+        body: bytes | None,
+        more: bool = False,
+        /,
+    ) -> None: ...
+
+
 # (frontend identity, request id): the request joined a batch that is about to run
 SendAck = Callable[[PeerId, int], None]
 Clock = Callable[[], float]
@@ -95,6 +113,7 @@ class CancelBoard:
         self._keys: OrderedDict[CancelKey, float] = OrderedDict()
         self._lock = threading.Lock()
         self._clock = clock
+        self.windows = StreamWindows()  # credit of decoupled requests; a cancel wakes them
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -113,6 +132,8 @@ class CancelBoard:
                 if now - keys[oldest_key] <= CANCEL_MEMORY_S and len(keys) <= CANCEL_MEMORY_MAX:
                     break
                 del keys[oldest_key]
+        if len(self.windows):
+            self.windows.wake()
 
     def take(self, key: CancelKey) -> bool:
         with self._lock:
@@ -126,6 +147,16 @@ def _no_flush() -> None:
 def batch_policy(model: LoadedModel) -> BatchPolicy:
     """The batcher's policy for a model, as Triton reads its config."""
     spec = model.spec
+    sb = spec.sequence_batching
+    if spec.decoupled:  # one request at a time: its generator holds the instance
+        return BatchPolicy(max_batch_size=0)
+    if sb is not None:
+        return BatchPolicy(
+            max_batch_size=spec.max_batch_size,
+            max_queue_delay_us=sb.max_queue_delay_us,
+            preferred_batch_sizes=sb.preferred_batch_sizes,
+            dispatch_when_idle=False,
+        )
     db = spec.dynamic_batching
     return BatchPolicy(
         # Without dynamic_batching each request runs alone, as in Triton.
@@ -240,6 +271,8 @@ class BatchStep:
             return
         try:
             request = decode_request(item.payload, self.model.spec)
+            if item.header.sequence:
+                check_request(self.model.spec.name, request.batch_size)
         except RequestError as exc:
             self._fail(item, exc.code, exc.message)
             return
@@ -277,6 +310,9 @@ class BatchStep:
         if self._health is not None and self._health.poisoned is not None:
             self._fail_all(batch, errors.INTERNAL, self._health.poisoned)
             return
+        if self.model.spec.decoupled:
+            self._run_decoupled(batch)
+            return
         if self._send_ack is not None and not acked:
             # Non-idempotent requests tell the broker they may now have run.
             acked = False
@@ -300,6 +336,12 @@ class BatchStep:
                 inputs = {
                     name: np.concatenate([r.inputs[name] for r in requests], axis=0)
                     for name in requests[0].inputs
+                }
+            if spec.sequence_batching is not None:
+                headers = [w.item.inbound.header for w in batch]
+                inputs = {
+                    **inputs,
+                    **control_tensors(spec.sequence_batching, headers, spec.batched),
                 }
             infer_start = clock()
             outputs = self.model.execute(inputs)
@@ -350,6 +392,27 @@ class BatchStep:
             request_s=sum(end - w.arrived_s for w in batch),
         )
         self._flush()
+
+    def _run_decoupled(self, batch: list[Waiting[Ready]]) -> None:
+        for w in batch:  # one: a decoupled model's policy does not batch
+            inbound = w.item.inbound
+            started = self._clock()
+            run_decoupled(
+                self.model,
+                w.item.request,
+                inbound.frontend,
+                inbound.header.request_id,
+                inbound.header.deadline_ns,
+                self._send_reply,
+                self._flush,
+                self.cancelled.windows,
+                self.cancelled.take,
+            )
+            end = self._clock()
+            self._stats.record_batch(
+                1, 1, queue_s=started - w.arrived_s, input_s=0.0, infer_s=end - started,
+                output_s=0.0, request_s=end - w.arrived_s,
+            )  # fmt: skip
 
     def _split(
         self, requests: list[DecodedRequest], outputs: dict[str, np.ndarray], rows: int

@@ -28,7 +28,7 @@ import logging
 import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -180,6 +180,33 @@ class PythonModel:
             with torch.inference_mode():
                 result = self._instance.execute(inputs)
                 return collect_outputs(self.spec, result, _batch_size(self.spec, inputs))
+        except RequestError:
+            raise
+        except Exception as exc:
+            raise RequestError(INTERNAL, f"model '{self.spec.name}' failed: {exc}") from exc
+
+    def execute_stream(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """A decoupled model's responses (``worker.decoupled``): ``execute`` is a generator,
+        each value it yields one response's outputs, checked like ``execute``'s."""
+        batch = _batch_size(self.spec, inputs)
+        try:
+            results = self._instance.execute(inputs)
+            if not isinstance(results, Iterator):
+                raise RequestError(
+                    INTERNAL, f"model '{self.spec.name}' is decoupled: execute must yield"
+                )
+            try:
+                while True:
+                    with torch.inference_mode():  # the generator's body runs in next()
+                        try:
+                            result = next(results)
+                        except StopIteration:
+                            return
+                    yield collect_outputs(self.spec, result, batch)
+            finally:
+                close = getattr(results, "close", None)
+                if callable(close):
+                    close()
         except RequestError:
             raise
         except Exception as exc:

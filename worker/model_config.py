@@ -16,6 +16,7 @@ import torch
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as mc
+from worker.sequences import SequenceBatching, parse_sequence_batching
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class ModelSpec:
     default_model_filename: str = ""
     dispatch_when_idle: bool = False  # parameters["dispatch_when_idle"]; see DISPATCH_WHEN_IDLE
     config: mc.ModelConfig = field(default_factory=mc.ModelConfig, repr=False, compare=False)
+    sequence_batching: SequenceBatching | None = None  # see worker.sequences
+    decoupled: bool = False  # model_transaction_policy.decoupled: execute yields responses
     input_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     input_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     output_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
@@ -210,9 +213,8 @@ def spec_from_config(config: mc.ModelConfig, path: str | Path = CONFIG_FILENAME)
         raise fail("model name is empty")
     if config.max_batch_size < 0:
         raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
-    for unsupported in ("sequence_batching", "ensemble_scheduling"):
-        if config.HasField(unsupported):
-            raise fail(f"{unsupported} is not supported")
+    if config.HasField("ensemble_scheduling"):
+        raise fail("ensemble_scheduling is not supported")
     if not config.input:
         raise fail("no inputs: at least one 'input' is required")
     if not config.output:
@@ -241,6 +243,8 @@ def spec_from_config(config: mc.ModelConfig, path: str | Path = CONFIG_FILENAME)
         default_model_filename=config.default_model_filename,
         dispatch_when_idle=_boolean_parameter(config, DISPATCH_WHEN_IDLE, False, fail),
         config=config,
+        sequence_batching=parse_sequence_batching(config, fail),
+        decoupled=config.model_transaction_policy.decoupled,
     )
 
 

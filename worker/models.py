@@ -30,6 +30,7 @@ from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .repository import ModelSource, scan_model
 from .runtime import CancelBoard, Inbound, ModelInstance, SendAck, SendReply
+from .sequences import SequenceTable
 from .stats import ModelStats
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class ServedVersion:
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False  # its instances are stopping: whatever still reaches the inbox is refused
     reply: SendReply | None = None
+    # A sequence model's: which instance holds each sequence (each instance has its own inbox).
+    sequences: SequenceTable | None = None
 
     def enter(self) -> None:
         with self.lock:
@@ -64,9 +67,15 @@ def refuse_leftovers(served: ServedVersion) -> None:
     """Answer requests still in the inbox of a version whose instances have stopped (they
     arrived while it was being unloaded, or the drain timed out). Safe from any thread: each
     item is taken once."""
+    inboxes = {id(q): q for q in (served.inbox, *(i.inbox for i in served.instances))}
+    for inbox in inboxes.values():
+        _refuse(served, inbox)
+
+
+def _refuse(served: ServedVersion, inbox: queue.SimpleQueue[object]) -> None:
     while True:
         try:
-            item = served.inbox.get_nowait()
+            item = inbox.get_nowait()
         except queue.Empty:
             return
         if isinstance(item, Inbound) and served.reply is not None:
@@ -276,8 +285,10 @@ class ModelTable:
             for device in placed:
                 models.append(load_model(source, version, device))
             candidate = self.inline_max_s > 0 and placed == ["cpu"] and models[0].shape_bound
+            # Sequence and decoupled models need control inputs or a stream: no warm-up call.
+            plain = not spec.decoupled and spec.sequence_batching is None
             for m in models:
-                if not on_gpu(m):  # GPU instances warm up on their own threads, below
+                if plain and not on_gpu(m):  # GPU instances warm up on their own threads
                     warm_s = warm_up(m, timed=candidate)
         except Exception as exc:
             for m in models:
@@ -300,7 +311,8 @@ class ModelTable:
                 i,
                 reply,
                 served.stats,
-                served.inbox,
+                # A sequence runs on one instance, in order: each reads an inbox of its own.
+                served.inbox if spec.sequence_batching is None else queue.SimpleQueue(),
                 self._send_ack,
                 self._flush,
                 served.cancelled,
@@ -308,10 +320,14 @@ class ModelTable:
             )
             for i, m in enumerate(models)
         ]
+        if spec.sequence_batching is not None:
+            idle_s = spec.sequence_batching.max_sequence_idle_us / 1e6
+            served.sequences = SequenceTable(spec.name, count, idle_s)
         inline = warm_s is not None and warm_s < self.inline_max_s / 4
         for inst in served.instances:
             inst.shares_inbox = len(served.instances) > 1
-            inst.start(self.inline_max_s if inline else 0.0, preparation(inst.model))
+            prepare = preparation(inst.model) if plain else None
+            inst.start(self.inline_max_s if inline else 0.0, prepare)
         self._await_prepared(served, version)
         if inline:
             with self._inline_lock:
@@ -400,8 +416,16 @@ class ModelTable:
         send = self._send_reply
 
         def reply(
-            frontend: PeerId, request_id: int, status: str, message: str, body: bytes | None
+            frontend: PeerId,
+            request_id: int,
+            status: str,
+            message: str,
+            body: bytes | None,
+            more: bool = False,
         ) -> None:
+            if more:  # a decoupled model's request is pending until its last reply
+                send(frontend, request_id, status, message, body, True)
+                return
             served.leave()
             send(frontend, request_id, status, message, body)
 

@@ -33,6 +33,7 @@ from fabric.protocol import (
     CancelHeader,
     ControlHeader,
     ControlReplyHeader,
+    CreditHeader,
     Frame,
     HeartbeatHeader,
     MalformedMessage,
@@ -140,10 +141,17 @@ class WorkerServer:
         sock.send_multipart(frames, copy=should_copy(frames))
 
     def _send_reply(
-        self, route: inproc.Route, request_id: int, status: str, message: str, body: bytes | None
+        self,
+        route: inproc.Route,
+        request_id: int,
+        status: str,
+        message: str,
+        body: bytes | None,
+        more: bool = False,
     ) -> None:
-        """Called once per request, on the thread that ran it; sent at the next ``_flush``."""
-        self._out.add(inproc.reply(route, request_id, status, message, body))
+        """Called once per request (``more``: a decoupled response, more follow), on the
+        thread that ran it; sent at the next ``_flush``."""
+        self._out.add(inproc.reply(route, request_id, status, message, body, more))
 
     def _send_ack(self, route: inproc.Route, request_id: int) -> None:
         self._out.add(inproc.ack(route, request_id))
@@ -381,6 +389,10 @@ class WorkerServer:
                 key = (inproc.route(link.index, msg.route), cancel.request_id)
                 for served in self.models.served.values():
                     served.cancelled.add(key)
+            case CreditHeader() as credit:
+                key = (inproc.route(link.index, msg.route), credit.request_id)
+                for served in self.models.served.values():
+                    served.cancelled.windows.grant(key, credit.responses)
             case ControlHeader() as control:
                 route = inproc.route(link.index, msg.route)
                 if control.op not in CONTROL_OPS:
@@ -418,8 +430,16 @@ class WorkerServer:
             )
             self._flush()
             return
+        inbox = served.inbox
+        if served.sequences is not None:
+            try:
+                inbox = served.instances[served.sequences.route(header)].inbox
+            except RequestError as exc:
+                self._send_reply(frontend, header.request_id, exc.code, exc.message, None)
+                self._flush()
+                return
         served.enter()
-        served.inbox.put(Inbound(header, frontend, payload, time.monotonic()))
+        inbox.put(Inbound(header, frontend, payload, time.monotonic()))
         if served.closed:  # unloaded meanwhile: its instances may be gone already
             refuse_leftovers(served)
             self._flush()

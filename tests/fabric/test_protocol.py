@@ -22,6 +22,7 @@ from fabric.protocol import (
     CatalogHeader,
     ControlHeader,
     ControlReplyHeader,
+    CreditHeader,
     DisconnectHeader,
     Frame,
     HeartbeatHeader,
@@ -90,6 +91,7 @@ SAMPLES: dict[MsgType, tuple[msgspec.Struct, tuple[bytes, ...]]] = {
         ControlReplyHeader(41, errors.OK, "", [b"\x00stats", b""]),
         (b"fe",),
     ),
+    MsgType.CREDIT: (CreditHeader(2**33, 7), (b"fe",)),
 }
 
 
@@ -175,7 +177,10 @@ def test_request_header_defaults_on_the_wire() -> None:
 
 def test_headers_are_array_like() -> None:
     decoded = msgspec.msgpack.decode(encode_header(ReplyHeader(4, "OK", "")))
-    assert decoded == [4, "OK", ""]
+    assert decoded == [4, "OK", "", False]
+    # An older sender's three-field reply still reads (``more`` defaults to False).
+    old = msgspec.msgpack.encode([4, "OK", ""])
+    assert decode_header(MsgType.REPLY, old) == ReplyHeader(4, "OK", "", False)
 
 
 # ---- malformed messages ---------------------------------------------------------------------
@@ -482,6 +487,16 @@ BUILT: list[tuple[str, list[Frame], bool, MsgType, msgspec.Struct, bytes, list[b
         MsgType.CONTROL_REPLY,
         ControlReplyHeader(1, "OK", "", [b"s", b"t"]),
         b"",
+        [],
+    ),
+    ("credit F→B", messages.credit(5, 2), False, MsgType.CREDIT, CreditHeader(5, 2), b"", []),
+    (
+        "credit B→W",
+        messages.credit(5, 2, FE_ID),
+        True,
+        MsgType.CREDIT,
+        CreditHeader(5, 2),
+        FE_ID,
         [],
     ),
 ]

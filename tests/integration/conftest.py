@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.decoupled_models import TRICKLE_CONFIG, TRICKLE_MODEL
 from tests.integration.stack import (
     ALL_MODELS,
     DEMO_MODELS,
@@ -172,6 +173,7 @@ def model_repo(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     write_python_model(repo, "sleepy", SLEEPY_CONFIG, SLEEPY_MODEL)
     write_python_model(repo, "sleepy_pair", SLEEPY_PAIR_CONFIG, SLEEPY_MODEL)
     write_python_model(repo, "echo", ECHO_CONFIG, ECHO_MODEL)
+    write_python_model(repo, "trickle", TRICKLE_CONFIG, TRICKLE_MODEL)  # decoupled, see there
     return repo
 
 

@@ -31,8 +31,16 @@ STOP_GRACE_S = 5.0
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 
-DEMO_MODELS = ("simple", "simple_string", "mlp", "mlp_wait")
-TEST_MODELS = ("faulty", "sleepy", "sleepy_pair", "echo")
+DEMO_MODELS = (
+    "simple",
+    "simple_string",
+    "mlp",
+    "mlp_wait",
+    "simple_sequence",
+    "simple_dyna_sequence",
+    "repeat_int32",
+)
+TEST_MODELS = ("faulty", "sleepy", "sleepy_pair", "echo", "trickle")
 """Written next to the demo models by the ``model_repo`` fixture (see conftest)."""
 ALL_MODELS = DEMO_MODELS + TEST_MODELS
 SMALL_MAX_MESSAGE_BYTES = 64 * 1024

@@ -61,6 +61,12 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "mlp/1/model.pt",
         "mlp_wait/config.pbtxt",
         "mlp_wait/1/model.pt",
+        "simple_sequence/config.pbtxt",
+        "simple_sequence/1/model.py",
+        "simple_dyna_sequence/config.pbtxt",
+        "simple_dyna_sequence/1/model.py",
+        "repeat_int32/config.pbtxt",
+        "repeat_int32/1/model.py",
     }
 
 
@@ -72,6 +78,12 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_string/1/model.py",
         "mlp/config.pbtxt",
         "mlp_wait/config.pbtxt",
+        "simple_sequence/config.pbtxt",
+        "simple_sequence/1/model.py",
+        "simple_dyna_sequence/config.pbtxt",
+        "simple_dyna_sequence/1/model.py",
+        "repeat_int32/config.pbtxt",
+        "repeat_int32/1/model.py",
     ],
 )
 def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
@@ -79,7 +91,15 @@ def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
 
 
 def test_specs(sources: dict[str, ModelSource]) -> None:
-    assert sorted(sources) == ["mlp", "mlp_wait", "simple", "simple_string"]
+    assert sorted(sources) == [
+        "mlp",
+        "mlp_wait",
+        "repeat_int32",
+        "simple",
+        "simple_dyna_sequence",
+        "simple_sequence",
+        "simple_string",
+    ]
     assert sources["simple"].spec.max_batch_size == 8
     assert [t.datatype for t in sources["simple_string"].spec.inputs] == ["BYTES", "BYTES"]
     mlp = sources["mlp"].spec

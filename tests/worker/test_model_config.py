@@ -148,7 +148,15 @@ def test_spec_is_hashable_and_comparable() -> None:
             "num_versions >= 1",
         ),
         ("instance_group [ { count: -1 } ]\n" + MINIMAL_IO, "count must be >= 0"),
-        ("sequence_batching { }\n" + MINIMAL_IO, "sequence_batching is not supported"),
+        (
+            "sequence_batching { state [ { input_name: 'a' output_name: 'b' } ] }\n" + MINIMAL_IO,
+            "implicit state is not supported",
+        ),
+        (
+            "sequence_batching { control_input [ { name: 'S' control [ { kind: "
+            "CONTROL_SEQUENCE_START } ] } ] }\n" + MINIMAL_IO,
+            "control_input 'S': give int32_, fp32_ or bool_false_true",
+        ),
         (
             'parameters { key: "dispatch_when_idle" value { string_value: "yes" } }\n' + MINIMAL_IO,
             'parameters["dispatch_when_idle"] must be "true" or "false", got \'yes\'',
