@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from fabric import errors, messages, names
 from fabric.heartbeat import Liveness
+from fabric.prom import QUEUE_WAIT_BUCKETS_S, Buckets
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
     AckHeader,
@@ -33,7 +34,7 @@ from fabric.protocol import (
 
 from .answers import Answers
 from .controls import ControlFanout, Outbox
-from .queues import ModelQueues, Pending, RequestKey
+from .queues import ModelKey, ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class Dispatcher:
             self.registry, heartbeat_interval_s, self.to_workers, self.to_frontends
         )
         self.counters = Counters()
+        # Arrival to first dispatch, per model version (broker/metrics.py exports it).
+        self.queue_wait: dict[ModelKey, Buckets] = {}
 
     # ---- frontend side ---------------------------------------------------------------
     def on_request(
@@ -147,6 +150,7 @@ class Dispatcher:
                 "max_queue_size)",
             )
             return
+        item.queued_at = self._clock()
         if not self.queues.push(item):
             self.counters.rejected_full += 1
             self._fail(
@@ -300,6 +304,11 @@ class Dispatcher:
         model = item.key[0]
         worker.in_flight[model] = worker.in_flight.get(model, 0) + 1
         item.worker = worker.identity
+        if not item.attempts:
+            waits = self.queue_wait.get(item.key)
+            if waits is None:
+                waits = self.queue_wait[item.key] = Buckets(QUEUE_WAIT_BUCKETS_S)
+            waits.observe(self._clock() - item.queued_at if item.queued_at else 0.0)
         item.attempts += 1
         item.acked = False
         self.leases[(item.frontend, item.request_id)] = item

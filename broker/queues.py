@@ -27,6 +27,7 @@ class Pending:
     acked: bool = False  # a worker said it started (put it in a batch)
     worker: PeerId | None = None
     avoid: PeerId | None = None  # a hedge never goes to its first copy's worker
+    queued_at: float = 0.0  # monotonic time it was first queued; 0.0 = sent on arrival
 
 
 class ModelQueues:

@@ -20,7 +20,8 @@ from protos import model_config_pb2 as mc
 from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Finish, Send
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
-from .metrics import RequestMetrics
+from .log_settings import serve_log_settings
+from .metrics import RequestMetrics, default_versions
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
@@ -30,7 +31,13 @@ from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
 
-SERVER_EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
+SERVER_EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "logging",
+)
 
 
 def _datatype(dt: int) -> str:
@@ -60,6 +67,7 @@ class InferenceService:
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
         self._policies_version = -1
+        self._default_versions: dict[str, str] = {}  # metric labels of calls naming no version
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -193,6 +201,7 @@ class InferenceService:
                     logger.warning("model %s: undecodable config announced; default policy", name)
                     self._policies[name] = DEFAULT_POLICY
             self._policies_version = self.client.catalog_version
+            self._default_versions = default_versions(self.client.models())
         return self._policies.get(model, DEFAULT_POLICY)
 
     async def infer(self, route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
@@ -232,8 +241,11 @@ class InferenceService:
             return reply
         finally:
             self.in_flight -= 1
-            label = route.model if known else UNKNOWN_MODEL_LABEL
-            self.metrics.observe(label, status, time.monotonic() - start)
+            if known:
+                version = route.version or self._default_versions.get(route.model, "")
+                self.metrics.observe(route.model, version, status, time.monotonic() - start)
+            else:
+                self.metrics.observe(UNKNOWN_MODEL_LABEL, "", status, time.monotonic() - start)
 
     async def _attempts(
         self,
@@ -391,6 +403,11 @@ class InferenceService:
             idle_timeout_s=self.config.stream_idle_timeout_s,
         ):
             yield response
+
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogSettingsResponse:
+        return await serve_log_settings(request, context)
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(

@@ -25,26 +25,37 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    setup_logging(config.log_level, "worker")
+    setup_logging(config.log_level, "worker", config.log_format)
     try:
         fabric_security(config, "worker")
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-worker", exc)
     import torch
 
-    from .server import WorkerServer
+    from .server import WorkerServer, pick_device
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     # The I/O thread and the compute threads share the GIL; torch releases it around every
     # op and must get it back quickly, or a small model waits out the default 5 ms interval.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    server = WorkerServer(config)
-    server.load_repository()
-    if config.metrics_port:
+    collector = None
+    if config.metrics:  # before any model loads: a taken port fails at once
+        from fabric.prom import MetricsPortError
+
         from .metrics import serve_metrics
 
-        serve_metrics(server.models, config.metrics_host, config.metrics_port)
+        try:
+            collector, _ = serve_metrics(
+                None, config.metrics_host, config.metrics_port, pick_device(config.device)
+            )
+        except MetricsPortError as exc:
+            print(f"serve-worker: error: {exc}", file=sys.stderr)
+            return 2
+    server = WorkerServer(config)
+    if collector is not None:
+        collector.models = server.models
+    server.load_repository()
     tune_gc()
     with stop_signals("worker", server.request_stop):
         server.serve()
