@@ -54,12 +54,15 @@ class Snapshot:
 def take_snapshot(d: Dispatcher) -> Snapshot:
     """What the dispatcher exports now; call on the poll loop's thread."""
     credit: dict[str, int] = {}
+    depths = d.queues.depths()
     for w in d.registry.workers.values():
+        for key in w.versions:  # a served version with nothing queued shows 0, not nothing
+            depths.setdefault(key, 0)
         for model in w.capacity:
             credit[model] = credit.get(model, 0) + max(0, w.credit(model))
     c = d.counters
     return Snapshot(
-        depths=d.queues.depths(),
+        depths=depths,
         workers=len(d.registry.workers),
         frontends=len(d.frontends),
         in_flight=len(d.leases),

@@ -224,6 +224,7 @@ class InferenceService:
             return Reply(errors.DEADLINE_EXCEEDED, "deadline passed before dispatch", None)
         if self.in_flight >= self.config.max_in_flight:
             self.counters["rejected"] += 1
+            self._observe(route, errors.RESOURCE_EXHAUSTED, 0.0)
             return Reply(
                 errors.RESOURCE_EXHAUSTED,
                 f"frontend at capacity ({self.config.max_in_flight} requests in flight)",
@@ -241,11 +242,14 @@ class InferenceService:
             return reply
         finally:
             self.in_flight -= 1
-            if known:
-                version = route.version or self._default_versions.get(route.model, "")
-                self.metrics.observe(route.model, version, status, time.monotonic() - start)
-            else:
-                self.metrics.observe(UNKNOWN_MODEL_LABEL, "", status, time.monotonic() - start)
+            self._observe(route, status, time.monotonic() - start)
+
+    def _observe(self, route: RequestRoute, status: str, seconds: float) -> None:
+        if route.model in self._policies:
+            version = route.version or self._default_versions.get(route.model, "")
+            self.metrics.observe(route.model, version, status, seconds)
+        else:  # client-chosen names must not grow the label set
+            self.metrics.observe(UNKNOWN_MODEL_LABEL, "", status, seconds)
 
     async def _attempts(
         self,
