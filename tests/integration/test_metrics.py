@@ -176,11 +176,9 @@ def test_no_metrics_serves_none_and_a_taken_port_is_one_line(
 ) -> None:
     stack = make_stack()
     broker = stack.start_broker(extra_args=["--no-metrics"])
-    taken = metrics_port_of(stack.start_broker(extra_args=["--frontend-bind", "tcp://127.0.0.1:0",
-                                                           "--worker-bind", "tcp://127.0.0.1:0"]))  # fmt: skip
-    clash = stack._spawn("broker", ["-m", "broker", "--frontend-bind", "tcp://127.0.0.1:0",
-                                    "--worker-bind", "tcp://127.0.0.1:0",
-                                    "--metrics-port", str(taken)])  # fmt: skip
+    anywhere = ["--frontend-bind", "tcp://127.0.0.1:0", "--worker-bind", "tcp://127.0.0.1:0"]
+    taken = metrics_port_of(stack.start_broker(extra_args=anywhere))
+    clash = stack._spawn("broker", ["-m", "broker", *anywhere, "--metrics-port", str(taken)])
     assert clash.popen.wait(timeout=60) == 2
     assert f"cannot serve metrics on 127.0.0.1:{taken}" in clash.log_text()
     assert "Traceback" not in clash.log_text()
