@@ -349,7 +349,10 @@ class Dispatcher:
         state = self.registry.remove(worker)
         if state is None:
             return
-        logger.warning("worker %s %s; requeueing its work", worker.hex(), why)
+        held = sum(1 for item in self.leases.values() if item.worker == worker)
+        # A worker that says goodbye holding nothing is an orderly stop, not a warning.
+        level = logging.WARNING if held or why != "left" else logging.INFO
+        logger.log(level, "worker %s %s; requeueing its %d request(s)", worker.hex(), why, held)
         waiting = [
             item
             for rkey, item in list(self.leases.items())
