@@ -20,7 +20,6 @@ from protos import model_config_pb2 as mc
 from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Finish, Send
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
-from .log_settings import serve_log_settings
 from .metrics import RequestMetrics, default_versions
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
@@ -407,11 +406,6 @@ class InferenceService:
             idle_timeout_s=self.config.stream_idle_timeout_s,
         ):
             yield response
-
-    async def LogSettings(
-        self, request: pb.LogSettingsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.LogSettingsResponse:
-        return await serve_log_settings(request, context)
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(

@@ -23,6 +23,7 @@ from protos import grpc_service_pb2 as pb
 from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
+from .log_settings import serve_log_settings
 from .metrics import FrontendCollector, serve_metrics
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
             pb.RepositoryModelUnloadRequest,
             pb.RepositoryModelUnloadResponse,
         ),
-        "LogSettings": _typed(svc.LogSettings, pb.LogSettingsRequest, pb.LogSettingsResponse),
+        "LogSettings": _typed(serve_log_settings, pb.LogSettingsRequest, pb.LogSettingsResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }
