@@ -146,9 +146,10 @@ def test_every_tier_counts_known_traffic_exactly(make_stack: Callable[[], Stack]
     assert moved(wk0, wk, "fabric_worker_requests_dropped_total", **simple) == 0
     assert not any(name.startswith("nv_gpu_") for name, _ in wk)  # a CPU worker
 
-    # The broker exports a snapshot taken once per heartbeat tick.
+    # The broker exports a snapshot taken once per heartbeat tick: wait for one taken after
+    # the last call reached it (one snapshot is one instant of the broker's loop).
     def broker_saw_all() -> bool:
-        return moved(br0, parse(scrape(broker_port)), "fabric_broker_replies_total") >= 8
+        return moved(br0, parse(scrape(broker_port)), "fabric_broker_requests_total") >= 9
 
     wait_for(broker_saw_all, timeout_s=10, what="broker counted the replies", watch=stack.procs)
     br = parse(scrape(broker_port))
