@@ -308,7 +308,10 @@ class Dispatcher:
             waits = self.queue_wait.get(item.key)
             if waits is None:
                 waits = self.queue_wait[item.key] = Buckets(QUEUE_WAIT_BUCKETS_S)
-            waits.observe(self._clock() - item.queued_at if item.queued_at else 0.0)
+            if item.queued_at:
+                waits.observe(self._clock() - item.queued_at)
+            else:  # sent on arrival, the common case: no clock read, no search
+                waits.counts[0] += 1
         item.attempts += 1
         item.acked = False
         self.leases[(item.frontend, item.request_id)] = item
