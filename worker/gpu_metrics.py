@@ -54,7 +54,7 @@ class GpuProbe:
             ]
             for handle in handles:
                 uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-                if want is not None and uuid.removeprefix("GPU-") == want.removeprefix("GPU-"):
+                if want is not None and _same_uuid(uuid, want):
                     return cls(pynvml, handle, uuid)
             index = int(device.partition(":")[2] or 0)
             if want is None and index < len(handles):
@@ -87,6 +87,15 @@ def _gauge(name: str, doc: str, labels: list[str], value: float) -> GaugeMetricF
     g = GaugeMetricFamily(name, doc, labels=["gpu_uuid"])
     g.add_metric(labels, value)
     return g
+
+
+def _same_uuid(a: str, b: str) -> bool:
+    """NVML writes ``GPU-8c6b...-...``; torch's spelling varies by version (dashes, prefix)."""
+
+    def norm(u: str) -> str:
+        return u.lower().removeprefix("gpu-").replace("-", "")
+
+    return norm(a) == norm(b)
 
 
 def _text(value: str | bytes) -> str:

@@ -185,3 +185,12 @@ def test_the_gpu_series_use_tritons_names_and_units() -> None:
 
 def test_no_gpu_probe_on_a_cpu_device() -> None:
     assert GpuProbe.open("cpu") is None
+
+
+def test_gpu_uuids_match_across_nvml_and_torch_spellings() -> None:
+    from worker.gpu_metrics import _same_uuid
+
+    nvml = "GPU-8c6b2a1e-0f3d-4c2b-9a7e-5d1f2e3c4b5a"
+    assert _same_uuid(nvml, "8c6b2a1e-0f3d-4c2b-9a7e-5d1f2e3c4b5a")
+    assert _same_uuid(nvml, "8C6B2A1E0F3D4C2B9A7E5D1F2E3C4B5A")
+    assert not _same_uuid(nvml, "GPU-00000000-0f3d-4c2b-9a7e-5d1f2e3c4b5a")
