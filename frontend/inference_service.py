@@ -20,7 +20,7 @@ from protos import model_config_pb2 as mc
 from .attempts import DEADLINE_REPLY, NOT_A_HEDGE, Action, AttemptPlanner, Finish, Send
 from .config import FrontendConfig
 from .fabric_client import FabricClient, Reply
-from .metrics import RequestMetrics, default_versions
+from .metrics import RequestMetrics, VersionLabels
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
@@ -66,7 +66,7 @@ class InferenceService:
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
         self._policies_version = -1
-        self._default_versions: dict[str, str] = {}  # metric labels of calls naming no version
+        self._version_labels = VersionLabels({})
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -200,7 +200,7 @@ class InferenceService:
                     logger.warning("model %s: undecodable config announced; default policy", name)
                     self._policies[name] = DEFAULT_POLICY
             self._policies_version = self.client.catalog_version
-            self._default_versions = default_versions(self.client.models())
+            self._version_labels = VersionLabels(self.client.models())
         return self._policies.get(model, DEFAULT_POLICY)
 
     async def infer(self, route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
@@ -245,7 +245,7 @@ class InferenceService:
 
     def _observe(self, route: RequestRoute, status: str, seconds: float) -> None:
         if route.model in self._policies:
-            version = route.version or self._default_versions.get(route.model, "")
+            version = self._version_labels.label(route.model, route.version)
             self.metrics.observe(route.model, version, status, seconds)
         else:  # client-chosen names must not grow the label set
             self.metrics.observe(UNKNOWN_MODEL_LABEL, "", status, seconds)

@@ -3,8 +3,9 @@ on the request path and turned into metric families only when scraped.
 
 Per model and version (labels ``model``, ``version``): Triton's success and failure counts
 (failures also by gRPC status, label ``code``) and cumulative request time, and a latency
-histogram. ``version`` is the one the call named or, when it named none, the version the
-brokers serve by default (the latest one a live worker serves), as the catalog shows it.
+histogram. ``version`` is the one the call named (``<unknown>`` when the catalog does not
+have it) or, when it named none, the version the brokers serve by default (the latest one a
+live worker serves), as the catalog shows it.
 Calls for models no broker announced share the model label ``<unknown>``, so client-chosen
 names cannot grow the label set. Retries, hedges and admission rejections are counters;
 requests in flight, live brokers and workers are gauges.
@@ -50,6 +51,24 @@ class RequestMetrics:
         else:
             c.failures[status] = c.failures.get(status, 0) + 1
         c.latency.observe(seconds)
+
+
+UNKNOWN_VERSION_LABEL = "<unknown>"
+
+
+class VersionLabels:
+    """The ``version`` label of a call, from the catalog: the version it named when the catalog
+    has it (any other name shares ``<unknown>``: clients must not grow the label set), else
+    the version the brokers serve by default."""
+
+    def __init__(self, catalog: Mapping[ModelKey, tuple[object, int]]) -> None:
+        self._known = frozenset(catalog)
+        self._default = default_versions(catalog)
+
+    def label(self, model: str, version: str) -> str:
+        if not version:
+            return self._default.get(model, "")
+        return version if (model, version) in self._known else UNKNOWN_VERSION_LABEL
 
 
 def default_versions(catalog: Mapping[ModelKey, tuple[object, int]]) -> dict[str, str]:

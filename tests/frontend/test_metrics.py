@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fabric import errors
-from frontend.metrics import FrontendCollector, RequestMetrics, default_versions
+from frontend.metrics import FrontendCollector, RequestMetrics, VersionLabels, default_versions
 
 
 def test_default_version_is_the_latest_a_live_worker_serves() -> None:
@@ -41,3 +41,11 @@ def test_series_per_model_and_version_with_failures_by_status() -> None:
         "fabric_frontend_in_flight 1.0",
     ):
         assert line in text, line
+
+
+def test_a_version_the_catalog_lacks_shares_one_label() -> None:
+    labels = VersionLabels({("m", "1"): (None, 1), ("m", "2"): (None, 1)})
+    assert labels.label("m", "") == "2"
+    assert labels.label("m", "1") == "1"
+    assert labels.label("m", "999") == "<unknown>"
+    assert labels.label("m", "x" * 200) == "<unknown>"
