@@ -187,7 +187,7 @@ compose-up: images
 		--scale worker=$(COMPOSE_WORKERS)
 
 compose-down:
-	$(COMPOSE) -p $(COMPOSE_PROJECT) --profile gpu down --remove-orphans
+	$(COMPOSE) -p $(COMPOSE_PROJECT) --profile gpu --profile observability down --remove-orphans
 
 # Its own compose project on free ports; tears itself down.
 test-compose: install-test images

@@ -6,6 +6,7 @@ import sys
 
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error
+from fabric.prom import MetricsPortError
 
 from .config import ENV_PREFIX, BrokerConfig
 from .server import BrokerServer
@@ -23,14 +24,18 @@ def parse_args(argv: list[str] | None = None) -> BrokerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    setup_logging(config.log_level, "broker")
+    setup_logging(config.log_level, "broker", config.log_format)
     try:
         server = BrokerServer(config)
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-broker", exc)
+    if config.metrics:
+        try:
+            server.metrics.serve(config.metrics_host, config.metrics_port)
+        except MetricsPortError as exc:
+            print(f"serve-broker: error: {exc}", file=sys.stderr)
+            return 2
     server.bind()
-    if config.metrics_port:
-        server.metrics.serve(config.metrics_host, config.metrics_port)
     tune_gc()
     with stop_signals("broker", server.request_stop):
         server.serve()

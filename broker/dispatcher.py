@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fabric import errors, messages, names
 from fabric.errors import RequestError
 from fabric.heartbeat import Liveness
+from fabric.prom import QUEUE_WAIT_BUCKETS_S, Buckets
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
     AckHeader,
@@ -35,7 +36,7 @@ from fabric.protocol import (
 
 from .answers import Answers
 from .controls import ControlFanout, Outbox
-from .queues import ModelQueues, Pending, RequestKey
+from .queues import ModelKey, ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry, WorkerState
 from .route_decider import RouteDecider
 from .sequences import SequencePins
@@ -92,6 +93,8 @@ class Dispatcher:
         self.counters = Counters()
         self.routes = RouteDecider(clock)  # canary outcomes and decisions (route_decider.py)
         self.sequences = SequencePins(clock)
+        # Arrival to first dispatch, per model version (broker/metrics.py exports it).
+        self.queue_wait: dict[ModelKey, Buckets] = {}
 
     # ---- frontend side ---------------------------------------------------------------
     def on_request(
@@ -158,6 +161,7 @@ class Dispatcher:
                 "max_queue_size)",
             )
             return
+        item.queued_at = self._clock()
         if not self.queues.push(item):
             self.counters.rejected_full += 1
             self._fail(
@@ -346,6 +350,14 @@ class Dispatcher:
         model = item.key[0]
         worker.in_flight[model] = worker.in_flight.get(model, 0) + 1
         item.worker = worker.identity
+        if not item.attempts:
+            waits = self.queue_wait.get(item.key)
+            if waits is None:
+                waits = self.queue_wait[item.key] = Buckets(QUEUE_WAIT_BUCKETS_S)
+            if item.queued_at:
+                waits.observe(self._clock() - item.queued_at)
+            else:  # sent on arrival, the common case: no clock read, no search
+                waits.counts[0] += 1
         item.attempts += 1
         item.acked = False
         self.leases[(item.frontend, item.request_id)] = item
@@ -386,7 +398,10 @@ class Dispatcher:
         state = self.registry.remove(worker)
         if state is None:
             return
-        logger.warning("worker %s %s; requeueing its work", worker.hex(), why)
+        held = sum(1 for item in self.leases.values() if item.worker == worker)
+        # A worker that says goodbye holding nothing is an orderly stop, not a warning.
+        level = logging.WARNING if held or why != "left" else logging.INFO
+        logger.log(level, "worker %s %s; requeueing its %d request(s)", worker.hex(), why, held)
         self.sequences.worker_lost(worker)
         waiting = [
             item

@@ -29,6 +29,7 @@ class Pending:
     avoid: PeerId | None = None  # a hedge never goes to its first copy's worker
     sequence: bool = False  # pinned to its worker (broker.sequences): never requeued elsewhere
     streamed: bool = False  # a decoupled request some of whose responses went out: nor this
+    queued_at: float = 0.0  # monotonic time it was first queued; 0.0 = sent on arrival
 
 
 class ModelQueues:

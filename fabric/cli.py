@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fabric.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS
+from fabric.logs import LOG_FORMATS, configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,14 @@ class FabricSettings:
         env="FABRIC_HEARTBEAT_LIVENESS",
     )
     log_level: str = setting("INFO", "log threshold", env="LOG_LEVEL", choices=LOG_LEVELS)
-    metrics_port: int = setting(0, "Prometheus port, 0 = no metrics endpoint")
+    log_format: str = setting(
+        "text",
+        "text: human-readable lines; json: one JSON object per line",
+        env="LOG_FORMAT",
+        choices=LOG_FORMATS,
+    )
+    metrics: bool = setting(True, "serve Prometheus metrics (--no-metrics: none)")
+    metrics_port: int = setting(0, "Prometheus port; 0 = any free port (logged at start)")
     metrics_host: str = setting("127.0.0.1", "Prometheus bind address")
     fabric_keys: str = setting(
         "",
@@ -256,11 +264,9 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def setup_logging(level: str, component: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s",
-    )
+def setup_logging(level: str, component: str, log_format: str = "text") -> None:
+    """Logging of a tier's process: see ``fabric.logs``."""
+    configure_logging(level, component, log_format)
 
 
 class StopSignals:

@@ -8,6 +8,7 @@ import sys
 
 from fabric.cli import StopSignals, build_config, setup_logging, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
+from fabric.prom import MetricsPortError
 
 from .config import ENV_PREFIX, FrontendConfig
 from .routing.config import RoutingError
@@ -41,7 +42,7 @@ async def _serve(config: FrontendConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    setup_logging(config.log_level, "frontend")
+    setup_logging(config.log_level, "frontend", config.log_format)
     try:
         fabric_security(config, "frontend")
     except FabricSetupError as exc:
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(config))
     except RoutingError as exc:  # --routing names a file that cannot be used
         print(f"serve-frontend: routing file {exc}", file=sys.stderr)
+    except MetricsPortError as exc:
+        print(f"serve-frontend: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -31,7 +31,7 @@ from .decoupled import (
     traits_of,
 )
 from .fabric_client import FabricClient, Reply
-from .metrics import RequestMetrics
+from .metrics import RequestMetrics, VersionLabels
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
 from .routing.router import Router
@@ -42,7 +42,13 @@ from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
 
-SERVER_EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
+SERVER_EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "logging",
+)
 
 
 def _datatype(dt: int) -> str:
@@ -74,6 +80,7 @@ class InferenceService:
         self._traits: dict[str, ModelTraits] = {}
         self._policies_version = -1
         self.router: Router | None = None  # --routing: public names (frontend.routing)
+        self._version_labels = VersionLabels({})
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -220,6 +227,7 @@ class InferenceService:
                     logger.warning("model %s: undecodable config announced; default policy", name)
                     self._policies[name] = DEFAULT_POLICY
             self._policies_version = self.client.catalog_version
+            self._version_labels = VersionLabels(self.client.models())
         return self._policies.get(model, DEFAULT_POLICY)
 
     async def infer(self, route: RequestRoute, payload: bytes, remaining_s: float | None) -> Reply:
@@ -249,6 +257,7 @@ class InferenceService:
             policy = replace(policy, hedge_after_s=None, hedge_p95=False)  # one copy only
         if self.in_flight >= self.config.max_in_flight:
             self.counters["rejected"] += 1
+            self._observe(route, errors.RESOURCE_EXHAUSTED, 0.0)
             return Reply(
                 errors.RESOURCE_EXHAUSTED,
                 f"frontend at capacity ({self.config.max_in_flight} requests in flight)",
@@ -266,8 +275,14 @@ class InferenceService:
             return reply
         finally:
             self.in_flight -= 1
-            label = route.model if known else UNKNOWN_MODEL_LABEL
-            self.metrics.observe(label, status, time.monotonic() - start)
+            self._observe(route, status, time.monotonic() - start)
+
+    def _observe(self, route: RequestRoute, status: str, seconds: float) -> None:
+        if route.model in self._policies:
+            version = self._version_labels.label(route.model, route.version)
+            self.metrics.observe(route.model, version, status, seconds)
+        else:  # client-chosen names must not grow the label set
+            self.metrics.observe(UNKNOWN_MODEL_LABEL, "", status, seconds)
 
     async def _attempts(
         self,

@@ -17,11 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fabric.curve import fabric_security
+from fabric.prom import MetricsEndpoint
 from protos import grpc_service_pb2 as pb
 
 from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
+from .log_settings import serve_log_settings
 from .metrics import FrontendCollector, serve_metrics
 from .routing.setup import RoutingSetup
 
@@ -70,6 +72,7 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
             pb.RepositoryModelUnloadRequest,
             pb.RepositoryModelUnloadResponse,
         ),
+        "LogSettings": _typed(serve_log_settings, pb.LogSettingsRequest, pb.LogSettingsResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }
@@ -120,8 +123,25 @@ class FrontendServer:
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self.metrics: MetricsEndpoint | None = None
 
     async def start(self) -> None:
+        if self.config.metrics:  # first: a taken metrics port fails before anything binds
+            svc = self.service
+            self.metrics = serve_metrics(
+                FrontendCollector(
+                    svc.metrics,
+                    lambda: dict(svc.counters),
+                    lambda: {
+                        "in_flight": svc.in_flight,
+                        "brokers_live": len(self.client.live_catalogs()),
+                        "workers": self.client.workers(),
+                    },
+                ),
+                self.config.metrics_host,
+                self.config.metrics_port,
+                *([self.routing.collector()] if self.routing is not None else []),
+            )
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -153,22 +173,6 @@ class FrontendServer:
         self._health_task = asyncio.create_task(self._track_health(), name="health-tracker")
         if self.routing is not None:
             self.routing.start()
-        if self.config.metrics_port:
-            svc = self.service
-            serve_metrics(
-                FrontendCollector(
-                    svc.metrics,
-                    lambda: dict(svc.counters),
-                    lambda: {
-                        "in_flight": svc.in_flight,
-                        "brokers_live": len(self.client.live_catalogs()),
-                        "workers": self.client.workers(),
-                    },
-                ),
-                self.config.metrics_host,
-                self.config.metrics_port,
-                *([self.routing.collector()] if self.routing is not None else []),
-            )
         logger.info(
             "frontend serving gRPC on %s:%d, brokers %s",
             self.config.host,

@@ -3,7 +3,8 @@
 Brokers bind consecutive port pairs (``broker_frontend_port + 2i``, ``broker_worker_port + 2i``);
 every frontend and every worker is given every broker. Frontends share the one gRPC port
 (SO_REUSEPORT). Metrics ports, when on, are consecutive from ``metrics_port``: the first frontend
-gets ``metrics_port`` itself (8002, as Triton), then the other frontends, brokers and workers.
+gets ``metrics_port`` itself (8002, as Triton), then the other frontends, brokers and workers;
+off, every process gets ``--no-metrics``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def build_plan(o: Options) -> list[ProcessSpec]:
     routing = ("--routing", o.routing) if o.routing else ()
 
     def metrics() -> tuple[list[str], tuple[PortUse, ...], int]:
-        if not o.metrics_port:
-            return [], (), 0
+        if not o.metrics_port:  # the tiers serve metrics unless told not to
+            return ["--no-metrics"], (), 0
         port = next(next_metrics)
         return ["--metrics-port", str(port)], (PortUse(loopback, port, "metrics"),), port
 

@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    setup_logging(config.log_level, "worker")
+    setup_logging(config.log_level, "worker", config.log_format)
     try:
         fabric_security(config, "worker")
     except FabricSetupError as exc:
@@ -48,12 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     # The I/O thread and the compute threads share the GIL; torch releases it around every
     # op and must get it back quickly, or a small model waits out the default 5 ms interval.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    server = WorkerServer(config, devices)
-    server.load_repository()
-    if config.metrics_port:
+    collector = None
+    if config.metrics:  # before any model loads: a taken port fails at once
+        from fabric.prom import MetricsPortError
+
         from .metrics import serve_metrics
 
-        serve_metrics(server.models, config.metrics_host, config.metrics_port)
+        try:
+            collector, _ = serve_metrics(
+                None, config.metrics_host, config.metrics_port, devices.default
+            )
+        except MetricsPortError as exc:
+            print(f"serve-worker: error: {exc}", file=sys.stderr)
+            return 2
+    server = WorkerServer(config, devices)
+    if collector is not None:
+        collector.models = server.models
+    server.load_repository()
     tune_gc()
     with stop_signals("worker", server.request_stop):
         server.serve()

@@ -1,57 +1,82 @@
 """Prometheus metrics of a worker, with Triton's names, read from the model statistics at
-scrape time: nothing is added to the request path."""
+scrape time: nothing is added to the request path.
+
+Per model version (labels ``model``, ``version``): Triton's request, inference and execution
+counts and cumulative queue / compute input / infer / output times, pending requests, a
+batch-size histogram (exact: built from the per-size batch counts), dropped requests, and the
+load state. On CUDA, the device's utilisation and memory (``worker.gpu_metrics``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fabric.prom import TritonCounter
+from fabric import prom
+from fabric.prom import BATCH_SIZE_BUCKETS, Buckets, TritonCounter
 
+from .gpu_metrics import GpuProbe
 from .models import ModelTable
 
 _LABELS = ["model", "version"]
 
 
 class WorkerCollector(Collector):
-    def __init__(self, models: ModelTable) -> None:
-        self._models = models
+    """Reads ``models`` (set once the worker has made its table) and the GPU probe."""
+
+    def __init__(self, models: ModelTable | None = None, gpu: GpuProbe | None = None) -> None:
+        self.models = models
+        self.gpu = gpu
 
     def collect(self) -> Iterator[Metric]:
-        success = TritonCounter(
-            "nv_inference_request_success", "Successful inference requests", _LABELS
+        if self.models is not None:
+            yield from self._model_metrics(self.models)
+        if self.gpu is not None:
+            yield from self.gpu.collect()
+
+    @staticmethod
+    def _model_metrics(models: ModelTable) -> Iterator[Metric]:
+        def counter(name: str, doc: str) -> TritonCounter:
+            return TritonCounter(name, doc, _LABELS)
+
+        success = counter("nv_inference_request_success", "Successful inference requests")
+        failure = counter("nv_inference_request_failure", "Failed inference requests")
+        count = counter("nv_inference_count", "Inferences performed (rows)")
+        execs = counter("nv_inference_exec_count", "Model executions (batches)")
+        request_us = counter("nv_inference_request_duration_us", "Request time in the worker, µs")
+        queue_us = counter("nv_inference_queue_duration_us", "Time waiting for a batch, µs")
+        input_us = counter(
+            "nv_inference_compute_input_duration_us", "Time preparing batch inputs, µs"
         )
-        failure = TritonCounter(
-            "nv_inference_request_failure", "Failed inference requests", _LABELS
+        infer_us = counter("nv_inference_compute_infer_duration_us", "Model compute time, µs")
+        output_us = counter(
+            "nv_inference_compute_output_duration_us", "Time splitting and encoding outputs, µs"
         )
-        count = TritonCounter("nv_inference_count", "Inferences performed (rows)", _LABELS)
-        execs = TritonCounter("nv_inference_exec_count", "Model executions (batches)", _LABELS)
-        request_us = TritonCounter(
-            "nv_inference_request_duration_us", "Request time in the worker, µs", _LABELS
-        )
-        queue_us = TritonCounter(
-            "nv_inference_queue_duration_us", "Time waiting for a batch, µs", _LABELS
-        )
-        infer_us = TritonCounter(
-            "nv_inference_compute_infer_duration_us", "Model compute time, µs", _LABELS
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count", "Requests held by the model", labels=_LABELS
         )
         dropped = CounterMetricFamily(
             "fabric_worker_requests_dropped",
             "Requests never run: deadline passed or cancelled before their batch",
             labels=[*_LABELS, "reason"],
         )
-        batches = CounterMetricFamily(
-            "fabric_worker_batches", "Executed batches by size in rows", labels=[*_LABELS, "size"]
+        ready = GaugeMetricFamily(
+            "fabric_worker_model_ready",
+            "1 for each model version loaded and served",
+            labels=_LABELS,
         )
-        pending = GaugeMetricFamily(
-            "fabric_worker_pending_requests", "Requests held by the model", labels=_LABELS
+        failed = GaugeMetricFamily(
+            "fabric_worker_model_load_failed",
+            "1 for each model (version) whose last load failed",
+            labels=_LABELS,
         )
-        for (name, version), served in sorted(self._models.served.items()):
+        sizes: list[tuple[list[str], Buckets]] = []
+        for (name, version), served in sorted(models.served.items()):
             s = served.stats
             labels = [name, version]
+            batch_sizes = Buckets(BATCH_SIZE_BUCKETS)
             with s._lock:
                 success.add_metric(labels, s.success.count)
                 failure.add_metric(labels, s.fail.count)
@@ -59,18 +84,30 @@ class WorkerCollector(Collector):
                 execs.add_metric(labels, s.execution_count)
                 request_us.add_metric(labels, (s.success.ns + s.fail.ns) / 1000)
                 queue_us.add_metric(labels, s.queue.ns / 1000)
+                input_us.add_metric(labels, s.compute_input.ns / 1000)
                 infer_us.add_metric(labels, s.compute_infer.ns / 1000)
+                output_us.add_metric(labels, s.compute_output.ns / 1000)
                 dropped.add_metric([*labels, "expired"], s.expired)
                 dropped.add_metric([*labels, "cancelled"], s.cancelled)
-                for size, b in sorted(s.batches.items()):
-                    batches.add_metric([*labels, str(size)], b.compute_infer.count)
+                for size, b in s.batches.items():
+                    batch_sizes.observe(size, b.compute_infer.count)
+            sizes.append((labels, batch_sizes))
             pending.add_metric(labels, served.pending)
-        yield from (success, failure, count, execs, request_us, queue_us, infer_us, dropped,
-                    batches, pending)  # fmt: skip
+            ready.add_metric(labels, 1)
+        for key in sorted(models.load_errors):
+            name, _, version = key.partition(":")
+            failed.add_metric([name, version], 1)
+        batch_size = prom.histogram(
+            "fabric_worker_batch_size", "Rows per executed batch", _LABELS, sizes
+        )
+        yield from (success, failure, count, execs, request_us, queue_us, input_us, infer_us,
+                    output_us, pending, batch_size, dropped, ready, failed)  # fmt: skip
 
 
-def serve_metrics(models: ModelTable, host: str, port: int) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(WorkerCollector(models))
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+def serve_metrics(
+    models: ModelTable | None, host: str, port: int, device: str = "cpu"
+) -> tuple[WorkerCollector, prom.MetricsEndpoint]:
+    """Start the endpoint; ``collector.models`` may be set later (the port is taken first, so
+    a taken port fails before any model loads)."""
+    collector = WorkerCollector(models, GpuProbe.open(device))
+    return collector, prom.serve(collector, host, port, "worker")

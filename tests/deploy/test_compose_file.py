@@ -67,8 +67,13 @@ def test_only_the_balancer_and_prometheus_publish_ports(
     services: dict[str, dict[str, Any]],
 ) -> None:
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"lb", "prometheus"}
+    default = {name for name in published if "profiles" not in services[name]}
+    assert default == {"lb", "prometheus"}
     assert services["lb"]["ports"] == ["${FABRICSERVE_PORT:-8001}:8001"]
+    # Grafana and Jaeger come only with their profile; Jaeger publishes its UI, not OTLP.
+    assert published - default == {"grafana", "jaeger"}
+    assert all(services[n]["profiles"] == ["observability"] for n in ("grafana", "jaeger"))
+    assert services["jaeger"]["ports"] == ["${JAEGER_UI_PORT:-16686}:16686"]
 
 
 def test_workers_share_the_model_repository(services: dict[str, dict[str, Any]]) -> None:

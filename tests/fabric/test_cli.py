@@ -158,3 +158,10 @@ def test_a_real_process_reports_a_bad_environment_value_without_a_traceback() ->
     assert done.returncode == 2
     assert "argument --max-queued [BROKER_MAX_QUEUED]: invalid int value 'lots'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_metrics_are_on_unless_turned_off_and_log_format_is_a_choice() -> None:
+    config = build([])
+    assert (config.metrics, config.metrics_port, config.log_format) == (True, 0, "text")
+    assert build(["--no-metrics", "--log-format", "JSON"]).log_format == "json"
+    assert build([], {"TOY_METRICS": "false", "LOG_FORMAT": "json"}).metrics is False

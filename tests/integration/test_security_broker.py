@@ -146,7 +146,7 @@ def test_a_departed_peers_announcement_does_not_poison_a_model(
     time.sleep(2 * HEARTBEAT_INTERVAL_S)  # catalogs reach the frontend
     assert real_config(stack) == config
     assert max(simple_latencies(stack, 20)) < 5.0
-    assert stack.broker_metric("fabric_broker_events", event="conflicting_versions") >= 1
+    assert stack.broker_metric("fabric_broker_conflicting_versions_total") >= 1
 
 
 def test_a_bloated_announcement_is_refused_and_frontends_keep_serving(
@@ -179,7 +179,7 @@ def test_a_bloated_announcement_is_refused_and_frontends_keep_serving(
         assert client.is_model_ready("simple")
         attackers_alive()  # best effort: a slow iteration may let them expire, harmlessly
         time.sleep(0.2)
-    assert stack.broker_metric("fabric_broker_events", event="refused_announcements") >= 3
+    assert stack.broker_metric("fabric_broker_refused_announcements_total") >= 3
 
 
 def test_a_batch_of_heartbeats_is_not_amplified(stack: AttackedStack, dealer: Dealer) -> None:

@@ -55,7 +55,8 @@ def vm_rss_mb(pid: int) -> float:
 def mlp_successes(metrics_port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    match = re.search(r'^nv_inference_request_success\{model="mlp"\} (\S+)$', text, re.MULTILINE)
+    pattern = r'^nv_inference_request_success\{model="mlp",version="[^"]*"\} (\S+)$'
+    match = re.search(pattern, text, re.MULTILINE)
     return int(float(match.group(1))) if match else 0
 
 

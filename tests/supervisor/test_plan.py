@@ -50,6 +50,7 @@ def test_metrics_ports_consecutive_from_8002_with_the_first_frontend_first() -> 
 def test_metrics_off() -> None:
     plan = build_plan(Options(metrics_port=0, workers=3))
     assert all("--metrics-port" not in s.args and s.metrics_port == 0 for s in plan)
+    assert all("--no-metrics" in s.args for s in plan)
 
 
 def test_shared_grpc_port_checked_once() -> None:
