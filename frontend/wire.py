@@ -19,7 +19,7 @@ _ID = 3
 _STREAM_ERROR_TAG = b"\x0a"  # field 1 (error_message), wire type 2
 _STREAM_RESPONSE_TAG = b"\x12"  # field 2 (infer_response), wire type 2
 
-_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_START_GROUP, _WIRE_END_GROUP, _WIRE_I32 = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,7 @@ def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
 def scan_request(data: bytes | memoryview) -> RequestRoute:
     """Model name, version and id of a serialized ModelInferRequest (last value wins)."""
     fields: dict[int, bytes | memoryview] = {}
+    groups: list[int] = []  # open (deprecated) groups: protobuf skips them as unknown fields
     pos, end = 0, len(data)
     while pos < end:
         tag, pos = _varint(data, pos)
@@ -54,7 +55,7 @@ def scan_request(data: bytes | memoryview) -> RequestRoute:
             length, pos = _varint(data, pos)
             if pos + length > end:
                 raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: truncated")
-            if number <= _ID:
+            if number <= _ID and not groups:
                 fields[number] = data[pos : pos + length]
             pos += length
         elif wire == _WIRE_VARINT:
@@ -63,10 +64,16 @@ def scan_request(data: bytes | memoryview) -> RequestRoute:
             pos += 8
         elif wire == _WIRE_I32:
             pos += 4
+        elif wire == _WIRE_START_GROUP:
+            groups.append(number)
+        elif wire == _WIRE_END_GROUP and groups and groups[-1] == number:
+            groups.pop()
         else:
             raise RequestError(INVALID_ARGUMENT, f"malformed ModelInferRequest: wire type {wire}")
     if pos != end:
         raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: truncated")
+    if groups:
+        raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: unterminated group")
     try:
         return RequestRoute(
             bytes(fields.get(_MODEL_NAME, b"")).decode(),

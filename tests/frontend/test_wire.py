@@ -167,10 +167,18 @@ def test_truncated_or_bad_varint(data: bytes) -> None:
     assert_invalid(data)
 
 
-@pytest.mark.parametrize("wire", [3, 4, 6, 7])
+@pytest.mark.parametrize("wire", [4, 6, 7])
 def test_bad_wire_type(wire: int) -> None:
     data = field(1, 2, b"simple") + varint(9 << 3 | wire) + b"\x00" * 8
     assert "wire type" in assert_invalid(data).message
+
+
+def test_groups_are_skipped_as_protobuf_skips_them() -> None:
+    # A (deprecated) group of an unknown field, even one holding a model_name, is skipped.
+    data = varint(9 << 3 | 3) + field(1, 2, b"inner") + varint(9 << 3 | 4) + field(1, 2, b"m")
+    assert pb.ModelInferRequest.FromString(data).model_name == "m"
+    assert scan_request(data).model == "m"
+    assert "unterminated group" in assert_invalid(varint(9 << 3 | 3) + field(1, 2, b"m")).message
 
 
 @pytest.mark.parametrize("number", [1, 2, 3])
