@@ -1,7 +1,8 @@
 """The provisioned Grafana dashboard (deploy/grafana/): every panel's query names metrics the
 tiers really export, as their collectors write them after some traffic (the exposition names,
-``_total``/``_bucket`` suffixes included). The routing metrics are a declared list until the
-routing tier exports them. Also the worker's GPU series, from a fake NVML."""
+``_total``/``_bucket`` suffixes included), routing's among them (the frontends' routing
+collector and the brokers' canary decisions); every label a query groups by or selects on is
+one those series carry. Also the worker's GPU series, from a fake NVML."""
 
 from __future__ import annotations
 
@@ -19,27 +20,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.metrics import BrokerMetrics
 from fabric import errors
 from frontend.metrics import FrontendCollector, RequestMetrics
+from frontend.routing.config import parse_routing
+from frontend.routing.metrics import RoutingCollector
+from frontend.routing.router import Router
 from worker.gpu_metrics import GpuProbe
 from worker.metrics import WorkerCollector
 from worker.stats import ModelStats
 
-from ..broker.test_dispatcher import W1, Harness
+from ..broker.test_dispatcher import FE, W1, Harness
+from ..broker.test_route_decider import CANARY, STABLE, spec
+from ..frontend.routing.test_shadow import HeldClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = REPO_ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "fabricserve.json"
 
-ROUTING_METRICS = {
-    "fabricserve_route_calls_total",
-    "fabricserve_route_errors_total",
-    "fabricserve_route_weight",
-    "fabricserve_route_rollout_step",
-    "fabricserve_route_rollbacks_total",
-    "fabricserve_route_shadow_total",
-}
-"""Declared, not yet exported: the routing work names them so (labels route, target, reason,
-outcome); this list goes once a collector exports them."""
-METRIC = re.compile(r"\b(?:nv|fabric|fabricserve)_[a-z_]+\b")
+METRIC = re.compile(r"\b(?:nv|fabric|fabricserve)_[a-z_0-9]+\b")
+SELECTOR = re.compile(r"\b((?:nv|fabric|fabricserve)_[a-z_0-9]+)(?:\{([^}]*)\})?")
+SELECTOR_LABEL = re.compile(r"([a-z_]+)\s*(?:=~|!=|!~|=)")
+BY = re.compile(r"\bby \(([^)]*)\)")
 
 
 class FakeNvml:
@@ -59,11 +58,18 @@ def exposition(*collectors: Any) -> dict[str, tuple[str, list[Any]]]:
     registry = CollectorRegistry()
     for c in collectors:
         registry.register(c)
-    text = generate_latest(registry).decode()
+    return families(generate_latest(registry).decode())
+
+
+def families(text: str) -> dict[str, tuple[str, list[Any]]]:
     return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
 
 
-def frontend_names() -> set[str]:
+Labels = dict[str, set[str]]
+"""Sample name -> the label names its samples carry."""
+
+
+def frontend_names() -> Labels:
     metrics = RequestMetrics()
     metrics.observe("m", "1", errors.OK, 0.01)
     metrics.observe("m", "1", errors.UNAVAILABLE, 0.02)
@@ -72,41 +78,82 @@ def frontend_names() -> set[str]:
         lambda: {"retries": 1, "hedges": 0, "rejected": 0},
         lambda: {"in_flight": 0, "brokers_live": 1, "workers": 1},
     )
-    return sample_names(exposition(collector))
+    return sample_labels(exposition(collector))
 
 
-def broker_names() -> set[str]:
+ROUTING = b"""
+routes:
+  clf:
+    targets:
+      - {model: clf, version: "1", weight: 90}
+      - {model: clf, version: "2", weight: 10}
+    rollout: {steps: [10, 50], dwell_s: 5}
+"""
+
+
+def routing_names() -> Labels:
+    """The frontend's routing collector after calls, a failure, shadow results, a rollback
+    and reloads."""
+    router = Router(parse_routing(ROUTING), HeldClient(), lambda: 0.0, 30.0)
+    m = router.metrics
+    m.observe(m.target("clf", "clf", "1"), errors.OK, 0.002)
+    m.observe(m.target("clf", "clf", "2"), errors.UNAVAILABLE, 0.2)
+    m.target("clf", "clf", "2").shadow["mismatch"] += 1
+    m.rolled_back("clf", "error_rate")
+    m.reloads += 1
+    m.reload_errors += 1
+    return sample_labels(exposition(RoutingCollector(m, lambda: router.routes)))
+
+
+def broker_names() -> Labels:
+    """Broker counters after one reply, and the canary metrics after a route's canary is
+    rolled back for its errors."""
     h = Harness()
     metrics = BrokerMetrics(h.d)
     h.announce(W1, ("m", "1", 1))
     h.reply(W1, h.request())
     metrics.count_malformed("envelope")
+    decider = h.d.routes
+    decider.report(FE, [spec(steps=[20, 100], dwell_s=100.0)])
+    for rid, (key, failed) in enumerate([(STABLE, False)] * 100 + [(CANARY, True)] * 100):
+        decider.start((FE, rid), key)
+        h.clocks.advance(0.01)
+        decider.finish((FE, rid), errors.INTERNAL if failed else errors.OK)
+    decider.tick()
     metrics.refresh()
     text = generate_latest(metrics.registry).decode()
-    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    return sample_labels(families(text))
 
 
 def gpu_probe() -> GpuProbe:
     return GpuProbe(FakeNvml(), handle=object(), uuid="GPU-1234")
 
 
-def worker_names() -> set[str]:
+def worker_names() -> Labels:
     stats = ModelStats()
     stats.record_batch(2, 3, 0.001, 0.0001, 0.002, 0.0001, 0.004)
     models = SimpleNamespace(
         served={("m", "1"): SimpleNamespace(stats=stats, pending=0)},
         load_errors={"broken:1": "bad file"},
     )
-    return sample_names(exposition(WorkerCollector(models, gpu_probe())))  # type: ignore[arg-type]
+    return sample_labels(exposition(WorkerCollector(models, gpu_probe())))  # type: ignore[arg-type]
 
 
-def sample_names(families: dict[str, tuple[str, list[Any]]]) -> set[str]:
-    return {s.name for _, samples in families.values() for s in samples}
+def sample_labels(fams: dict[str, tuple[str, list[Any]]]) -> Labels:
+    out: Labels = {}
+    for _, samples in fams.values():
+        for s in samples:
+            out.setdefault(s.name, set()).update(s.labels)
+    return out
 
 
 @pytest.fixture(scope="module")
-def exported() -> set[str]:
-    return frontend_names() | broker_names() | worker_names()
+def exported() -> Labels:
+    out: Labels = {}
+    for tier in (frontend_names(), routing_names(), broker_names(), worker_names()):
+        for name, labels in tier.items():
+            out.setdefault(name, set()).update(labels)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +171,53 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def test_the_routing_and_canary_series_are_exported(exported: Labels) -> None:
+    target = {"route", "model", "version"}
+    for name, labels in {
+        "fabric_route_calls_total": target,
+        "fabric_route_errors_total": target | {"code"},
+        "fabric_route_latency_seconds_bucket": target | {"le"},
+        "fabric_route_shadow_total": target | {"result"},
+        "fabric_route_weight": target,
+        "fabric_route_rollout_step": {"route"},
+        "fabric_route_rolled_back": {"route"},
+        "fabric_route_rollbacks_total": {"route", "reason"},
+        "fabric_broker_route_weight": target,
+        "fabric_broker_route_rollbacks_total": target | {"reason"},
+        "fabric_broker_route_window_error_rate": target,
+        "fabric_broker_route_window_p99_seconds": target,
+    }.items():
+        assert exported.get(name) == labels, name
+
+
 def test_every_panel_queries_only_metrics_the_tiers_export(
-    dashboard: dict[str, Any], exported: set[str]
+    dashboard: dict[str, Any], exported: Labels
 ) -> None:
-    known = exported | ROUTING_METRICS
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
             continue
         named = {m for t in panel["targets"] for m in METRIC.findall(t["expr"])}
         assert named, f"panel {panel['title']!r} names no metric"
-        assert named <= known, f"panel {panel['title']!r}: not exported: {named - known}"
+        assert named <= exported.keys(), (
+            f"panel {panel['title']!r}: not exported: {named - set(exported)}"
+        )
+
+
+def test_every_label_a_query_uses_is_on_its_series(
+    dashboard: dict[str, Any], exported: Labels
+) -> None:
+    """A selector's labels are on its metric; a ``by`` clause's are on a metric of the query
+    (``job`` is Prometheus's own)."""
+    for title, expr in queries(dashboard):
+        carried: set[str] = {"job"}
+        for name, selector in SELECTOR.findall(expr):
+            have = exported.get(name, set()) | {"job"}
+            used = set(SELECTOR_LABEL.findall(selector))
+            assert used <= have, f"{title!r}: {name} has no {used - have}"
+            carried |= have
+        for clause in BY.findall(expr):
+            grouped = {label.strip() for label in clause.split(",")}
+            assert grouped <= carried, f"{title!r}: no series carries {grouped - carried}"
 
 
 def test_the_dashboard_covers_what_operators_ask_for(dashboard: dict[str, Any]) -> None:
@@ -147,10 +231,19 @@ def test_the_dashboard_covers_what_operators_ask_for(dashboard: dict[str, Any]) 
         "fabric_broker_workers",
         "fabric_frontend_retries_total",
         "fabric_frontend_hedges_total",
-        "fabricserve_route_calls_total",
+        "fabric_route_calls_total",
+        "fabric_route_errors_total",
+        "fabric_route_weight",
+        "fabric_route_rollout_step",
+        "fabric_route_rolled_back",
+        "fabric_broker_route_rollbacks_total",
+        "fabric_route_shadow_total",
     ):
         assert needed in exprs, needed
     assert "by (le, model, version)" in exprs  # latency per model and version
+    assert "by (le, route, model, version)" in exprs  # p99 per route target
+    assert "by (route, model, version, reason)" in exprs  # rollbacks by reason
+    assert "by (route, model, version, result)" in exprs  # shadow results
 
 
 def test_panels_use_the_provisioned_datasource_and_do_not_overlap(
