@@ -230,5 +230,8 @@ def test_main_refuses_auto_on_a_gpu_host_without_cuda_torch(
     monkeypatch.setattr(devices, "host_has_nvidia_gpu", lambda: True)
     code = worker_main.main(["--model-repository", str(tmp_path), "--device", "auto"])
     assert code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("serve-worker: error: --device auto: this host has an NVIDIA GPU")
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if "serve-worker: error" in line
+    ]  # the log lines before it (CURVE off ...) go to stderr too
+    assert len(errors) == 1
+    assert errors[0].startswith("serve-worker: error: --device auto: this host has an NVIDIA GPU")
