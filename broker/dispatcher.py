@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fabric import errors, messages, names
+from fabric import triton_errors as texts
 from fabric.heartbeat import Liveness
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
@@ -104,18 +105,21 @@ class Dispatcher:
             return
         version = reg.resolve_version(header.model, header.version)
         if version is None:
-            self._fail(
-                frontend, rid, errors.NOT_FOUND, f"unknown model {names.quote(header.model)}"
-            )
+            self._fail(frontend, rid, errors.NOT_FOUND, texts.unknown_model(header.model))
             return
         key = (header.model, version)
         if not reg.version_known(*key):
             self._fail(
-                frontend,
-                rid,
-                errors.NOT_FOUND,
-                f"unknown version {names.quote(version)} of model {names.quote(header.model)}",
+                frontend, rid, errors.NOT_FOUND, texts.unknown_version(header.model, version)
             )
+            return
+        if not reg.servers(key) and reg.unloaded(*key):  # NOT_FOUND, not retried, as Triton
+            gone = (
+                texts.unknown_version(header.model, version)
+                if header.version
+                else texts.no_available_versions(header.model)
+            )
+            self._fail(frontend, rid, errors.NOT_FOUND, gone)
             return
         if not reg.servers(key):
             self._fail(

@@ -47,29 +47,38 @@ def version_not_ready(model: str, version: str) -> str:
 
 
 def parse_version(version: str) -> str:
-    """``version`` as Triton reads it: empty (latest) or a non-negative integer, returned in
-    canonical form; raises ``RequestError(INVALID_ARGUMENT)`` with Triton's text otherwise.
+    """``version`` as a version number: empty (latest) or the decimal digits of a non-negative
+    integer; raises ``RequestError(INVALID_ARGUMENT)`` with Triton's texts otherwise.
 
-    Triton parses with ``std::stol``, which also takes "01", " 1" or "1abc" as 1; we accept only
-    plain digits (every version we serve is a directory named by its number), and refuse the rest
-    with the text Triton gives for a string ``stol`` cannot read.
+    Triton parses with ``std::stol``, which also reads "01", "+1", " 1" or "1abc" as 1; we take
+    only canonical digits (every version we serve is a directory named by its number, so any
+    other spelling names none of them), and refuse the rest with the text Triton gives for a
+    string ``stol`` cannot read.
     """
     if not version:
-        return ""
-    digits = version[1:] if version[0] in "+-" else version
-    if not digits.isdigit() or not digits.isascii() or len(digits) > 18:
-        raise RequestError(
-            errors.INVALID_ARGUMENT,
-            f"failed to get model version from specified version string '{version}' "
-            "(details: stol), version should be an integral value > 0",
-        )
-    if version[0] == "-" and int(digits) > 0:
+        return version
+    if version.startswith("-") and _canonical(version[1:]) and version != "-0":
         raise RequestError(
             errors.INVALID_ARGUMENT,
             f"invalid model version specified '{version}' , version should be an integral "
             "value > 0",
         )
-    return str(int(digits))
+    if not _canonical(version):
+        raise RequestError(
+            errors.INVALID_ARGUMENT,
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0",
+        )
+    return version
+
+
+def _canonical(digits: str) -> bool:
+    return (
+        digits.isascii()
+        and digits.isdigit()
+        and len(digits) <= 18  # fits an int64, as stol needs
+        and (digits == "0" or not digits.startswith("0"))
+    )
 
 
 # ---- inputs and outputs: core src/infer_request.cc (Normalize, ValidateRequestInputs), -----------

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fabric import errors, names
+from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
@@ -26,6 +27,7 @@ from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
+from .triton_compat import check_control, route_version, server_metadata_fields
 from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
@@ -78,22 +80,20 @@ class InferenceService:
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: object
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name=self.config.server_name, version=self.version, extensions=SERVER_EXTENSIONS
+        name, version, extensions = server_metadata_fields(
+            self.config.server_name, self.version, SERVER_EXTENSIONS
         )
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     # ---- models ---------------------------------------------------------------------
     def _config(self, name: str, version: str, context: grpc.aio.ServicerContext) -> mc.ModelConfig:
         models = self.client.models()
         versions = {v: (e, n) for (m, v), (e, n) in models.items() if m == name}
         if not versions:
-            raise RequestError(errors.NOT_FOUND, f"unknown model {names.quote(name)}")
+            raise RequestError(errors.NOT_FOUND, texts.unknown_model(name))
         if version:
             if version not in versions:
-                raise RequestError(
-                    errors.NOT_FOUND,
-                    f"unknown version {names.quote(version)} of model {names.quote(name)}",
-                )
+                raise RequestError(errors.NOT_FOUND, texts.unknown_version(name, version))
             entry = versions[version][0]
         else:
             ready = [v for v, (_, n) in versions.items() if n > 0] or list(versions)
@@ -110,6 +110,7 @@ class InferenceService:
     ) -> pb.ModelReadyResponse:
         try:
             names.check_model(request.name, request.version, "name")
+            texts.parse_version(request.version)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
         models = self.client.models()
@@ -171,6 +172,7 @@ class InferenceService:
     ) -> mc.ModelConfig:
         try:
             names.check_model(name, version, "name")
+            texts.parse_version(version)
             return self._config(name, version, context)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
@@ -199,13 +201,12 @@ class InferenceService:
         """One request through the fabric: admission, deadline, retries within the deadline
         and the retry budget, hedging where the model asks for it."""
         policy = self._policy(route.model)
-        if route.model not in self._policies or (
-            route.version and not names.valid_version(route.version)
-        ):
+        if route.model not in self._policies or route.version:
             # Announced names are directories of a worker's repository; any other name is
             # checked here, before it becomes a key, a label or part of a message.
             try:
                 names.check_model(route.model, route.version)
+                route = route_version(route)
             except RequestError as exc:
                 return Reply(exc.code, exc.message, None)
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
@@ -420,19 +421,23 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await self._check_or_abort(request.model_name, context)
+        await self._check_or_abort(request.model_name, context, control=True)
         await self._control("load", request.model_name, "", context)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._check_or_abort(request.model_name, context)
+        await self._check_or_abort(request.model_name, context, control=True)
         await self._control("unload", request.model_name, "", context)
         return pb.RepositoryModelUnloadResponse()
 
-    async def _check_or_abort(self, model_name: str, context: grpc.aio.ServicerContext) -> None:
+    async def _check_or_abort(
+        self, model_name: str, context: grpc.aio.ServicerContext, control: bool = False
+    ) -> None:
         try:
+            if control:
+                check_control(self.config.model_control_mode)
             names.check_model(model_name)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)

@@ -23,6 +23,7 @@ from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
 from .metrics import FrontendCollector, serve_metrics
+from .triton_compat import RestrictedProtocolInterceptor, parse_restrictions
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,12 @@ class FrontendServer:
 
     async def start(self) -> None:
         limit = self.config.max_message_bytes
+        restrictions = parse_restrictions(self.config.grpc_restricted_protocol)
         server = grpc.aio.server(
+            # Only when some group is restricted: otherwise no call pays for an interceptor.
+            interceptors=(
+                [RestrictedProtocolInterceptor(SERVICE_NAME, restrictions)] if restrictions else []
+            ),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -127,7 +133,7 @@ class FrontendServer:
                 # a taken port fails to bind instead of silently sharing it.
                 ("grpc.so_reuseport", int(self.config.reuse_port)),
                 ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
-            ]
+            ],
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

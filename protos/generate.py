@@ -14,9 +14,9 @@ protoc then writes ``import model_config_pb2``; ``_package_imports`` rewrites th
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
-import re
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -257,6 +257,8 @@ class Stack:
             "--port", str(port),
             "--broker", self.broker_frontend_addr,
             "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S),
+            # Repository tests load and unload; the default mode (none) refuses that.
+            "--model-control-mode", "explicit",
         ]  # fmt: skip
         if max_message_bytes is not None:
             args += ["--max-message-bytes", str(max_message_bytes)]
