@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from fabric import triton_errors as texts
 from fabric.errors import INTERNAL, INVALID_ARGUMENT, RequestError
 from protos import grpc_service_pb2 as pb
+from worker.classification import check_datatype, classify
 from worker.model_config import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class DecodedRequest:
     requested_outputs: tuple[str, ...] | None
     outputs: tuple[TensorSpec, ...]
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    # output name -> (class count, labels): outputs to return as top-k classes (see
+    # ``worker.classification``); None when no output asked for that.
+    classification: dict[str, tuple[int, tuple[str, ...]]] | None = None
 
 
 def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
@@ -153,8 +157,9 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
             decoded[name] = _from_typed(model, name, tensor.contents, tspec, shape)
     if tuple(decoded) != spec.input_names:
         decoded = {n: decoded[n] for n in spec.input_names}
+    classes: dict[str, tuple[int, tuple[str, ...]]] | None = None
     if request.outputs:
-        requested, outputs = _requested_outputs(request, spec)
+        requested, outputs, classes = _requested_outputs(request, spec)
     else:
         requested, outputs = None, spec.outputs
     parameters = _parameters(request.parameters) if request.parameters else {}
@@ -168,6 +173,7 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         requested_outputs=requested,
         outputs=outputs,
         parameters=parameters,
+        classification=classes,
     )
 
 
@@ -184,10 +190,17 @@ def encode_response(
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     response.id = request.id
     raw: list[bytes] = []
+    classes = request.classification
     for tspec in request.outputs:
         array = outputs.get(tspec.name)
         if array is None:
             raise RequestError(INTERNAL, f"model '{model_name}' produced no output '{tspec.name}'")
+        if classes is not None and tspec.name in classes:
+            count, labels = classes[tspec.name]
+            top = classify(array, count, labels, request.batched)
+            response.outputs.add(name=tspec.name, datatype="BYTES", shape=top.shape)
+            raw.append(encode_bytes_tensor(top, tspec.name))
+            continue
         response.outputs.add(name=tspec.name, datatype=tspec.datatype, shape=array.shape)
         if tspec.byte_size:
             if array.dtype != tspec.numpy_dtype:
@@ -366,8 +379,13 @@ def _from_typed(
 
 def _requested_outputs(
     request: pb.ModelInferRequest, spec: ModelSpec
-) -> tuple[tuple[str, ...] | None, tuple[TensorSpec, ...]]:
+) -> tuple[
+    tuple[str, ...] | None,
+    tuple[TensorSpec, ...],
+    dict[str, tuple[int, tuple[str, ...]]] | None,
+]:
     names: list[str] = []
+    classes: dict[str, tuple[int, tuple[str, ...]]] | None = None
     for output in request.outputs:
         name = output.name
         if name not in spec.output_by_name:
@@ -376,13 +394,16 @@ def _requested_outputs(
             raise RequestError(INVALID_ARGUMENT, f"output '{name}' is requested more than once")
         if output.parameters:
             _check_tensor_parameters(f"output '{name}'", output.parameters)
-            if "classification" in output.parameters:
-                raise RequestError(
-                    INVALID_ARGUMENT, f"output '{name}': classification is not supported"
-                )
+            param = output.parameters.get("classification")
+            count = param.int64_param if param is not None else 0
+            if count > 0:  # Triton returns the plain tensor for a count of 0
+                check_datatype(spec.output_by_name[name].datatype)
+                if classes is None:
+                    classes = {}
+                classes[name] = (count, dict(spec.labels).get(name, ()))
         names.append(name)
     wanted = set(names)
-    return tuple(names), tuple(t for t in spec.outputs if t.name in wanted)
+    return tuple(names), tuple(t for t in spec.outputs if t.name in wanted), classes
 
 
 def _check_tensor_parameters(what: str, parameters: Mapping[str, pb.InferParameter]) -> None:

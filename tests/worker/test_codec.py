@@ -249,7 +249,7 @@ def test_batch_signature() -> None:
 
 SPEC = make_spec(
     [("INPUT0", "INT32", (4,)), ("INPUT1", "FP32", (-1, 2))],
-    [("OUTPUT0", "INT32", (4,))],
+    [("OUTPUT0", "INT32", (4,)), ("TEXT", "BYTES", (1,))],
     max_batch_size=4,
 )
 I0 = np.arange(8, dtype=np.int32).reshape(2, 4)
@@ -403,13 +403,13 @@ INVALID_CASES = [
         "output 'OUTPUT0' is requested more than once",
     ),
     (
-        "classification",
+        "classification of BYTES",
         mutate(
             lambda r: setattr(
-                r.outputs.add(name="OUTPUT0").parameters["classification"], "int64_param", 3
+                r.outputs.add(name="TEXT").parameters["classification"], "int64_param", 3
             )
         ),
-        "output 'OUTPUT0': classification is not supported",
+        "class result not available for output due to unsupported type 'BYTES'",
     ),
     (
         "shared memory",
