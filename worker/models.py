@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from fabric import errors, names
 from fabric.errors import RequestError
 from fabric.protocol import ModelAnnouncement, PeerId
@@ -28,6 +26,7 @@ from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .repository import ModelSource, scan_model
 from .runtime import CancelBoard, Inbound, ModelInstance, SendAck, SendReply
 from .stats import ModelStats
+from .warmup import default_warm_up, run_config_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -74,29 +73,6 @@ def refuse_leftovers(served: ServedVersion) -> None:
                 f"model '{item.header.model}' version was unloaded before the request ran",
                 None,
             )
-
-
-def warm_up(model: LoadedModel, timed: bool = False) -> float | None:
-    """Run one row of zeros through a tensor model so the first request pays no lazy init.
-    With ``timed``, three more calls (TorchScript profiles its first ones) and the seconds the
-    fastest took; None when not timed or for models it cannot feed (BYTES inputs)."""
-    spec = model.spec
-    if any(t.datatype == "BYTES" for t in spec.inputs):
-        return None
-    batch = (1,) if spec.max_batch_size > 0 else ()
-    inputs = {
-        t.name: np.zeros(batch + tuple(1 if d < 0 else d for d in t.dims), dtype=t.numpy_dtype)
-        for t in spec.inputs
-    }
-    model.execute(inputs)
-    if not timed:
-        return None
-    fastest = float("inf")
-    for _ in range(3):
-        start = time.monotonic()
-        model.execute(inputs)
-        fastest = min(fastest, time.monotonic() - start)
-    return fastest
 
 
 class ModelTable:
@@ -265,13 +241,14 @@ class ModelTable:
                 and models[0].shape_bound
             )
             for m in models:
-                warm_s = warm_up(m, timed=candidate)
+                run_config_warmup(m, source.path)  # the config's model_warmup: may fail a load
+                warm_s = default_warm_up(m, timed=candidate)  # never fails a load
         except Exception as exc:
             for m in models:
                 m.close()
             if isinstance(exc, ModelLoadError):
                 raise
-            raise ModelLoadError(spec.name, version, f"warm-up failed: {exc}") from exc
+            raise ModelLoadError(spec.name, version, str(exc)) from exc
         served = ServedVersion(
             models[0],
             queue.SimpleQueue(),
