@@ -43,8 +43,9 @@ what it has for a peer per wake-up, so a ZeroMQ send (and the wake-ups behind it
 many requests; a lone message is sent as itself.
 
 CONTROL carries repository and statistics operations (``op``: "statistics", "load",
-"unload"); the broker fans it out to every live worker and answers the frontend once all of
-them replied or the control timeout passed.
+"unload", "index"); a load's ``body`` is the client's serialized RepositoryModelLoadRequest
+(its config override and files); the broker fans it out to every live worker and answers the
+frontend once all of them replied or the control timeout passed.
 
 Requests are keyed by (frontend identity, request id): ids are unique per frontend only.
 Deadlines are absolute wall-clock nanoseconds (``time.time_ns()``), 0 meaning none, so that
@@ -165,9 +166,10 @@ class HeartbeatHeader(msgspec.Struct, array_like=True, gc=False):
 
 class ControlHeader(msgspec.Struct, array_like=True, gc=False):
     request_id: RequestId
-    op: str  # "statistics" | "load" | "unload"
+    op: str  # "statistics" | "load" | "unload" | "index"
     model: str = ""  # "" = every model (statistics only)
     version: str = ""
+    body: bytes = b""  # load: serialized RepositoryModelLoadRequest when it has parameters
 
 
 class ControlReplyHeader(msgspec.Struct, array_like=True, gc=False):
@@ -177,7 +179,7 @@ class ControlReplyHeader(msgspec.Struct, array_like=True, gc=False):
     bodies: list[bytes] = []  # W→B: at most one; B→F: one per worker that answered
 
 
-CONTROL_OPS = frozenset({"statistics", "load", "unload"})
+CONTROL_OPS = frozenset({"statistics", "load", "unload", "index"})
 
 HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
     MsgType.REQUEST: RequestHeader,

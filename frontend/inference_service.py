@@ -27,7 +27,7 @@ from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
-from .triton_compat import check_control, route_version, server_metadata_fields
+from .triton_compat import check_control, merge_index, route_version, server_metadata_fields
 from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
@@ -155,17 +155,18 @@ class InferenceService:
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        out = pb.RepositoryIndexResponse()
-        for (name, version), (_, n) in sorted(self.client.models().items()):
-            if request.ready and n == 0:
-                continue
-            out.models.add(
-                name=name,
-                version=version,
-                state="READY" if n > 0 else "UNAVAILABLE",
-                reason="" if n > 0 else "no live worker serves this version",
-            )
-        return out
+        catalog = [(n, v, w) for (n, v), (_, w) in self.client.models().items()]
+        try:  # each worker's view adds unloaded and failed models with their reasons
+            replies = await self.client.control("index", "", "", self.config.control_timeout_s)
+        except RequestError:
+            replies = []  # no broker or worker reachable: the catalog is all there is
+        indexes = [
+            pb.RepositoryIndexResponse.FromString(body)
+            for r in replies
+            if r.status == errors.OK
+            for body in r.bodies
+        ]
+        return merge_index(catalog, indexes, request.ready)
 
     async def _config_or_abort(
         self, name: str, version: str, context: grpc.aio.ServicerContext
@@ -395,14 +396,19 @@ class InferenceService:
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(
-        self, op: str, model: str, version: str, context: grpc.aio.ServicerContext
+        self,
+        op: str,
+        model: str,
+        version: str,
+        context: grpc.aio.ServicerContext,
+        body: bytes = b"",
     ) -> list[bytes]:
         timeout = self.config.control_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
         try:
-            replies = await self.client.control(op, model, version, timeout)
+            replies = await self.client.control(op, model, version, timeout, body)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
         failed = [r for r in replies if r.status != errors.OK]
@@ -422,7 +428,9 @@ class InferenceService:
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         await self._check_or_abort(request.model_name, context, control=True)
-        await self._control("load", request.model_name, "", context)
+        # With a config override or files, workers get the whole request (worker.overrides).
+        body = request.SerializeToString() if request.parameters else b""
+        await self._control("load", request.model_name, "", context, body)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -18,6 +18,7 @@ import grpc
 
 from fabric import triton_errors as texts
 from fabric.errors import RequestError
+from protos import grpc_service_pb2 as pb
 
 from .wire import RequestRoute
 
@@ -171,3 +172,41 @@ def check_control(mode: str) -> None:
     problem = control_refusal(mode)
     if problem is not None:
         raise RequestError("UNAVAILABLE", problem)
+
+
+_STATE_RANK = {"READY": 2, "UNAVAILABLE": 1}
+
+
+def merge_index(
+    catalog: Sequence[tuple[str, str, int]],
+    worker_indexes: Sequence[pb.RepositoryIndexResponse],
+    ready_only: bool,
+) -> pb.RepositoryIndexResponse:
+    """RepositoryIndex from the brokers' catalog ((name, version, live workers)) and what each
+    worker reported (``index`` control op): per version, READY wins over UNAVAILABLE (one
+    worker serving it is enough); a model no worker loaded is listed by name alone, as Triton
+    lists a model of the repository that is not loaded."""
+    best: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def offer(name: str, version: str, state: str, reason: str) -> None:
+        held = best.get((name, version))
+        if held is None or _STATE_RANK.get(state, 0) > _STATE_RANK.get(held[0], 0):
+            best[(name, version)] = (state, reason)
+
+    for name, version, workers in catalog:
+        if workers > 0:
+            offer(name, version, "READY", "")
+        else:
+            offer(name, version, "UNAVAILABLE", "no live worker serves this version")
+    for index in worker_indexes:
+        for m in index.models:
+            offer(m.name, m.version, m.state, m.reason)
+    versioned = {name for name, version in best if version}
+    out = pb.RepositoryIndexResponse()
+    for (name, version), (state, reason) in sorted(best.items()):
+        if ready_only and state != "READY":
+            continue
+        if not version and name in versioned:
+            continue
+        out.models.add(name=name, version=version, state=state, reason=reason)
+    return out

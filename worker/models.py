@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from protos import grpc_service_pb2 as pb
 
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
+from .overrides import LoadOverride, stage
 from .repository import ModelSource, scan_model
 from .runtime import CancelBoard, Inbound, ModelInstance, SendAck, SendReply
 from .stats import ModelStats
@@ -87,8 +89,16 @@ class ModelTable:
         drain_timeout_s: float = 30.0,
         inline_max_s: float = 0.0,
         wake: Callable[[], None] | None = None,
+        staging_root: Path | None = None,
+        allow_file_uploads: bool = False,
     ) -> None:
         self.repository = Path(repository)
+        # RepositoryModelLoad overrides (``worker.overrides``): model -> (its directory, the
+        # config text replacing its config.pbtxt); files are staged under ``staging_root``.
+        self._overrides: dict[str, tuple[Path, str | None]] = {}
+        self._staging_root = staging_root
+        self._allow_file_uploads = allow_file_uploads
+        self.unloaded: set[Key] = set()  # unloaded on request, listed as such by ``index``
         self._roots = sorted(
             {f"{self.repository}/", f"{self.repository.resolve()}/"}, key=len, reverse=True
         )
@@ -178,15 +188,66 @@ class ModelTable:
             raise RequestError(errors.NOT_FOUND, f"model {names.quote(name)} is not loaded")
         for key in keys:
             self._stop(key)
+            self.unloaded.add(key)
 
-    def poll(self) -> bool:
-        """Follow the repository on disk; True when what is served changed."""
-        before = set(self.served)
-        on_disk = {
+    def load_override(self, name: str, override: LoadOverride) -> list[str]:
+        """``load`` with a RepositoryModelLoad's config override and files; a failed load
+        leaves what was served, and the override before it, in place."""
+        if override.files:
+            if not self._allow_file_uploads or self._staging_root is None:
+                raise RequestError(
+                    errors.FAILED_PRECONDITION,
+                    "model file uploads ('file:' parameters) are turned off on this server "
+                    "(--allow-model-file-uploads)",
+                )
+            model_dir = stage(self._staging_root, name, override)
+        else:
+            self._source(name)  # a config-only override applies to a model in the repository
+            model_dir = self.repository / name
+        before = self._overrides.get(name)
+        self._overrides[name] = (model_dir, override.config_text)
+        try:
+            return self.load(name)
+        except RequestError:
+            if before is None:
+                self._overrides.pop(name, None)
+            else:
+                self._overrides[name] = before
+            raise
+
+    def index(self) -> pb.RepositoryIndexResponse:
+        """Triton's RepositoryIndex as this worker sees it: every model in the repository (or
+        loaded with an override), served versions READY, unloaded or failed ones UNAVAILABLE
+        with the reason."""
+        out = pb.RepositoryIndexResponse()
+        listed: set[str] = set()
+        for (name, version), _ in sorted(self.served.items()):
+            out.models.add(name=name, version=version, state="READY")
+            listed.add(name)
+        for name, version in sorted(self.unloaded - set(self.served)):
+            out.models.add(name=name, version=version, state="UNAVAILABLE", reason="unloaded")
+            listed.add(name)
+        for key, reason in sorted(self.load_errors.items()):
+            name, _, version = key.partition(":")
+            if (name, version) not in self.served:
+                out.models.add(name=name, version=version, state="UNAVAILABLE", reason=reason)
+                listed.add(name)
+        for name in sorted(self._on_disk() | set(self._overrides)):
+            if name not in listed:  # in the repository, never loaded here: Triton lists it bare
+                out.models.add(name=name)
+        return out
+
+    def _on_disk(self) -> set[str]:
+        return {
             p.name
             for p in self.repository.iterdir()
             if p.is_dir() and (p / CONFIG_FILENAME).is_file()
         }
+
+    def poll(self) -> bool:
+        """Follow the repository on disk; True when what is served changed."""
+        before = set(self.served)
+        on_disk = self._on_disk()
         for name in sorted(on_disk):
             try:
                 self.load(name)
@@ -200,6 +261,10 @@ class ModelTable:
         for key in list(self.served):
             self._stop(key, drain=False)
 
+    def remove_staging(self) -> None:
+        if self._staging_root is not None:
+            shutil.rmtree(self._staging_root, ignore_errors=True)
+
     # ---- internals ----------------------------------------------------------------------------
     def _public(self, text: str) -> str:
         """``text`` with the repository's location cut out: names in error texts start at the
@@ -211,6 +276,14 @@ class ModelTable:
     def _source(self, name: str) -> ModelSource:
         # The name comes off the wire: checked before it becomes part of a path. One that
         # cannot name a model directory is simply not in the repository.
+        if name in self._overrides:
+            model_dir, config_text = self._overrides[name]
+            try:
+                return scan_model(model_dir, config_text)
+            except ModelConfigError as exc:
+                message = self._public(str(exc))
+                self.load_errors[name] = message
+                raise RequestError(errors.INVALID_ARGUMENT, message) from exc
         present = False
         if names.valid_model_name(name) and not name.startswith("."):
             try:
@@ -281,6 +354,8 @@ class ModelTable:
         self.served = {**self.served, (spec.name, version): served}
         self._refresh_latest()
         self.load_errors.pop(f"{spec.name}:{version}", None)
+        self.load_errors.pop(spec.name, None)
+        self.unloaded.discard((spec.name, version))
         logger.info(
             "model %s version %s ready (%d instance(s) on %s%s)",
             spec.name,

@@ -15,11 +15,13 @@ import logging
 import math
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import zmq
 
@@ -44,6 +46,7 @@ from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
 
 from .config import WorkerConfig
 from .models import ModelTable, refuse_leftovers
+from .overrides import parse_load_request
 from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
@@ -102,6 +105,13 @@ class WorkerServer:
             flush=self._flush,
             inline_max_s=config.inline_compute_ms / 1e3,
             wake=lambda: self._push(inproc.wake()),
+            # Uploaded model files live in a private directory of this process, removed at exit.
+            staging_root=(
+                Path(tempfile.mkdtemp(prefix="fabricserve-staging-"))
+                if config.allow_model_file_uploads
+                else None
+            ),
+            allow_file_uploads=config.allow_model_file_uploads,
         )
         self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
@@ -159,7 +169,7 @@ class WorkerServer:
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
-        interval = self.config.poll_interval_s
+        interval = self.config.effective_poll_interval_s
         while True:
             try:
                 job = self._control.get(timeout=interval) if interval > 0 else self._control.get()
@@ -186,8 +196,14 @@ class WorkerServer:
                 stats = self.models.statistics(header.model, header.version)
                 bodies = [stats.SerializeToString()]
             elif header.op == "load":
-                self.models.load(header.model, header.version)
+                override = parse_load_request(header.body, header.model) if header.body else None
+                if override is None:
+                    self.models.load(header.model, header.version)
+                else:
+                    self.models.load_override(header.model, override)
                 self._push(inproc.announce())
+            elif header.op == "index":
+                bodies = [self.models.index().SerializeToString()]
             elif header.op == "unload":
                 self.models.unload(header.model, header.version)
                 self._push(inproc.announce())
@@ -427,6 +443,7 @@ class WorkerServer:
         for link in self.links:
             self._send(link, messages.disconnect())
         self.models.stop_all()
+        self.models.remove_staging()
         # The control thread may be retiring an inline version, which needs this thread to
         # pump it to the end: keep pumping while waiting for it.
         give_up = time.monotonic() + 5.0

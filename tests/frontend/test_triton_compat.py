@@ -9,12 +9,14 @@ from frontend.triton_compat import (
     PROTOCOL_GROUPS,
     Restriction,
     control_refusal,
+    merge_index,
     parse_restrictions,
     restriction_problem,
     route_version,
     server_metadata_fields,
 )
 from frontend.wire import RequestRoute
+from protos import grpc_service_pb2 as pb
 
 
 @pytest.mark.parametrize("mode", ["none", "poll"])
@@ -69,3 +71,30 @@ def test_server_metadata_says_triton_and_carries_our_name_and_version() -> None:
     assert name == "triton"
     assert version == "fabricserve 1.2.3"
     assert extensions == ["statistics", "fabricserve-1.2.3"]
+
+
+def _index(*models: tuple[str, str, str, str]) -> pb.RepositoryIndexResponse:
+    out = pb.RepositoryIndexResponse()
+    for name, version, state, reason in models:
+        out.models.add(name=name, version=version, state=state, reason=reason)
+    return out
+
+
+def test_index_lists_ready_unloaded_failed_and_bare_models() -> None:
+    catalog = [("simple", "1", 1), ("gone", "1", 0)]
+    workers = [
+        _index(("mlp", "1", "UNAVAILABLE", "unloaded"), ("bad", "", "UNAVAILABLE", "bad config")),
+        _index(("mlp", "1", "READY", ""), ("idle", "", "", "")),
+    ]
+    got = [
+        (m.name, m.version, m.state, m.reason) for m in merge_index(catalog, workers, False).models
+    ]
+    assert got == [
+        ("bad", "", "UNAVAILABLE", "bad config"),
+        ("gone", "1", "UNAVAILABLE", "no live worker serves this version"),
+        ("idle", "", "", ""),
+        ("mlp", "1", "READY", ""),  # one worker serving it is enough
+        ("simple", "1", "READY", ""),
+    ]
+    ready = merge_index(catalog, workers, True).models
+    assert [(m.name, m.state) for m in ready] == [("mlp", "READY"), ("simple", "READY")]
