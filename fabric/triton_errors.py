@@ -184,6 +184,17 @@ def load_failed_no_version(model: str) -> str:
     return f"failed to load '{model}', no version is available"
 
 
+def version_unavailable(version: str, reason: str) -> str:
+    """One version's part of a failed load (model_lifecycle.cc, OnLoadComplete)."""
+    return f"version {version} is at UNAVAILABLE state: {reason};"
+
+
+def load_failed(model: str, versions: Iterable[str]) -> str:
+    """A failed load (INVALID_ARGUMENT): ``versions`` from ``version_unavailable``
+    (model_repository_manager.cc, LoadModels)."""
+    return f"load failed for model '{model}': " + "".join(versions)
+
+
 # ---- restricted protocols: server src/grpc/grpc_handler.h, infer_handler.cc (UNAVAILABLE) --------
 RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-E2E_DIRS = ("integration", "faults")
+E2E_DIRS = ("integration", "faults", "conformance")
 TESTS_ROOT = Path(__file__).parent
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric import errors, names
+from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.protocol import ModelAnnouncement, PeerId
 from fabric.versions import version_sort_key
@@ -170,13 +171,14 @@ class ModelTable:
                 self._start(source, v)  # replaces ``current`` once the new one is warm
             except ModelLoadError as exc:
                 logger.error("%s", exc)
-                self.load_errors[f"{name}:{v}"] = self._public(str(exc))
-                failures.append(self._public(str(exc)))
+                reason = self._public(exc.reason)  # RepositoryIndex's reason for this version
+                self.load_errors[f"{name}:{v}"] = reason
+                failures.append(texts.version_unavailable(v, reason))
                 continue
             if current is not None:
                 self._retire(current, (name, v))
-        if failures:
-            raise RequestError(errors.INTERNAL, "; ".join(failures))
+        if failures:  # Triton's code and text (its message ends in a newline; ours does not)
+            raise RequestError(errors.INVALID_ARGUMENT, texts.load_failed(name, failures))
         if not version:
             for key in [k for k in self.served if k[0] == name and k[1] not in wanted]:
                 self._stop(key)
@@ -214,6 +216,9 @@ class ModelTable:
             else:
                 self._overrides[name] = before
             raise
+
+    def forget_override(self, name: str) -> None:
+        self._overrides.pop(name, None)
 
     def index(self) -> pb.RepositoryIndexResponse:
         """Triton's RepositoryIndex as this worker sees it: every model in the repository (or

@@ -198,6 +198,7 @@ class WorkerServer:
             elif header.op == "load":
                 override = parse_load_request(header.body, header.model) if header.body else None
                 if override is None:
+                    self.models.forget_override(header.model)  # a plain load reads the repo
                     self.models.load(header.model, header.version)
                 else:
                     self.models.load_override(header.model, override)

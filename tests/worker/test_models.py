@@ -121,9 +121,7 @@ def test_load_all_serves_the_good_models_and_reports_the_broken_ones(
 
     assert t.served() == [("mlp", "1"), ("ragged", "1")]
     assert t.table.latest == {"mlp": "1", "ragged": "1"}
-    assert t.table.load_errors["broken:1"].startswith(
-        "cannot load model 'broken' version 1: model.pt: "
-    )
+    assert t.table.load_errors["broken:1"].startswith("model.pt: ")
     assert "cannot parse" in t.table.load_errors["bad_config"]
     assert [(a.name, a.version) for a in t.table.announcements()] == [("mlp", "1"), ("ragged", "1")]
     response = t.infer("mlp", {"X": mlp_rows(3, 0)})
@@ -325,8 +323,10 @@ def test_broken_model_fails_with_a_clear_error_while_others_keep_serving(
     assert t.table.poll() is False
     with pytest.raises(RequestError) as info:
         t.table.load("bad")
-    assert info.value.code == errors.INTERNAL
-    assert "cannot load model 'bad' version 1: model.py: SyntaxError" in info.value.message
+    assert info.value.code == errors.INVALID_ARGUMENT
+    assert info.value.message.startswith(
+        "load failed for model 'bad': version 1 is at UNAVAILABLE state: model.py: SyntaxError"
+    )
     assert "SyntaxError" in t.table.load_errors["bad:1"]
     assert t.served() == [("good", "1")]
     assert t.infer("good", ragged_x()).model_name == "good"
@@ -416,7 +416,7 @@ def test_config_warm_up_failure_fails_the_load(
     t = table_for(repo, tables)
     with pytest.raises(RequestError) as info:
         t.table.load("m")
-    assert info.value.code == errors.INTERNAL
+    assert info.value.code == errors.INVALID_ARGUMENT
     assert message in info.value.message
     assert "m:1" in t.table.load_errors
     assert t.served() == []
