@@ -59,7 +59,7 @@ _FIELD_DATATYPE = {
     "BYTES": _TYPED_CONTENTS["BYTES"],
 }
 
-# core src/infer_request.cc (ValidateBytesInputs)
+# core src/infer_request.cc (ValidateBytesInputs); we put the input's name in front of it
 _BYTES_OVERRUN = "element byte size indicator exceeds the end of the buffer"
 
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -261,11 +261,11 @@ def decode_bytes_tensor(data: bytes, count: int, name: str = "", model: str = ""
     # Bounded by the data as well as by ``count``: a huge shape cannot make us allocate for it.
     while offset < end and len(items) <= count:
         if offset + 4 > end:
-            raise RequestError(INVALID_ARGUMENT, _BYTES_OVERRUN)
+            raise RequestError(INVALID_ARGUMENT, f"input '{name}': {_BYTES_OVERRUN}")
         (length,) = unpack(view, offset)
         offset += 4
         if offset + length > end:
-            raise RequestError(INVALID_ARGUMENT, _BYTES_OVERRUN)
+            raise RequestError(INVALID_ARGUMENT, f"input '{name}': {_BYTES_OVERRUN}")
         items.append(bytes(view[offset : offset + length]))
         offset += length
     if len(items) < count:
