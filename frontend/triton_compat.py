@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from fabric import errors
 from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from protos import grpc_service_pb2 as pb
@@ -171,7 +172,7 @@ def server_metadata_fields(
 def check_control(mode: str) -> None:
     problem = control_refusal(mode)
     if problem is not None:
-        raise RequestError("UNAVAILABLE", problem)
+        raise RequestError(errors.UNAVAILABLE, problem)
 
 
 _STATE_RANK = {"READY": 2, "UNAVAILABLE": 1}

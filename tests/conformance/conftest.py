@@ -1,10 +1,11 @@
 """Fixtures of the Triton conformance suite: one stack of real processes for the module.
 
-* ``triton_stack`` (module): broker, one worker (file uploads turned on) and two frontends:
+* ``triton_stack`` (session, one for the whole suite to keep it short; tests that unload or
+  override a model put it back): broker, one worker (file uploads turned on) and two frontends:
   ``frontends[0]`` in ``explicit`` model control mode (as ``make run``), ``frontends[1]`` in the
   default ``none`` mode with the model-repository and statistics protocols restricted to the
   header ``triton-grpc-protocol-admin-key: s3cret``. The repository is a fresh copy of the demo
-  repository per module, because these tests unload, load and upload models.
+  repository, because these tests unload, load and upload models.
 
 When a test fails, the last lines of the stack's logs are appended to its report.
 """
@@ -41,7 +42,7 @@ def conformance_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def triton_stack(
     conformance_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
