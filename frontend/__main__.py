@@ -11,6 +11,7 @@ from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
 from .config import ENV_PREFIX, FrontendConfig
 from .server import FrontendServer
+from .triton_compat import parse_restrictions
 
 
 def parse_args(argv: list[str] | None = None) -> FrontendConfig:
@@ -40,6 +41,11 @@ async def _serve(config: FrontendConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    try:
+        parse_restrictions(config.grpc_restricted_protocol)
+    except ValueError as exc:  # a flag error, as every other bad value is
+        print(f"serve-frontend: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level, "frontend")
     try:
         fabric_security(config, "frontend")

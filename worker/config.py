@@ -37,8 +37,8 @@ class WorkerConfig(CurveClientSettings):
     drain_grace_s: float = setting(10.0, "on shutdown, longest wait for requests in flight")
     poll_interval_s: float = setting(
         0.0,
-        "rescan the repository this often, 0 = only explicit load/unload (or "
-        "POLL_DEFAULT_INTERVAL_S in model control mode poll)",
+        "rescan the repository this often; 0 = never, or every 15 s in model control mode "
+        "poll (Triton's --repository-poll-secs default)",
     )
     model_control_mode: str = setting(
         "none",

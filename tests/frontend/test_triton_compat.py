@@ -98,3 +98,10 @@ def test_index_lists_ready_unloaded_failed_and_bare_models() -> None:
     ]
     ready = merge_index(catalog, workers, True).models
     assert [(m.name, m.state) for m in ready] == [("mlp", "READY"), ("simple", "READY")]
+
+
+def test_a_bad_restriction_is_a_flag_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from frontend.__main__ import main
+
+    assert main(["--grpc-restricted-protocol", "bogus:k=v"]) == 2
+    assert "unknown protocol 'bogus'" in capsys.readouterr().err
