@@ -156,8 +156,12 @@ class InferenceService:
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         catalog = [(n, v, w) for (n, v), (_, w) in self.client.models().items()]
+        timeout = self.config.control_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
         try:  # each worker's view adds unloaded and failed models with their reasons
-            replies = await self.client.control("index", "", "", self.config.control_timeout_s)
+            replies = await self.client.control("index", "", "", timeout)
         except RequestError:
             replies = []  # no broker or worker reachable: the catalog is all there is
         indexes = [
