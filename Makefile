@@ -20,6 +20,9 @@ METRICS ?= 1
 METRICS_PORT ?= 8002
 # `make run ROUTING=routing.yaml`: every frontend gets --routing (canary, A/B, shadow routing).
 ROUTING ?=
+# Triton's --model-control-mode for every tier (read from the environment): the demo lets
+# clients load and unload; the servers' own default is none.
+MODEL_CONTROL_MODE ?= explicit
 # Demo models are built only into the default directory; MODELS=dir is served as it is.
 ifeq ($(MODELS),$(DEMO_MODELS))
 RUN_NEEDS := models
@@ -56,7 +59,7 @@ models: install
 	$(PY) -m worker.demo_models $(DEMO_MODELS)
 
 run: $(RUN_NEEDS)
-	$(PY) scripts/run_local.py --models $(MODELS) --frontends $(FRONTENDS) \
+	MODEL_CONTROL_MODE=$(MODEL_CONTROL_MODE) $(PY) scripts/run_local.py --models $(MODELS) --frontends $(FRONTENDS) \
 		--workers $(WORKERS) --brokers $(BROKERS) --host $(HOST) --port $(PORT) \
 		--broker-frontend-port $(BROKER_FRONTEND_PORT) \
 		--broker-worker-port $(BROKER_WORKER_PORT) --metrics-port $(RUN_METRICS_PORT) \

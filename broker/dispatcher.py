@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fabric import errors, messages, names
+from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.heartbeat import Liveness
 from fabric.prom import QUEUE_WAIT_BUCKETS_S, Buckets
@@ -116,20 +117,23 @@ class Dispatcher:
             return
         version = reg.resolve_version(header.model, header.version)
         if version is None:
-            self._fail(
-                frontend, rid, errors.NOT_FOUND, f"unknown model {names.quote(header.model)}"
-            )
+            self._fail(frontend, rid, errors.NOT_FOUND, texts.unknown_model(header.model))
             return
         key = (header.model, version)
         if key in self.routes.watched and not header.hedge_of:  # a hedge's refusal is no fault
             self.routes.start((frontend, rid), key)
         if not reg.version_known(*key):
             self._fail(
-                frontend,
-                rid,
-                errors.NOT_FOUND,
-                f"unknown version {names.quote(version)} of model {names.quote(header.model)}",
+                frontend, rid, errors.NOT_FOUND, texts.unknown_version(header.model, version)
             )
+            return
+        if not reg.servers(key) and reg.unloaded(*key):  # NOT_FOUND, not retried, as Triton
+            gone = (
+                texts.unknown_version(header.model, version)
+                if header.version
+                else texts.no_available_versions(header.model)
+            )
+            self._fail(frontend, rid, errors.NOT_FOUND, gone)
             return
         if not reg.servers(key):
             self._fail(

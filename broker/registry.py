@@ -114,7 +114,9 @@ class Registry:
         self.limits = limits
         self.workers: dict[PeerId, WorkerState] = {}
         self._versions: dict[ModelKey, VersionEntry] = {}
-        self._departed: OrderedDict[ModelKey, None] = OrderedDict()
+        # Versions no live worker serves any more -> True when the last one unloaded it (it left
+        # the worker's own announcement), False when that worker died.
+        self._departed: OrderedDict[ModelKey, bool] = OrderedDict()
         self.catalog_bytes = 0  # sum of the entries' sizes
         self.generation = random.randrange(1, 2**31)
         self.incarnation = random.randrange(1, 2**62)
@@ -141,7 +143,7 @@ class Registry:
                 accepted[key] = m
         changed = joined
         for key in worker.versions.keys() - accepted.keys():
-            self._release(key, identity)
+            self._release(key, identity, unloaded=True)
             changed = True
         for key, m in accepted.items():
             changed = self._hold(key, m, identity) or changed
@@ -258,7 +260,7 @@ class Registry:
         entry.holders.add(identity)
         return True
 
-    def _release(self, key: ModelKey, identity: PeerId) -> None:
+    def _release(self, key: ModelKey, identity: PeerId, unloaded: bool = False) -> None:
         entry = self._versions.get(key)
         if entry is None:
             return
@@ -269,7 +271,7 @@ class Registry:
         self.catalog_bytes -= entry.size
         if self._promote(key, identity):
             return
-        self._departed[key] = None
+        self._departed[key] = unloaded
         self._departed.move_to_end(key)
         while len(self._departed) > DEPARTED_VERSIONS_REMEMBERED:
             self._departed.popitem(last=False)
@@ -297,6 +299,10 @@ class Registry:
     # ---- lookups ------------------------------------------------------------------
     def version_known(self, model: str, version: str) -> bool:
         return (model, version) in self._versions or (model, version) in self._departed
+
+    def unloaded(self, model: str, version: str) -> bool:
+        """No worker serves this version because the last one unloaded it (not because it died)."""
+        return self._departed.get((model, version), False)
 
     def config(self, model: str, version: str) -> bytes | None:
         entry = self._versions.get((model, version))

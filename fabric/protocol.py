@@ -45,8 +45,9 @@ what it has for a peer per wake-up, so a ZeroMQ send (and the wake-ups behind it
 many requests; a lone message is sent as itself.
 
 CONTROL carries repository and statistics operations (``op``: "statistics", "load",
-"unload"); the broker fans it out to every live worker and answers the frontend once all of
-them replied or the control timeout passed.
+"unload", "index"); a load's ``body`` is the client's serialized RepositoryModelLoadRequest
+(its config override and files); the broker fans it out to every live worker and answers the
+frontend once all of them replied or the control timeout passed.
 
 A decoupled model answers one request with several REPLYs: each but the last has ``more``
 set, and the broker holds the lease until the last. The worker sends at most
@@ -200,9 +201,10 @@ class HeartbeatHeader(msgspec.Struct, array_like=True, gc=False):
 
 class ControlHeader(msgspec.Struct, array_like=True, gc=False):
     request_id: RequestId
-    op: str  # "statistics" | "load" | "unload"
+    op: str  # "statistics" | "load" | "unload" | "index"
     model: str = ""  # "" = every model (statistics only)
     version: str = ""
+    body: bytes = b""  # load: serialized RepositoryModelLoadRequest when it has parameters
 
 
 class ControlReplyHeader(msgspec.Struct, array_like=True, gc=False):
@@ -212,7 +214,7 @@ class ControlReplyHeader(msgspec.Struct, array_like=True, gc=False):
     bodies: list[bytes] = []  # W→B: at most one; B→F: one per worker that answered
 
 
-CONTROL_OPS = frozenset({"statistics", "load", "unload"})
+CONTROL_OPS = frozenset({"statistics", "load", "unload", "index"})
 
 HEADER_TYPES: dict[MsgType, type[msgspec.Struct]] = {
     MsgType.REQUEST: RequestHeader,

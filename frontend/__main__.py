@@ -13,6 +13,7 @@ from fabric.prom import MetricsPortError
 from .config import ENV_PREFIX, FrontendConfig
 from .routing.config import RoutingError
 from .server import FrontendServer
+from .triton_compat import parse_restrictions
 
 
 def parse_args(argv: list[str] | None = None) -> FrontendConfig:
@@ -42,6 +43,11 @@ async def _serve(config: FrontendConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    try:
+        parse_restrictions(config.grpc_restricted_protocol)
+    except ValueError as exc:  # a flag error, as every other bad value is
+        print(f"serve-frontend: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level, "frontend", config.log_format)
     try:
         fabric_security(config, "frontend")

@@ -30,7 +30,20 @@ class FrontendConfig(CurveClientSettings):
     retry_budget_ratio: float = setting(0.1, "retries may add at most this fraction of extra load")
     shutdown_grace_s: float = setting(5.0, "longest wait for calls in flight on shutdown")
     control_timeout_s: float = setting(120.0, "longest wait for a repository load or unload call")
-    server_name: str = setting("fabricserve", "server name in ServerMetadata replies")
+    server_name: str = setting(
+        "triton", "server name in ServerMetadata replies (Triton's, which scripts check for)"
+    )
+    model_control_mode: str = setting(
+        "none",
+        "none | poll | explicit, as Triton's: RepositoryModelLoad/Unload only in explicit",
+        env="MODEL_CONTROL_MODE",
+        choices=("none", "poll", "explicit"),
+    )
+    grpc_restricted_protocol: str = setting(
+        "",
+        "Triton's <protocols>:<key>=<value> (several separated by ';'): those RPC groups need "
+        "the header triton-grpc-protocol-<key> with that value",
+    )
     tls_cert_file: str = setting("", "PEM certificate chain; with --tls-key-file serves TLS")
     tls_key_file: str = setting("", "PEM private key")
     tls_client_ca_file: str = setting(

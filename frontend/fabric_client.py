@@ -185,7 +185,7 @@ class FabricClient:
         return request_id, fut, link
 
     async def control(
-        self, op: str, model: str, version: str, timeout_s: float
+        self, op: str, model: str, version: str, timeout_s: float, body: bytes = b""
     ) -> list[ControlReplyHeader]:
         """Run a control operation on every worker behind every live broker."""
         assert self._loop is not None
@@ -198,7 +198,7 @@ class FabricClient:
             fut: asyncio.Future[ControlReplyHeader] = self._loop.create_future()
             self._controls[request_id] = fut
             futures.append((request_id, fut))
-            header = ControlHeader(request_id, op, model, version)
+            header = ControlHeader(request_id, op, model, version, body)
             try:
                 link.socket.send_multipart(messages.control(header), zmq.NOBLOCK)
             except zmq.Again:

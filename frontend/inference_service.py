@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fabric import errors, names
+from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
@@ -38,6 +39,7 @@ from .routing.router import Router
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
+from .triton_compat import check_control, merge_index, route_version, server_metadata_fields
 from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
@@ -99,22 +101,20 @@ class InferenceService:
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: object
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name=self.config.server_name, version=self.version, extensions=SERVER_EXTENSIONS
+        name, version, extensions = server_metadata_fields(
+            self.config.server_name, self.version, SERVER_EXTENSIONS
         )
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     # ---- models ---------------------------------------------------------------------
     def _config(self, name: str, version: str, context: grpc.aio.ServicerContext) -> mc.ModelConfig:
         models = self.client.models()
         versions = {v: (e, n) for (m, v), (e, n) in models.items() if m == name}
         if not versions:
-            raise RequestError(errors.NOT_FOUND, f"unknown model {names.quote(name)}")
+            raise RequestError(errors.NOT_FOUND, texts.unknown_model(name))
         if version:
             if version not in versions:
-                raise RequestError(
-                    errors.NOT_FOUND,
-                    f"unknown version {names.quote(version)} of model {names.quote(name)}",
-                )
+                raise RequestError(errors.NOT_FOUND, texts.unknown_version(name, version))
             entry = versions[version][0]
         else:
             ready = [v for v, (_, n) in versions.items() if n > 0] or list(versions)
@@ -131,6 +131,7 @@ class InferenceService:
     ) -> pb.ModelReadyResponse:
         try:
             names.check_model(request.name, request.version, "name")
+            texts.parse_version(request.version)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
         models = self.client.models()
@@ -180,16 +181,22 @@ class InferenceService:
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        out = pb.RepositoryIndexResponse()
-        for (name, version), (_, n) in sorted(self.client.models().items()):
-            if request.ready and n == 0:
-                continue
-            out.models.add(
-                name=name,
-                version=version,
-                state="READY" if n > 0 else "UNAVAILABLE",
-                reason="" if n > 0 else "no live worker serves this version",
-            )
+        catalog = [(n, v, w) for (n, v), (_, w) in self.client.models().items()]
+        timeout = self.config.control_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        try:  # each worker's view adds unloaded and failed models with their reasons
+            replies = await self.client.control("index", "", "", timeout)
+        except RequestError:
+            replies = []  # no broker or worker reachable: the catalog is all there is
+        indexes = [
+            pb.RepositoryIndexResponse.FromString(body)
+            for r in replies
+            if r.status == errors.OK
+            for body in r.bodies
+        ]
+        out = merge_index(catalog, indexes, request.ready)
         if self.router is not None:  # public names that are not model names
             for name, ready in self.router.index(self.client.models(), request.ready):
                 out.models.add(name=name, state="READY" if ready else "UNAVAILABLE")
@@ -200,6 +207,7 @@ class InferenceService:
     ) -> mc.ModelConfig:
         try:
             names.check_model(name, version, "name")
+            texts.parse_version(version)
             if self.router is not None:
                 name, version = self.router.answer_for(name, version)
             return self._config(name, version, context)
@@ -234,13 +242,12 @@ class InferenceService:
         """One request through the fabric: admission, deadline, retries within the deadline
         and the retry budget, hedging where the model asks for it."""
         policy = self._policy(route.model)
-        if route.model not in self._policies or (
-            route.version and not names.valid_version(route.version)
-        ):
+        if route.model not in self._policies or route.version:
             # Announced names are directories of a worker's repository; any other name is
             # checked here, before it becomes a key, a label or part of a message.
             try:
                 names.check_model(route.model, route.version)
+                route = route_version(route)
             except RequestError as exc:
                 return Reply(exc.code, exc.message, None)
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
@@ -468,14 +475,19 @@ class InferenceService:
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(
-        self, op: str, model: str, version: str, context: grpc.aio.ServicerContext
+        self,
+        op: str,
+        model: str,
+        version: str,
+        context: grpc.aio.ServicerContext,
+        body: bytes = b"",
     ) -> list[bytes]:
         timeout = self.config.control_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
         try:
-            replies = await self.client.control(op, model, version, timeout)
+            replies = await self.client.control(op, model, version, timeout, body)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
         failed = [r for r in replies if r.status != errors.OK]
@@ -494,19 +506,25 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await self._check_or_abort(request.model_name, context)
-        await self._control("load", request.model_name, "", context)
+        await self._check_or_abort(request.model_name, context, control=True)
+        # With a config override or files, workers get the whole request (worker.overrides).
+        body = request.SerializeToString() if request.parameters else b""
+        await self._control("load", request.model_name, "", context, body)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._check_or_abort(request.model_name, context)
+        await self._check_or_abort(request.model_name, context, control=True)
         await self._control("unload", request.model_name, "", context)
         return pb.RepositoryModelUnloadResponse()
 
-    async def _check_or_abort(self, model_name: str, context: grpc.aio.ServicerContext) -> None:
+    async def _check_or_abort(
+        self, model_name: str, context: grpc.aio.ServicerContext, control: bool = False
+    ) -> None:
         try:
+            if control:
+                check_control(self.config.model_control_mode)
             names.check_model(model_name)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)

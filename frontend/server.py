@@ -26,6 +26,7 @@ from .inference_service import InferenceService
 from .log_settings import serve_log_settings
 from .metrics import FrontendCollector, serve_metrics
 from .routing.setup import RoutingSetup
+from .triton_compat import RestrictedProtocolInterceptor, parse_restrictions
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,12 @@ class FrontendServer:
                 *([self.routing.collector()] if self.routing is not None else []),
             )
         limit = self.config.max_message_bytes
+        restrictions = parse_restrictions(self.config.grpc_restricted_protocol)
         server = grpc.aio.server(
+            # Only when some group is restricted: otherwise no call pays for an interceptor.
+            interceptors=(
+                [RestrictedProtocolInterceptor(SERVICE_NAME, restrictions)] if restrictions else []
+            ),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -152,7 +158,7 @@ class FrontendServer:
                 # a taken port fails to bind instead of silently sharing it.
                 ("grpc.so_reuseport", int(self.config.reuse_port)),
                 ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
-            ]
+            ],
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

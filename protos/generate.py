@@ -5,13 +5,16 @@ Usage, from the repository root::
     python -m protos.generate           # rewrite protos/*_pb2.py, *_pb2_grpc.py, *.pyi
     python -m protos.generate --check   # exit 1 if any committed stub is stale
 
-protoc runs with the repository root as its only include path, so the generated modules
-import each other as ``from protos import model_config_pb2``.
+protoc runs with ``protos/`` as its only include path, as Triton's build does (the protos import
+each other as ``import "model_config.proto"``), so any client can compile them with ``-I protos``.
+protoc then writes ``import model_config_pb2``; ``_package_imports`` rewrites that to
+``from protos import model_config_pb2`` so that the stubs import as the ``protos`` package.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,7 +22,10 @@ from pathlib import Path
 
 PROTOS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTOS_DIR.parent
+PROTO_INCLUDE = "protos"  # the one include path, as Triton builds these files
 PROTO_FILES = ("protos/grpc_service.proto", "protos/model_config.proto")
+# protoc's sibling import of another generated module, in .py, _grpc.py and .pyi files alike.
+_SIBLING_IMPORT = re.compile(rb"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
 
 
 def generated_names() -> list[str]:
@@ -36,24 +42,33 @@ def generate(out_root: Path) -> list[Path]:
     from grpc_tools import protoc  # imported lazily: only a dev/test dependency
 
     include = Path(protoc.__file__).resolve().parent / "_proto"  # well-known types
-    out_root.mkdir(parents=True, exist_ok=True)
+    out_dir = out_root / "protos"
+    out_dir.mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
-        f"-I{REPO_ROOT}",
+        f"-I{REPO_ROOT / PROTO_INCLUDE}",
         f"-I{include}",
-        f"--python_out={out_root}",
-        f"--grpc_python_out={out_root}",
-        f"--pyi_out={out_root}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        f"--pyi_out={out_dir}",
         *(str(REPO_ROOT / p) for p in PROTO_FILES),
     ]
     rc = protoc.main(args)
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit status {rc}: {' '.join(args)}")
-    written = [out_root / "protos" / name for name in generated_names()]
+    written = [out_dir / name for name in generated_names()]
     missing = [str(p) for p in written if not p.is_file()]
     if missing:
         raise RuntimeError(f"protoc did not produce: {', '.join(missing)}")
+    for path in written:
+        path.write_bytes(_package_imports(path.read_bytes()))
     return written
+
+
+def _package_imports(source: bytes) -> bytes:
+    """``import x_pb2 as y`` (protoc's import of a sibling generated module) as
+    ``from protos import x_pb2 as y``: the stubs live in the ``protos`` package."""
+    return _SIBLING_IMPORT.sub(rb"from protos import \1 as \2", source)
 
 
 def stale_files(committed_dir: Path | None = None) -> list[str]:

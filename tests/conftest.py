@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-E2E_DIRS = ("integration", "faults")
+E2E_DIRS = ("integration", "faults", "conformance")
 TESTS_ROOT = Path(__file__).parent
 REQUIRE_GPU_ENV = "FABRICSERVE_REQUIRE_GPU"
 

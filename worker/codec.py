@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from fabric import triton_errors as texts
 from fabric.errors import INTERNAL, INVALID_ARGUMENT, RequestError
 from protos import grpc_service_pb2 as pb
+from worker.classification import check_datatype, classify
 from worker.model_config import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,21 @@ _TYPED_CONTENTS: dict[str, tuple[str, np.dtype]] = {
     "BYTES": ("bytes_contents", np.dtype(object)),
 }
 
+# One datatype per typed-contents field, to name what a client sent in the wrong field.
+_FIELD_DATATYPE = {
+    "BOOL": _TYPED_CONTENTS["BOOL"],
+    "INT32": _TYPED_CONTENTS["INT32"],
+    "INT64": _TYPED_CONTENTS["INT64"],
+    "UINT32": _TYPED_CONTENTS["UINT32"],
+    "UINT64": _TYPED_CONTENTS["UINT64"],
+    "FP32": _TYPED_CONTENTS["FP32"],
+    "FP64": _TYPED_CONTENTS["FP64"],
+    "BYTES": _TYPED_CONTENTS["BYTES"],
+}
+
+# core src/infer_request.cc (ValidateBytesInputs); we put the input's name in front of it
+_BYTES_OVERRUN = "element byte size indicator exceeds the end of the buffer"
+
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
@@ -66,6 +83,9 @@ class DecodedRequest:
     requested_outputs: tuple[str, ...] | None
     outputs: tuple[TensorSpec, ...]
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    # output name -> (class count, labels): outputs to return as top-k classes (see
+    # ``worker.classification``); None when no output asked for that.
+    classification: dict[str, tuple[int, tuple[str, ...]]] | None = None
 
 
 def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
@@ -77,67 +97,69 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         raise RequestError(INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}") from exc
     raw = request.raw_input_contents
     n_raw = len(raw)
-    if n_raw and n_raw != len(request.inputs):
+    model = spec.name
+    inputs = request.inputs
+    if n_raw and n_raw != len(inputs):
+        if n_raw < len(inputs):
+            raise RequestError(INVALID_ARGUMENT, texts.no_input_data(inputs[n_raw].name, model))
         raise RequestError(
             INVALID_ARGUMENT,
-            f"raw_input_contents has {n_raw} entries for {len(request.inputs)} inputs",
+            f"raw_input_contents has {n_raw} entries for {len(inputs)} inputs",
         )
     by_name = spec.input_by_name
+    if len(inputs) != len(spec.inputs):
+        given = [t.name for t in inputs]
+        missing = [t.name for t in spec.inputs if t.name not in given]
+        raise RequestError(
+            INVALID_ARGUMENT,
+            texts.request_prefix(request.id)
+            + texts.input_count(model, len(spec.inputs), given, missing),
+        )
     max_batch = spec.max_batch_size
     batch_size = 0
     decoded: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
+    for i, tensor in enumerate(inputs):
         name = tensor.name
         tspec = by_name.get(name)
         if tspec is None:
-            raise RequestError(
-                INVALID_ARGUMENT,
-                f"unexpected input '{name}': model '{spec.name}' takes {list(by_name)}",
-            )
+            raise RequestError(INVALID_ARGUMENT, texts.unexpected_input(name, model))
         if name in decoded:
-            raise RequestError(INVALID_ARGUMENT, f"input '{name}' is given more than once")
+            # core infer_request.cc AddOriginalInput
+            raise RequestError(INVALID_ARGUMENT, f"input '{name}' already exists in request")
         if tensor.datatype != tspec.datatype:
             raise RequestError(
                 INVALID_ARGUMENT,
-                f"input '{name}': expected datatype {tspec.datatype}, got {tensor.datatype}",
+                texts.request_prefix(request.id)
+                + texts.input_datatype(name, model, tensor.datatype, tspec.datatype),
             )
         shape = tuple(tensor.shape)
         if max_batch:
             # Fast path for the common case; _check_shape explains whatever it lets through.
             rows = shape[0] if shape else 0
             if not (tspec.fixed_shape and 0 < rows <= max_batch and shape[1:] == tspec.dims):
-                rows = _check_shape(name, shape, tspec, max_batch)
+                rows = _check_shape(request.id, model, name, shape, tspec, max_batch)
             if rows != batch_size:
                 if batch_size:
                     raise RequestError(
                         INVALID_ARGUMENT,
-                        f"input '{name}': batch size {rows} differs from {batch_size} of the "
-                        "other inputs",
+                        texts.request_prefix(request.id) + texts.batch_mismatch(name, model),
                     )
                 batch_size = rows
         elif not (tspec.fixed_shape and shape == tspec.dims):
-            _check_shape(name, shape, tspec, max_batch)
+            _check_shape(request.id, model, name, shape, tspec, max_batch)
         if tensor.parameters:
             _check_tensor_parameters(f"input '{name}'", tensor.parameters)
         if n_raw:
             if tensor.HasField("contents"):
-                raise RequestError(
-                    INVALID_ARGUMENT,
-                    f"input '{name}': both raw_input_contents and typed contents are set",
-                )
-            decoded[name] = _from_raw(name, raw[i], tspec, shape)
+                raise RequestError(INVALID_ARGUMENT, texts.contents_and_raw(name, model))
+            decoded[name] = _from_raw(request.id, model, raw[i], tspec, shape)
         else:
-            decoded[name] = _from_typed(name, tensor.contents, tspec, shape)
-    if len(decoded) != len(spec.inputs):
-        missing = [t.name for t in spec.inputs if t.name not in decoded]
-        raise RequestError(
-            INVALID_ARGUMENT,
-            f"missing input '{missing[0]}' (model '{spec.name}' needs {list(by_name)})",
-        )
+            decoded[name] = _from_typed(model, name, tensor.contents, tspec, shape)
     if tuple(decoded) != spec.input_names:
         decoded = {n: decoded[n] for n in spec.input_names}
+    classes: dict[str, tuple[int, tuple[str, ...]]] | None = None
     if request.outputs:
-        requested, outputs = _requested_outputs(request, spec)
+        requested, outputs, classes = _requested_outputs(request, spec)
     else:
         requested, outputs = None, spec.outputs
     parameters = _parameters(request.parameters) if request.parameters else {}
@@ -151,6 +173,7 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         requested_outputs=requested,
         outputs=outputs,
         parameters=parameters,
+        classification=classes,
     )
 
 
@@ -167,10 +190,17 @@ def encode_response(
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     response.id = request.id
     raw: list[bytes] = []
+    classes = request.classification
     for tspec in request.outputs:
         array = outputs.get(tspec.name)
         if array is None:
             raise RequestError(INTERNAL, f"model '{model_name}' produced no output '{tspec.name}'")
+        if classes is not None and tspec.name in classes:
+            count, labels = classes[tspec.name]
+            top = classify(array, count, labels, request.batched)
+            response.outputs.add(name=tspec.name, datatype="BYTES", shape=top.shape)
+            raw.append(encode_bytes_tensor(top, tspec.name))
+            continue
         response.outputs.add(name=tspec.name, datatype=tspec.datatype, shape=array.shape)
         if tspec.byte_size:
             if array.dtype != tspec.numpy_dtype:
@@ -220,89 +250,84 @@ def encode_bytes_tensor(array: np.ndarray, name: str = "") -> bytes:
     return b"".join(parts)
 
 
-def decode_bytes_tensor(data: bytes, count: int, name: str = "") -> np.ndarray:
-    """Split length-prefixed BYTES elements into a 1-D object array of ``count`` ``bytes``."""
-    if count * 4 > len(data):  # every element takes at least its 4-byte length
-        raise RequestError(
-            INVALID_ARGUMENT,
-            f"input '{name}': shape needs {count} BYTES elements, data holds {len(data)} bytes",
-        )
-    items = np.empty(count, dtype=object)
+def decode_bytes_tensor(data: bytes, count: int, name: str = "", model: str = "") -> np.ndarray:
+    """Split length-prefixed BYTES elements into a 1-D object array of ``count`` ``bytes``.
+    Errors carry Triton's texts (core src/infer_request.cc, ValidateBytesInputs)."""
     view = memoryview(data)
     end = len(data)
     offset = 0
     unpack = _LENGTH.unpack_from
-    for index in range(count):
+    items: list[bytes] = []
+    # Bounded by the data as well as by ``count``: a huge shape cannot make us allocate for it.
+    while offset < end and len(items) <= count:
         if offset + 4 > end:
-            raise RequestError(
-                INVALID_ARGUMENT,
-                f"input '{name}': BYTES data ends after {index} of {count} elements",
-            )
+            raise RequestError(INVALID_ARGUMENT, f"input '{name}': {_BYTES_OVERRUN}")
         (length,) = unpack(view, offset)
         offset += 4
         if offset + length > end:
-            raise RequestError(
-                INVALID_ARGUMENT,
-                f"input '{name}': BYTES element {index} needs {length} bytes, "
-                f"{end - offset} remain",
-            )
-        items[index] = bytes(view[offset : offset + length])
+            raise RequestError(INVALID_ARGUMENT, f"input '{name}': {_BYTES_OVERRUN}")
+        items.append(bytes(view[offset : offset + length]))
         offset += length
-    if offset != end:
+    if len(items) < count:
+        raise RequestError(INVALID_ARGUMENT, texts.bytes_count(name, model, count, len(items)))
+    if len(items) > count:
         raise RequestError(
             INVALID_ARGUMENT,
-            f"input '{name}': {end - offset} bytes left after {count} BYTES elements",
+            f"unexpected number of string elements {len(items)} for inference input '{name}' "
+            f"for model '{model}', expecting {count}",
         )
-    return items
+    out = np.empty(count, dtype=object)
+    out[:] = items
+    return out
 
 
-def _check_shape(name: str, shape: tuple[int, ...], tspec: TensorSpec, max_batch: int) -> int:
-    """Validate ``shape`` against the config and return its number of rows."""
+def _check_shape(
+    request_id: str,
+    model: str,
+    name: str,
+    shape: tuple[int, ...],
+    tspec: TensorSpec,
+    max_batch: int,
+) -> int:
+    """Validate ``shape`` against the config and return its number of rows (Triton's texts)."""
     dims = tspec.dims
-    if shape and min(shape) < 0:
-        raise RequestError(
-            INVALID_ARGUMENT, f"input '{name}': shape {list(shape)} has a negative dim"
-        )
+    prefix = texts.request_prefix(request_id)
     if max_batch > 0:
-        if len(shape) != len(dims) + 1:
-            raise RequestError(
-                INVALID_ARGUMENT,
-                f"input '{name}': shape {list(shape)} should be [batch] + {list(dims)}",
-            )
+        if not shape:
+            raise RequestError(INVALID_ARGUMENT, prefix + texts.no_batch_dim(name, model))
         rows = shape[0]
-        if not 1 <= rows <= max_batch:
-            raise RequestError(
-                INVALID_ARGUMENT,
-                f"input '{name}': batch size {rows} is outside 1..{max_batch}",
-            )
+        if rows > max_batch:
+            raise RequestError(INVALID_ARGUMENT, prefix + texts.batch_too_large(max_batch, model))
         body = shape[1:]
+        expected = (-1, *dims)
     else:
         rows = 1
         body = shape
-        if len(shape) != len(dims):
-            raise RequestError(
-                INVALID_ARGUMENT, f"input '{name}': shape {list(shape)} should be {list(dims)}"
-            )
-    if body != dims:
-        for want, got in zip(dims, body, strict=True):
-            if want not in (-1, got):
-                raise RequestError(
-                    INVALID_ARGUMENT,
-                    f"input '{name}': shape {list(shape)} does not match config dims {list(dims)}",
-                )
+        expected = dims
+    if (
+        rows < 1
+        or len(body) != len(dims)
+        or any(got < 0 or want not in (-1, got) for want, got in zip(dims, body, strict=True))
+    ):
+        raise RequestError(
+            INVALID_ARGUMENT, prefix + texts.input_shape(name, model, expected, shape)
+        )
     return rows
 
 
-def _from_raw(name: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+def _from_raw(
+    request_id: str, model: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...]
+) -> np.ndarray:
+    name = tspec.name
     count = math.prod(shape)
     if not tspec.byte_size:
-        return decode_bytes_tensor(data, count, name).reshape(shape)
+        return decode_bytes_tensor(data, count, name, model).reshape(shape)
     expected = count * tspec.byte_size
     if len(data) != expected:
         raise RequestError(
             INVALID_ARGUMENT,
-            f"input '{name}': raw data is {len(data)} bytes, shape {list(shape)} of "
-            f"{tspec.datatype} needs {expected}",
+            texts.request_prefix(request_id)
+            + texts.input_byte_size(name, model, expected, len(data)),
         )
     if tspec.datatype == "BOOL" and count and np.frombuffer(data, dtype=np.uint8).max() > 1:
         # numpy and torch take any non-zero byte as a bool without complaint, and CUDA
@@ -312,7 +337,11 @@ def _from_raw(name: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...])
 
 
 def _from_typed(
-    name: str, contents: pb.InferTensorContents, tspec: TensorSpec, shape: tuple[int, ...]
+    model: str,
+    name: str,
+    contents: pb.InferTensorContents,
+    tspec: TensorSpec,
+    shape: tuple[int, ...],
 ) -> np.ndarray:
     typed = _TYPED_CONTENTS.get(tspec.datatype)
     if typed is None:
@@ -321,13 +350,21 @@ def _from_typed(
             f"input '{name}': {tspec.datatype} data must be sent in raw_input_contents",
         )
     field_name, field_dtype = typed
+    for other, (other_field, _) in _FIELD_DATATYPE.items():
+        if other_field != field_name and len(getattr(contents, other_field)):
+            raise RequestError(
+                INVALID_ARGUMENT, texts.typed_datatype(name, model, other, tspec.datatype)
+            )
     values = getattr(contents, field_name)
     count = math.prod(shape)
     if len(values) != count:
+        if not tspec.byte_size:
+            raise RequestError(INVALID_ARGUMENT, texts.bytes_count(name, model, count, len(values)))
         raise RequestError(
             INVALID_ARGUMENT,
-            f"input '{name}': shape {list(shape)} needs {count} {field_name} values, "
-            f"got {len(values)}",
+            texts.input_byte_size(
+                name, model, count * tspec.byte_size, len(values) * tspec.byte_size
+            ),
         )
     if not tspec.byte_size:
         items = np.empty(count, dtype=object)
@@ -346,27 +383,31 @@ def _from_typed(
 
 def _requested_outputs(
     request: pb.ModelInferRequest, spec: ModelSpec
-) -> tuple[tuple[str, ...] | None, tuple[TensorSpec, ...]]:
+) -> tuple[
+    tuple[str, ...] | None,
+    tuple[TensorSpec, ...],
+    dict[str, tuple[int, tuple[str, ...]]] | None,
+]:
     names: list[str] = []
+    classes: dict[str, tuple[int, tuple[str, ...]]] | None = None
     for output in request.outputs:
         name = output.name
         if name not in spec.output_by_name:
-            raise RequestError(
-                INVALID_ARGUMENT,
-                f"requested output '{name}' is not an output of model '{spec.name}' "
-                f"(outputs: {list(spec.output_by_name)})",
-            )
+            raise RequestError(INVALID_ARGUMENT, texts.unexpected_output(name, spec.name))
         if name in names:
             raise RequestError(INVALID_ARGUMENT, f"output '{name}' is requested more than once")
         if output.parameters:
             _check_tensor_parameters(f"output '{name}'", output.parameters)
-            if "classification" in output.parameters:
-                raise RequestError(
-                    INVALID_ARGUMENT, f"output '{name}': classification is not supported"
-                )
+            param = output.parameters.get("classification")
+            count = param.int64_param if param is not None else 0
+            if count > 0:  # Triton returns the plain tensor for a count of 0
+                check_datatype(spec.output_by_name[name].datatype)
+                if classes is None:
+                    classes = {}
+                classes[name] = (count, dict(spec.labels).get(name, ()))
         names.append(name)
     wanted = set(names)
-    return tuple(names), tuple(t for t in spec.outputs if t.name in wanted)
+    return tuple(names), tuple(t for t in spec.outputs if t.name in wanted), classes
 
 
 def _check_tensor_parameters(what: str, parameters: Mapping[str, pb.InferParameter]) -> None:

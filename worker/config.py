@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fabric.cli import CurveClientSettings, setting
 
 ENV_PREFIX = "WORKER"
+POLL_DEFAULT_INTERVAL_S = 15.0  # Triton's --repository-poll-secs default
 
 
 @dataclass(frozen=True)
@@ -42,5 +43,25 @@ class WorkerConfig(CurveClientSettings):
     )
     drain_grace_s: float = setting(10.0, "on shutdown, longest wait for requests in flight")
     poll_interval_s: float = setting(
-        0.0, "rescan the repository this often, 0 = only explicit load/unload"
+        0.0,
+        "rescan the repository this often; 0 = never, or every 15 s in model control mode "
+        "poll (Triton's --repository-poll-secs default)",
     )
+    model_control_mode: str = setting(
+        "none",
+        "none | poll | explicit, as Triton's; poll rescans the repository (see poll_interval_s)",
+        env="MODEL_CONTROL_MODE",
+        choices=("none", "poll", "explicit"),
+    )
+    allow_model_file_uploads: bool = setting(
+        False,
+        "accept RepositoryModelLoad 'file:' parameters (they can carry a model.py that this "
+        "worker will execute); off unless the operator turns it on",
+    )
+
+    @property
+    def effective_poll_interval_s(self) -> float:
+        """How often the repository is rescanned: as set, or Triton's default in poll mode."""
+        if self.poll_interval_s > 0:
+            return self.poll_interval_s
+        return POLL_DEFAULT_INTERVAL_S if self.model_control_mode == "poll" else 0.0

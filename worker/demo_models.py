@@ -8,6 +8,7 @@ Usage: ``python -m worker.demo_models OUT_DIR`` (OUT_DIR may be ``models`` itsel
 - ``mlp``: FP32 Linear(256, 256)-ReLU-Linear(256, 256) seeded with ``torch.manual_seed(0)``
   (TorchScript, max_batch_size 64, dynamic batching with a 500 µs queue delay and
   ``dispatch_when_idle``: an idle instance runs a request at once, for c=1 latency).
+- ``simple_int8``, ``simple_identity``, ``simple_classifier``: see ``worker.demo_triton``.
 - ``mlp_wait``: the same network and weights without ``dispatch_when_idle``: every batch waits
   up to its 500 µs queue delay for more requests (Triton's semantics), so that the benchmark
   can measure both.
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from worker import demo_triton
 from worker.demo_stateful import build_stateful
 
 logger = logging.getLogger(__name__)
@@ -194,6 +196,7 @@ def build_repository(out_dir: str | Path) -> list[Path]:
         _save_torchscript(make_mlp(), out / "mlp" / "1" / "model.pt"),
         _write_text(out / "mlp_wait" / "config.pbtxt", MLP_WAIT_CONFIG),
         _save_torchscript(make_mlp(), out / "mlp_wait" / "1" / "model.pt"),
+        *demo_triton.build(out, _write_text, lambda path: _save_torchscript(AddSub(), path)),
         *build_stateful(out),  # simple_sequence, simple_dyna_sequence, repeat_int32
     ]
     logger.info("built demo repository in %s (%d files)", out, len(written))

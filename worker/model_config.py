@@ -158,6 +158,8 @@ class ModelSpec:
     backend: str = ""
     default_model_filename: str = ""
     dispatch_when_idle: bool = False  # parameters["dispatch_when_idle"]; see DISPATCH_WHEN_IDLE
+    # (output name, labels by class index) from each output's label_filename (classification)
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
     config: mc.ModelConfig = field(default_factory=mc.ModelConfig, repr=False, compare=False)
     sequence_batching: SequenceBatching | None = None  # see worker.sequences
     decoupled: bool = False  # model_transaction_policy.decoupled: execute yields responses

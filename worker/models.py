@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from fabric import errors, names
+from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.protocol import ModelAnnouncement, PeerId
 from fabric.versions import version_sort_key
@@ -28,10 +28,12 @@ from .gpu_faults import DeviceHealth
 from .gpu_warmup import PREPARE_TIMEOUT_S, on_gpu, owned_devices, preparation
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
+from .overrides import LoadOverride, stage
 from .repository import ModelSource, scan_model
 from .runtime import CancelBoard, Inbound, ModelInstance, SendAck, SendReply
 from .sequences import SequenceTable
 from .stats import ModelStats
+from .warmup import default_warm_up, run_config_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -88,29 +90,6 @@ def _refuse(served: ServedVersion, inbox: queue.SimpleQueue[object]) -> None:
             )
 
 
-def warm_up(model: LoadedModel, timed: bool = False) -> float | None:
-    """Run one row of zeros through a tensor model so the first request pays no lazy init.
-    With ``timed``, three more calls (TorchScript profiles its first ones) and the seconds the
-    fastest took; None when not timed or for models it cannot feed (BYTES inputs)."""
-    spec = model.spec
-    if any(t.datatype == "BYTES" for t in spec.inputs):
-        return None
-    batch = (1,) if spec.max_batch_size > 0 else ()
-    inputs = {
-        t.name: np.zeros(batch + tuple(1 if d < 0 else d for d in t.dims), dtype=t.numpy_dtype)
-        for t in spec.inputs
-    }
-    model.execute(inputs)
-    if not timed:
-        return None
-    fastest = float("inf")
-    for _ in range(3):
-        start = time.monotonic()
-        model.execute(inputs)
-        fastest = min(fastest, time.monotonic() - start)
-    return fastest
-
-
 class ModelTable:
     def __init__(
         self,
@@ -124,8 +103,16 @@ class ModelTable:
         inline_max_s: float = 0.0,
         wake: Callable[[], None] | None = None,
         health: DeviceHealth | None = None,
+        staging_root: Path | None = None,
+        allow_file_uploads: bool = False,
     ) -> None:
         self.repository = Path(repository)
+        # RepositoryModelLoad overrides (``worker.overrides``): model -> (its directory, the
+        # config text replacing its config.pbtxt); files are staged under ``staging_root``.
+        self._overrides: dict[str, tuple[Path, str | None]] = {}
+        self._staging_root = staging_root
+        self._allow_file_uploads = allow_file_uploads
+        self.unloaded: set[Key] = set()  # unloaded on request, listed as such by ``index``
         self._roots = sorted(
             {f"{self.repository}/", f"{self.repository.resolve()}/"}, key=len, reverse=True
         )
@@ -199,13 +186,14 @@ class ModelTable:
                 self._start(source, v)  # replaces ``current`` once the new one is warm
             except ModelLoadError as exc:
                 logger.error("%s", exc)
-                self.load_errors[f"{name}:{v}"] = self._public(str(exc))
-                failures.append(self._public(str(exc)))
+                reason = self._public(exc.reason)  # RepositoryIndex's reason for this version
+                self.load_errors[f"{name}:{v}"] = reason
+                failures.append(texts.version_unavailable(v, reason))
                 continue
             if current is not None:
                 self._retire(current, (name, v))
-        if failures:
-            raise RequestError(errors.INTERNAL, "; ".join(failures))
+        if failures:  # Triton's code and text (its message ends in a newline; ours does not)
+            raise RequestError(errors.INVALID_ARGUMENT, texts.load_failed(name, failures))
         if not version:
             for key in [k for k in self.served if k[0] == name and k[1] not in wanted]:
                 self._stop(key)
@@ -217,15 +205,69 @@ class ModelTable:
             raise RequestError(errors.NOT_FOUND, f"model {names.quote(name)} is not loaded")
         for key in keys:
             self._stop(key)
+            self.unloaded.add(key)
 
-    def poll(self) -> bool:
-        """Follow the repository on disk; True when what is served changed."""
-        before = set(self.served)
-        on_disk = {
+    def load_override(self, name: str, override: LoadOverride) -> list[str]:
+        """``load`` with a RepositoryModelLoad's config override and files; a failed load
+        leaves what was served, and the override before it, in place."""
+        if override.files:
+            if not self._allow_file_uploads or self._staging_root is None:
+                raise RequestError(
+                    errors.FAILED_PRECONDITION,
+                    "model file uploads ('file:' parameters) are turned off on this server "
+                    "(--allow-model-file-uploads)",
+                )
+            model_dir = stage(self._staging_root, name, override)
+        else:
+            self._source(name)  # a config-only override applies to a model in the repository
+            model_dir = self.repository / name
+        before = self._overrides.get(name)
+        self._overrides[name] = (model_dir, override.config_text)
+        try:
+            return self.load(name)
+        except RequestError:
+            if before is None:
+                self._overrides.pop(name, None)
+            else:
+                self._overrides[name] = before
+            raise
+
+    def forget_override(self, name: str) -> None:
+        self._overrides.pop(name, None)
+
+    def index(self) -> pb.RepositoryIndexResponse:
+        """Triton's RepositoryIndex as this worker sees it: every model in the repository (or
+        loaded with an override), served versions READY, unloaded or failed ones UNAVAILABLE
+        with the reason."""
+        out = pb.RepositoryIndexResponse()
+        listed: set[str] = set()
+        for (name, version), _ in sorted(self.served.items()):
+            out.models.add(name=name, version=version, state="READY")
+            listed.add(name)
+        for name, version in sorted(self.unloaded - set(self.served)):
+            out.models.add(name=name, version=version, state="UNAVAILABLE", reason="unloaded")
+            listed.add(name)
+        for key, reason in sorted(self.load_errors.items()):
+            name, _, version = key.partition(":")
+            if (name, version) not in self.served:
+                out.models.add(name=name, version=version, state="UNAVAILABLE", reason=reason)
+                listed.add(name)
+        for name in sorted(self._on_disk() | set(self._overrides)):
+            if name not in listed:  # in the repository, never loaded here: Triton lists it bare
+                out.models.add(name=name)
+        return out
+
+    def _on_disk(self) -> set[str]:
+        return {
             p.name
             for p in self.repository.iterdir()
             if p.is_dir() and (p / CONFIG_FILENAME).is_file()
         }
+
+    def poll(self) -> bool:
+        """Follow the repository on disk; True when what is served changed."""
+        before = set(self.served)
+        on_disk = self._on_disk()
         for name in sorted(on_disk):
             try:
                 self.load(name)
@@ -239,6 +281,10 @@ class ModelTable:
         for key in list(self.served):
             self._stop(key, drain=False)
 
+    def remove_staging(self) -> None:
+        if self._staging_root is not None:
+            shutil.rmtree(self._staging_root, ignore_errors=True)
+
     # ---- internals ----------------------------------------------------------------------------
     def _public(self, text: str) -> str:
         """``text`` with the repository's location cut out: names in error texts start at the
@@ -250,6 +296,14 @@ class ModelTable:
     def _source(self, name: str) -> ModelSource:
         # The name comes off the wire: checked before it becomes part of a path. One that
         # cannot name a model directory is simply not in the repository.
+        if name in self._overrides:
+            model_dir, config_text = self._overrides[name]
+            try:
+                return scan_model(model_dir, config_text)
+            except ModelConfigError as exc:
+                message = self._public(str(exc))
+                self.load_errors[name] = message
+                raise RequestError(errors.INVALID_ARGUMENT, message) from exc
         present = False
         if names.valid_model_name(name) and not name.startswith("."):
             try:
@@ -288,14 +342,17 @@ class ModelTable:
             # Sequence and decoupled models need control inputs or a stream: no warm-up call.
             plain = not spec.decoupled and spec.sequence_batching is None
             for m in models:
-                if plain and not on_gpu(m):  # GPU instances warm up on their own threads
-                    warm_s = warm_up(m, timed=candidate)
+                if not plain:
+                    continue
+                run_config_warmup(m, source.path)  # the config's model_warmup: may fail a load
+                if not on_gpu(m):  # GPU instances warm up on their own threads
+                    warm_s = default_warm_up(m, timed=candidate)  # never fails a load
         except Exception as exc:
             for m in models:
                 m.close()
             if isinstance(exc, ModelLoadError):
                 raise
-            raise ModelLoadError(spec.name, version, f"warm-up failed: {exc}") from exc
+            raise ModelLoadError(spec.name, version, str(exc)) from exc
         served = ServedVersion(
             models[0],
             queue.SimpleQueue(),
@@ -335,6 +392,8 @@ class ModelTable:
         self.served = {**self.served, (spec.name, version): served}
         self._refresh_latest()
         self.load_errors.pop(f"{spec.name}:{version}", None)
+        self.load_errors.pop(spec.name, None)
+        self.unloaded.discard((spec.name, version))
         logger.info(
             "model %s version %s ready (%d instance(s) on %s%s)",
             spec.name,

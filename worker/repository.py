@@ -7,11 +7,19 @@ present versions to serve.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.model_config import ModelSpec, load_model_config
+from worker.classification import LabelFileError, read_labels
+from worker.model_config import (
+    CONFIG_FILENAME,
+    ModelConfigError,
+    ModelSpec,
+    load_model_config,
+    parse_model_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +39,20 @@ class ModelSource:
         return self.path / str(int(version))
 
 
-def scan_model(model_dir: str | Path) -> ModelSource:
-    """Read one model directory; raises ``ModelConfigError`` when its config is unusable."""
+def scan_model(model_dir: str | Path, config_text: str | None = None) -> ModelSource:
+    """Read one model directory; raises ``ModelConfigError`` when its config is unusable.
+    ``config_text`` (a load's config override) replaces the directory's ``config.pbtxt``."""
     model_dir = Path(model_dir)
-    spec = load_model_config(model_dir)
+    if config_text is None:
+        spec = load_model_config(model_dir)
+    else:
+        spec = parse_model_config(config_text, model_dir.name, "config override")
+    try:
+        labels = read_labels(model_dir, [(t.name, t.label_filename) for t in spec.config.output])
+    except LabelFileError as exc:
+        raise ModelConfigError(model_dir / CONFIG_FILENAME, str(exc)) from exc
+    if labels:
+        spec = dataclasses.replace(spec, labels=labels)
     available = sorted(int(p.name) for p in model_dir.iterdir() if _is_version_dir(p))
     selected = spec.version_policy.select(available)
     if spec.version_policy.kind == "specific":

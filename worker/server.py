@@ -15,11 +15,13 @@ import logging
 import math
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import zmq
 
@@ -48,6 +50,7 @@ from .devices import WorkerDevices
 from .gpu_faults import DeviceHealth
 from .gpu_warmup import owned_devices
 from .models import ModelTable, refuse_leftovers
+from .overrides import parse_load_request
 from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
@@ -104,6 +107,13 @@ class WorkerServer:
             inline_max_s=config.inline_compute_ms / 1e3,
             wake=lambda: self._push(inproc.wake()),
             health=self.health,
+            # Uploaded model files live in a private directory of this process, removed at exit.
+            staging_root=(
+                Path(tempfile.mkdtemp(prefix="fabricserve-staging-"))
+                if config.allow_model_file_uploads
+                else None
+            ),
+            allow_file_uploads=config.allow_model_file_uploads,
         )
         self.health.on_poison(lambda: self._push(inproc.wake()))
         self._io_thread: int | None = None  # the thread running ``serve``
@@ -169,7 +179,7 @@ class WorkerServer:
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
-        interval = self.config.poll_interval_s
+        interval = self.config.effective_poll_interval_s
         while True:
             try:
                 job = self._control.get(timeout=interval) if interval > 0 else self._control.get()
@@ -196,8 +206,15 @@ class WorkerServer:
                 stats = self.models.statistics(header.model, header.version)
                 bodies = [stats.SerializeToString()]
             elif header.op == "load":
-                self.models.load(header.model, header.version)
+                override = parse_load_request(header.body, header.model) if header.body else None
+                if override is None:
+                    self.models.forget_override(header.model)  # a plain load reads the repo
+                    self.models.load(header.model, header.version)
+                else:
+                    self.models.load_override(header.model, override)
                 self._push(inproc.announce())
+            elif header.op == "index":
+                bodies = [self.models.index().SerializeToString()]
             elif header.op == "unload":
                 self.models.unload(header.model, header.version)
                 self._push(inproc.announce())
@@ -452,6 +469,7 @@ class WorkerServer:
         for link in self.links:
             self._send(link, messages.disconnect())
         self.models.stop_all()
+        self.models.remove_staging()
         # The control thread may be retiring an inline version, which needs this thread to
         # pump it to the end: keep pumping while waiting for it.
         give_up = time.monotonic() + 5.0

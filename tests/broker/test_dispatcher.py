@@ -221,14 +221,30 @@ def test_unknown_model_with_workers_is_not_found(h: Harness, version: str) -> No
 def test_unknown_version_is_not_found(h: Harness) -> None:
     h.announce(W1, ("m", "1", 4), ("m", "2", 4))
     rid = h.request("m", "3")
-    assert "'3'" in h.one_error(rid, errors.NOT_FOUND).message
+    message = h.one_error(rid, errors.NOT_FOUND).message
+    assert message == "Request for unknown model: 'm' version 3 is not found"
     assert h.sent() == []
 
 
-def test_known_version_without_a_live_server_is_unavailable(h: Harness) -> None:
+def test_unloaded_version_is_not_found_with_tritons_texts(h: Harness) -> None:
     h.announce(W1, ("m", "1", 4))
     h.announce(W2, ("other", "1", 4))
-    h.announce(W1)  # W1 stops serving m; the broker still knows m:1 exists
+    h.announce(W1)  # W1 unloaded m: not retryable, unlike a worker that died
+    rid = h.request("m", "1")
+    reply = h.one_error(rid, errors.NOT_FOUND)
+    assert reply.message == "Request for unknown model: 'm' version 1 is not found"
+    rid = h.request("m", "")
+    reply = h.one_error(rid, errors.NOT_FOUND)
+    assert reply.message == "Request for unknown model: 'm' has no available versions"
+    h.announce(W1, ("m", "1", 4))  # loaded again: served
+    rid = h.request("m", "1")
+    assert h.sent()
+
+
+def test_known_version_whose_worker_died_is_unavailable(h: Harness) -> None:
+    h.announce(W1, ("m", "1", 4))
+    h.announce(W2, ("other", "1", 4))
+    h.kill_by_silence(W1)  # the broker still knows m:1 exists; a worker may come back
     rid = h.request("m", "1")
     h.one_error(rid, errors.UNAVAILABLE)
     rid = h.request("m", "")

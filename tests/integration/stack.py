@@ -39,6 +39,9 @@ DEMO_MODELS = (
     "simple_sequence",
     "simple_dyna_sequence",
     "repeat_int32",
+    "simple_int8",
+    "simple_identity",
+    "simple_classifier",
 )
 TEST_MODELS = ("faulty", "sleepy", "sleepy_pair", "echo", "trickle")
 """Written next to the demo models by the ``model_repo`` fixture (see conftest)."""
@@ -265,6 +268,8 @@ class Stack:
             "--port", str(port),
             "--broker", self.broker_frontend_addr,
             "--heartbeat-interval-s", str(HEARTBEAT_INTERVAL_S),
+            # Repository tests load and unload; the default mode (none) refuses that.
+            "--model-control-mode", "explicit",
         ]  # fmt: skip
         if max_message_bytes is not None:
             args += ["--max-message-bytes", str(max_message_bytes)]

@@ -289,11 +289,12 @@ EXPECTED_METHODS = {
 
 def test_file_headers() -> None:
     service, config = _ours()
-    assert (service.name, config.name) == ("protos/grpc_service.proto", "protos/model_config.proto")
+    # Triton's own file names: protoc ran with -I protos, as Triton builds them.
+    assert (service.name, config.name) == ("grpc_service.proto", "model_config.proto")
     for fd in (service, config):
         assert fd.syntax == "proto3", fd.name
         assert fd.package == PACKAGE, fd.name
-    assert list(service.dependency) == ["protos/model_config.proto"]
+    assert list(service.dependency) == ["model_config.proto"]
     assert list(config.dependency) == []
 
 

@@ -183,17 +183,32 @@ def test_bytes_framing() -> None:
 @pytest.mark.parametrize(
     ("data", "count", "message"),
     [
-        (b"\x01\x00", 1, "shape needs 1 BYTES elements, data holds 2 bytes"),
-        (b"\x05\x00\x00\x00abc", 1, "BYTES element 0 needs 5 bytes, 3 remain"),
-        (b"\x01\x00\x00\x00a\x01\x00\x00\x00", 2, "BYTES element 1 needs 1 bytes, 0 remain"),
-        (b"\x01\x00\x00\x00ab", 1, "1 bytes left after 1 BYTES elements"),
+        (b"\x01\x00", 1, "element byte size indicator exceeds the end of the buffer"),
+        (b"\x05\x00\x00\x00abc", 1, "element byte size indicator exceeds the end of the buffer"),
+        (
+            b"\x01\x00\x00\x00a\x01\x00\x00\x00",
+            2,
+            "element byte size indicator exceeds the end of the buffer",
+        ),
+        (
+            b"\x01\x00\x00\x00a",
+            3,
+            "expected 3 string elements for inference input 'TEXT' for model 'm', got 1",
+        ),
+        (
+            b"\x01\x00\x00\x00a\x00\x00\x00\x00",
+            1,
+            "unexpected number of string elements 2 for inference input 'TEXT' for model 'm', "
+            "expecting 1",
+        ),
+        (b"", 10**12, "expected 1000000000000 string elements for inference input 'TEXT'"),
     ],
 )
 def test_bad_bytes_framing(data: bytes, count: int, message: str) -> None:
+    # Triton's texts (core src/infer_request.cc, ValidateBytesInputs).
     with pytest.raises(RequestError) as info:
-        decode_bytes_tensor(data, count, "TEXT")
+        decode_bytes_tensor(data, count, "TEXT", "m")
     assert info.value.code == INVALID_ARGUMENT
-    assert info.value.message.startswith("input 'TEXT': ")
     assert message in info.value.message
 
 
@@ -234,7 +249,7 @@ def test_batch_signature() -> None:
 
 SPEC = make_spec(
     [("INPUT0", "INT32", (4,)), ("INPUT1", "FP32", (-1, 2))],
-    [("OUTPUT0", "INT32", (4,))],
+    [("OUTPUT0", "INT32", (4,)), ("TEXT", "BYTES", (1,))],
     max_batch_size=4,
 )
 I0 = np.arange(8, dtype=np.int32).reshape(2, 4)
@@ -279,34 +294,76 @@ def add_unknown(request: pb.ModelInferRequest) -> None:
 
 
 INVALID_CASES = [
-    ("unknown input", mutate(add_unknown), "unexpected input 'EXTRA'"),
-    ("duplicate input", mutate(duplicate_input), "input 'INPUT0' is given more than once"),
-    ("missing input", mutate(drop_input), "missing input 'INPUT1'"),
+    ("unknown input", mutate(add_unknown), "expected 2 inputs but got 3 inputs for model 'm'"),
+    ("duplicate input", mutate(duplicate_input), "expected 2 inputs but got 3 inputs"),
+    (
+        "missing input",
+        mutate(drop_input),
+        "expected 2 inputs but got 1 inputs for model 'm'. Got input(s) ['INPUT0'], but "
+        "missing required input(s) ['INPUT1']. Please provide all required input(s).",
+    ),
+    (
+        "renamed input",
+        mutate(lambda r: setattr(r.inputs[1], "name", "EXTRA")),
+        "unexpected inference input 'EXTRA' for model 'm'",
+    ),
+    (
+        "same input twice",
+        mutate(lambda r: setattr(r.inputs[1], "name", "INPUT0")),
+        "input 'INPUT0' already exists in request",
+    ),
     (
         "datatype",
         mutate(lambda r: setattr(r.inputs[0], "datatype", "FP32")),
-        "input 'INPUT0': expected datatype INT32, got FP32",
+        "inference input 'INPUT0' data-type is 'FP32', but model 'm' expects 'INT32'",
     ),
-    ("rank", mutate(set_shape(0, [8])), "input 'INPUT0': shape [8] should be [batch] + [4]"),
-    ("dims", mutate(set_shape(0, [1, 8])), "input 'INPUT0': shape [1, 8] does not match"),
-    ("dims after wildcard", mutate(set_shape(1, [2, 2, 3])), "input 'INPUT1': shape [2, 2, 3]"),
-    ("batch zero", mutate(set_shape(0, [0, 4])), "input 'INPUT0': batch size 0 is outside 1..4"),
-    ("batch too big", mutate(set_shape(0, [5, 4])), "input 'INPUT0': batch size 5 is outside"),
-    ("negative dim", mutate(set_shape(1, [2, -1, 2])), "input 'INPUT1': shape [2, -1, 2] has a"),
+    (
+        "rank",
+        mutate(set_shape(0, [3])),
+        "unexpected shape for input 'INPUT0' for model 'm'. Expected [-1,4], got [3]",
+    ),
+    (
+        "dims",
+        mutate(set_shape(0, [1, 8])),
+        "unexpected shape for input 'INPUT0' for model 'm'. Expected [-1,4], got [1,8]",
+    ),
+    (
+        "dims after wildcard",
+        mutate(set_shape(1, [2, 2, 3])),
+        "unexpected shape for input 'INPUT1' for model 'm'. Expected [-1,-1,2], got [2,2,3]",
+    ),
+    ("batch zero", mutate(set_shape(0, [0, 4])), "Expected [-1,4], got [0,4]"),
+    (
+        "batch too big",
+        mutate(set_shape(0, [5, 4])),
+        "inference request batch-size must be <= 4 for 'm'",
+    ),
+    ("negative dim", mutate(set_shape(1, [2, -1, 2])), "Expected [-1,-1,2], got [2,-1,2]"),
     (
         "batch sizes differ",
         mutate(set_shape(1, [1, 6, 2])),
-        "input 'INPUT1': batch size 1 differs from 2",
+        "input 'INPUT1' batch size does not match other inputs for 'm'",
     ),
     (
         "raw size",
         mutate(lambda r: r.raw_input_contents.__setitem__(0, b"\x00" * 12)),
-        "input 'INPUT0': raw data is 12 bytes, shape [2, 4] of INT32 needs 32",
+        "input byte size mismatch for input 'INPUT0' for model 'm'. Expected 32, got 12",
     ),
     (
         "raw and typed",
         mutate(lambda r: r.inputs[0].contents.int_contents.append(1)),
-        "input 'INPUT0': both raw_input_contents and typed contents are set",
+        "contents field must not be specified when using raw_input_contents for 'INPUT0' "
+        "for model 'm'",
+    ),
+    (
+        "raw missing",
+        mutate(lambda r: r.raw_input_contents.pop()),
+        "unable to find data for input tensor 'INPUT1' for model 'm' in request.",
+    ),
+    (
+        "request id prefix",
+        mutate(lambda r: (setattr(r, "id", "req-7"), set_shape(0, [5, 4])(r))),
+        "[request id: req-7] inference request batch-size must be <= 4 for 'm'",
     ),
     (
         "raw count",
@@ -316,17 +373,29 @@ INVALID_CASES = [
     (
         "typed count",
         mutate(lambda r: r.inputs[1].contents.fp32_contents.append(1.0), typed=True),
-        "input 'INPUT1': shape [2, 3, 2] needs 12 fp32_contents values, got 13",
+        "input byte size mismatch for input 'INPUT1' for model 'm'. Expected 48, got 52",
     ),
     (
         "typed wrong field",
         mutate(lambda r: r.inputs[0].ClearField("contents"), typed=True),
-        "input 'INPUT0': shape [2, 4] needs 8 int_contents values, got 0",
+        "input byte size mismatch for input 'INPUT0' for model 'm'. Expected 32, got 0",
+    ),
+    (
+        "typed other field",
+        mutate(
+            lambda r: (
+                r.inputs[0].ClearField("contents"),
+                r.inputs[0].contents.fp32_contents.append(1.0),
+            ),
+            typed=True,
+        ),
+        "unexpected explicit tensor data for input tensor 'INPUT0' for model 'm' of type 'FP32', "
+        "expected datatype 'INT32'",
     ),
     (
         "unknown output",
         mutate(lambda r: r.outputs.add(name="NOPE")),
-        "requested output 'NOPE' is not an output of model 'm'",
+        "unexpected inference output 'NOPE' for model 'm'",
     ),
     (
         "duplicate output",
@@ -334,13 +403,13 @@ INVALID_CASES = [
         "output 'OUTPUT0' is requested more than once",
     ),
     (
-        "classification",
+        "classification of BYTES",
         mutate(
             lambda r: setattr(
-                r.outputs.add(name="OUTPUT0").parameters["classification"], "int64_param", 3
+                r.outputs.add(name="TEXT").parameters["classification"], "int64_param", 3
             )
         ),
-        "output 'OUTPUT0': classification is not supported",
+        "class result not available for output due to unsupported type 'BYTES'",
     ),
     (
         "shared memory",
@@ -378,16 +447,19 @@ def test_bytes_input_errors_name_the_input() -> None:
     request = pb.ModelInferRequest()
     request.inputs.add(name="IN", datatype="BYTES", shape=[1, 2])
     request.raw_input_contents.append(b"\x01\x00\x00\x00a\x09\x00\x00\x00b")
-    with pytest.raises(RequestError, match="input 'IN': BYTES element 1 needs 9 bytes"):
+    with pytest.raises(RequestError, match="element byte size indicator exceeds the end"):
+        decode_request(request.SerializeToString(), spec)
+    request.raw_input_contents[0] = b"\x01\x00\x00\x00a"
+    with pytest.raises(RequestError, match="string elements for inference input 'IN' for model"):
         decode_request(request.SerializeToString(), spec)
 
 
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
-        ([2], "input 'X': shape [2] should be [-1, 3]"),
-        ([2, 4], "input 'X': shape [2, 4] does not match config dims [-1, 3]"),
-        ([-2, 3], "input 'X': shape [-2, 3] has a negative dim"),
+        ([2], "unexpected shape for input 'X' for model 'm'. Expected [-1,3], got [2]"),
+        ([2, 4], "unexpected shape for input 'X' for model 'm'. Expected [-1,3], got [2,4]"),
+        ([-2, 3], "unexpected shape for input 'X' for model 'm'. Expected [-1,3], got [-2,3]"),
     ],
 )
 def test_shape_errors_without_batching(shape: list[int], message: str) -> None:

@@ -67,6 +67,13 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_dyna_sequence/1/model.py",
         "repeat_int32/config.pbtxt",
         "repeat_int32/1/model.py",
+        "simple_int8/config.pbtxt",
+        "simple_int8/1/model.pt",
+        "simple_identity/config.pbtxt",
+        "simple_identity/1/model.py",
+        "simple_classifier/config.pbtxt",
+        "simple_classifier/labels.txt",
+        "simple_classifier/1/model.py",
     }
 
 
@@ -84,6 +91,12 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_dyna_sequence/1/model.py",
         "repeat_int32/config.pbtxt",
         "repeat_int32/1/model.py",
+        "simple_int8/config.pbtxt",
+        "simple_identity/config.pbtxt",
+        "simple_identity/1/model.py",
+        "simple_classifier/config.pbtxt",
+        "simple_classifier/labels.txt",
+        "simple_classifier/1/model.py",
     ],
 )
 def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
@@ -96,7 +109,10 @@ def test_specs(sources: dict[str, ModelSource]) -> None:
         "mlp_wait",
         "repeat_int32",
         "simple",
+        "simple_classifier",
         "simple_dyna_sequence",
+        "simple_identity",
+        "simple_int8",
         "simple_sequence",
         "simple_string",
     ]
@@ -153,3 +169,40 @@ def test_mlp_matches_the_seeded_network(sources: dict[str, ModelSource], name: s
         want = make_mlp()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert float(np.abs(want).sum()) > 0
+
+
+def test_simple_int8_wraps_as_int8(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["simple_int8"], 1, "cpu")
+    a = np.arange(-8, 8, dtype=np.int8).reshape(1, 16) * 15
+    b = np.full((1, 16), 100, dtype=np.int8)
+    response = infer(model, make_request([("INPUT0", "INT8", a), ("INPUT1", "INT8", b)]))
+    sums, diffs = (np.frombuffer(r, np.int8).reshape(1, 16) for r in response.raw_output_contents)
+    np.testing.assert_array_equal(sums, a + b)  # numpy int8 wraps the same way
+    np.testing.assert_array_equal(diffs, a - b)
+
+
+def test_simple_identity_is_byte_exact(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["simple_identity"], 1, "cpu")
+    items = [b"he\x00llo", b"", b"\x00", bytes(range(256)), "ünï".encode()] * 2
+    a = np.array(items, dtype=object).reshape(2, 5)
+    response = infer(model, make_request([("INPUT0", "BYTES", a)]))
+    assert list(response.outputs[0].shape) == [2, 5]
+    assert decode_bytes_tensor(response.raw_output_contents[0], 10).tolist() == items
+
+
+def test_simple_classifier_returns_tritons_top_k(sources: dict[str, ModelSource]) -> None:
+    model = load_model(sources["simple_classifier"], 1, "cpu")
+    x = np.zeros((2, 16), np.float32)
+    x[0, 3], x[0, 7] = 0.5, 2.0
+    x[1, 15] = -1.0
+    request = make_request([("INPUT0", "FP32", x)])
+    request.outputs.add(name="OUTPUT0").parameters["classification"].int64_param = 2
+    response = infer(model, request)
+    out = response.outputs[0]
+    assert (out.datatype, list(out.shape)) == ("BYTES", [2, 2])
+    assert decode_bytes_tensor(response.raw_output_contents[0], 4).tolist() == [
+        b"2.000000:7:label_7",
+        b"0.500000:3:label_3",
+        b"0.000000:0:label_0",
+        b"0.000000:1:label_1",
+    ]

@@ -334,13 +334,14 @@ def test_expired_requests_make_room_for_waiting_ones(
     assert got[100].status == errors.OK
 
 
-def test_timed_warm_up_only_for_inline_candidates(tmp_path: Path) -> None:
-    """A Python model is called once to warm up, not timed four times."""
+def test_no_default_warm_up_for_python_models(tmp_path: Path) -> None:
+    """A Python model is not called with our zeros at all (its first call is its own); only the
+    config's model_warmup would run it."""
     write_model(tmp_path, "py", "ragged", batching())
     table = ModelTable(tmp_path, "cpu", Replies(), min_credit=4, inline_max_s=0.02)
     table.load_all()
     try:
-        assert len(model_module(table.served[("py", "1")].model).CALLS) == 1
+        assert len(model_module(table.served[("py", "1")].model).CALLS) == 0
     finally:
         table.stop_all()
 

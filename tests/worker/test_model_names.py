@@ -44,7 +44,7 @@ def test_load_errors_name_files_from_the_model_directory(table: ModelTable) -> N
     try:
         with pytest.raises(RequestError) as info:
             table.load("empty")
-        assert info.value.code == errors.INTERNAL
+        assert info.value.code == errors.INVALID_ARGUMENT  # Triton's code for a failed load
         assert "empty/1 holds none of model.pt" in info.value.message
         with pytest.raises(RequestError) as info:
             table.load("badconfig")

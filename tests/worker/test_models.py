@@ -32,6 +32,7 @@ from .test_runtime import (
     batching,
     inbound,
     mlp_rows,
+    model_module,
     ragged_rows,
     request_bytes,
     thread_alive,
@@ -120,9 +121,7 @@ def test_load_all_serves_the_good_models_and_reports_the_broken_ones(
 
     assert t.served() == [("mlp", "1"), ("ragged", "1")]
     assert t.table.latest == {"mlp": "1", "ragged": "1"}
-    assert t.table.load_errors["broken:1"].startswith(
-        "cannot load model 'broken' version 1: model.pt: "
-    )
+    assert t.table.load_errors["broken:1"].startswith("model.pt: ")
     assert "cannot parse" in t.table.load_errors["bad_config"]
     assert [(a.name, a.version) for a in t.table.announcements()] == [("mlp", "1"), ("ragged", "1")]
     response = t.infer("mlp", {"X": mlp_rows(3, 0)})
@@ -324,8 +323,10 @@ def test_broken_model_fails_with_a_clear_error_while_others_keep_serving(
     assert t.table.poll() is False
     with pytest.raises(RequestError) as info:
         t.table.load("bad")
-    assert info.value.code == errors.INTERNAL
-    assert "cannot load model 'bad' version 1: model.py: SyntaxError" in info.value.message
+    assert info.value.code == errors.INVALID_ARGUMENT
+    assert info.value.message.startswith(
+        "load failed for model 'bad': version 1 is at UNAVAILABLE state: model.py: SyntaxError"
+    )
     assert "SyntaxError" in t.table.load_errors["bad:1"]
     assert t.served() == [("good", "1")]
     assert t.infer("good", ragged_x()).model_name == "good"
@@ -355,16 +356,68 @@ def test_load_picks_up_a_changed_config(repo: Path, tables: list[Table]) -> None
 # ---- warm-up and partial loads ------------------------------------------------------------------
 
 
-def test_warm_up_failure_is_reported_and_nothing_is_served(repo: Path, tables: list[Table]) -> None:
+def test_a_model_refusing_our_zero_warm_up_is_still_served(repo: Path, tables: list[Table]) -> None:
+    """Zeros are our choice, not the operator's: a model that fails on them loads, and its
+    requests answer for themselves."""
     path = write_model(repo, "m", "mlp")
     config = path / "config.pbtxt"  # the config says 5 features, the model takes 4
     config.write_text(config.read_text().replace("dims: [ 4 ]", "dims: [ 5 ]"))
     t = table_for(repo, tables)
+    t.table.load("m")
+    assert t.served() == [("m", "1")]
+    assert "m:1" not in t.table.load_errors
+
+
+WARMUP_SAMPLE = """
+model_warmup [ {{
+  name: "{name}" batch_size: {batch} count: 2
+  inputs {{ key: "X" value: {{ data_type: TYPE_INT64 dims: [ 3 ] {data} }} }}
+}} ]
+"""
+
+
+@pytest.mark.parametrize("data", ["zero_data: true", "random_data: true"])
+def test_config_warm_up_runs_count_times_before_serving(
+    repo: Path, tables: list[Table], data: str
+) -> None:
+    write_model(repo, "m", "ragged", WARMUP_SAMPLE.format(name="w", batch=2, data=data))
+    t = table_for(repo, tables)
+    t.table.load("m")
+    calls = model_module(t.table.served[("m", "1")].model).CALLS
+    assert [shape for _, shape in calls] == [(2, 3), (2, 3)]
+
+
+def test_config_warm_up_reads_its_input_file(repo: Path, tables: list[Table]) -> None:
+    path = write_model(
+        repo, "m", "ragged", WARMUP_SAMPLE.format(name="f", batch=1, data='input_data_file: "x"')
+    )
+    (path / "warmup").mkdir()
+    (path / "warmup" / "x").write_bytes(np.arange(3, dtype=np.int64).tobytes())
+    t = table_for(repo, tables)
+    t.table.load("m")
+    assert t.served() == [("m", "1")]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('input_data_file: "../config.pbtxt"', "must be a file name in warmup/"),
+        ('input_data_file: "absent"', "cannot read warmup/absent"),
+        ("zero_data: true", "warm-up sample 'w' failed: model 'm' failed: no zeros here"),
+    ],
+)
+def test_config_warm_up_failure_fails_the_load(
+    repo: Path, tables: list[Table], data: str, message: str
+) -> None:
+    write_model(repo, "m", "ragged", WARMUP_SAMPLE.format(name="w", batch=1, data=data))
+    (repo / "m" / "1" / "model.py").write_text(
+        "class Model:\n    def execute(self, inputs):\n        raise ValueError('no zeros here')\n"
+    )
+    t = table_for(repo, tables)
     with pytest.raises(RequestError) as info:
         t.table.load("m")
-    assert info.value.code == errors.INTERNAL
-    message = info.value.message
-    assert message.startswith("cannot load model 'm' version 1: warm-up failed: model 'm' failed")
+    assert info.value.code == errors.INVALID_ARGUMENT
+    assert message in info.value.message
     assert "m:1" in t.table.load_errors
     assert t.served() == []
 
