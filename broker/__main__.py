@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from fabric import tracing
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "broker")
     try:
+        tracing.configure("broker")  # before the server: its dispatcher asks whether to trace
         server = BrokerServer(config)
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-broker", exc)
@@ -32,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if config.metrics_port:
         server.metrics.serve(config.metrics_host, config.metrics_port)
     tune_gc()
-    with stop_signals("broker", server.request_stop):
-        server.serve()
+    try:
+        with stop_signals("broker", server.request_stop):
+            server.serve()
+    finally:
+        tracing.shutdown()
     return 0
 
 

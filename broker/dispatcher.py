@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fabric import errors, messages, names
+from fabric import errors, messages, names, tracing
 from fabric.heartbeat import Liveness
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
@@ -35,6 +35,7 @@ from .answers import Answers
 from .controls import ControlFanout, Outbox
 from .queues import ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry
+from .traces import RequestSpans
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Dispatcher:
             self.registry, heartbeat_interval_s, self.to_workers, self.to_frontends
         )
         self.counters = Counters()
+        # Spans of traced requests, only while tracing is on (broker/traces.py).
+        self.spans = RequestSpans(wall_clock_ns) if tracing.ENABLED else None
 
     # ---- frontend side ---------------------------------------------------------------
     def on_request(
@@ -93,6 +96,8 @@ class Dispatcher:
     ) -> None:
         self.counters.requests += 1
         self._frontend_seen(frontend)
+        if header.trace and self.spans is not None:
+            header_frame = self.spans.start(frontend, header) or header_frame
         rid = header.request_id
         if header.deadline_ns and header.deadline_ns <= self._now_ns():
             self.counters.expired += 1
@@ -165,6 +170,8 @@ class Dispatcher:
         for key in self.queues.waiting_keys():
             if self.queues.remove(key, rkey) is not None:
                 self.counters.cancelled += 1
+                if self.spans is not None:
+                    self.spans.finish(rkey, errors.CANCELLED)
                 return
 
     def on_control(self, frontend: PeerId, header: ControlHeader) -> None:
@@ -256,6 +263,8 @@ class Dispatcher:
             return
         self._release(worker, item)
         self.counters.replies += 1
+        if self.spans is not None:
+            self.spans.finish((frontend, header.request_id), header.status)
         self.counters.by_status[header.status] = self.counters.by_status.get(header.status, 0) + 1
         self.to_frontends.append((frontend, messages.reply(header_frame, payload)))
         self._dispatch_for(worker)
@@ -288,6 +297,8 @@ class Dispatcher:
                 "deadline passed while queued in the broker",
             )
         self.controls.expire()
+        if self.spans is not None:
+            self.spans.sweep()
         hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, messages.heartbeat(hb)))
@@ -303,6 +314,8 @@ class Dispatcher:
         item.attempts += 1
         item.acked = False
         self.leases[(item.frontend, item.request_id)] = item
+        if self.spans is not None:
+            self.spans.event((item.frontend, item.request_id), "dispatched", worker.identity)
         self.to_workers.append(
             (worker.identity, messages.request(item.header, item.payload, item.frontend))
         )
@@ -404,6 +417,8 @@ class Dispatcher:
             and self.registry.servers(item.key)
         ):
             self.counters.requeued += 1
+            if self.spans is not None:
+                self.spans.event(rkey, "requeued")
             return not self._send(item)
         self.counters.failed_worker_lost += 1
         if may_have_run:
@@ -429,6 +444,8 @@ class Dispatcher:
 
     def _fail(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
         self.counters.by_status[code] = self.counters.by_status.get(code, 0) + 1
+        if self.spans is not None:
+            self.spans.finish((frontend, request_id), code)
         self.to_frontends.append((frontend, messages.reply(ReplyHeader(request_id, code, message))))
 
     def _broadcast_catalog(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+from fabric import tracing
 from fabric.cli import StopSignals, build_config, setup_logging, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level, "frontend")
     try:
         fabric_security(config, "frontend")
+        tracing.configure("frontend")
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-frontend", exc)
     try:
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    finally:
+        tracing.shutdown()
     return 0
 
 

@@ -149,6 +149,7 @@ class FabricClient:
         payload: Frame,
         flags: int = 0,
         hedge_of: int = 0,
+        trace: str = "",
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
         when no broker can take it."""
@@ -158,7 +159,7 @@ class FabricClient:
         else:
             link = self._choose(model)
         request_id = next(self._ids)
-        header = RequestHeader(request_id, model, version, deadline_ns, "", flags, hedge_of)
+        header = RequestHeader(request_id, model, version, deadline_ns, trace, flags, hedge_of)
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import DecodeError
 
-from fabric import errors, names
+from fabric import errors, names, tracing
 from fabric.errors import RequestError
 from fabric.versions import version_sort_key
 from protos import grpc_service_pb2 as pb
@@ -26,6 +26,9 @@ from .resilience import RetryBudget, RetryPolicy
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
+from .trace_settings import TraceSettings
+from .trace_settings import answer as answer_trace_setting
+from .traces import CALL_TRACE, CallTracer, note_resend
 from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class InferenceService:
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
         self._policies_version = -1
+        self.trace_settings = TraceSettings.from_plan(tracing.PLAN)
+        self.tracer = CallTracer(self.trace_settings)
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -248,6 +253,7 @@ class InferenceService:
         client = self.client
         now = time.monotonic()
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
+        trace = CALL_TRACE.get()  # "" unless this call is traced (frontend.traces)
         tracker = self._latency.get(route.model) if known else _NO_TRACKER
         if tracker is None:
             tracker = self._latency[route.model] = LatencyTracker()
@@ -275,6 +281,7 @@ class InferenceService:
                                     payload,
                                     flags=policy.flags,
                                     hedge_of=hedge_of,
+                                    trace=trace,
                                 )
                             )
                         except RequestError as exc:
@@ -329,6 +336,10 @@ class InferenceService:
         return first[0] if first is not None else 0
 
     def _count_resend(self, action: Send, route: RequestRoute, failed: Reply | None) -> None:
+        if tracing.ENABLED:
+            note_resend(
+                action.hedge_of != NOT_A_HEDGE, action.retry, failed.status if failed else ""
+            )
         if action.hedge_of != NOT_A_HEDGE:
             self.counters["hedges"] += 1
         elif action.retry:
@@ -374,7 +385,12 @@ class InferenceService:
             route = scan_request(request)
         except RequestError as exc:
             await context.abort(grpc_code(exc.code), exc.message)
-        reply = await self.infer(route, request, context.time_remaining())
+        if tracing.ENABLED:
+            reply = await self.tracer.infer(
+                self.infer, route, request, context.time_remaining(), context.invocation_metadata()
+            )
+        else:
+            reply = await self.infer(route, request, context.time_remaining())
         if reply.status != errors.OK or reply.payload is None:
             await context.abort(grpc_code(reply.status), reply.message or reply.status)
         return reply.payload  # type: ignore[return-value]
@@ -383,14 +399,27 @@ class InferenceService:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Many requests over one stream, bounded (see ``frontend.streams``)."""
+        infer = self.infer
+        if tracing.ENABLED:
+            infer = self.tracer.bind(infer, context.invocation_metadata(), "ModelStreamInfer")
         async for response in serve_stream(
-            self.infer,
+            infer,
             requests,
             context,
             max_pending=self.config.stream_max_pending,
             idle_timeout_s=self.config.stream_idle_timeout_s,
         ):
             yield response
+
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TraceSettingResponse:
+        models = {name for name, _ in self.client.models()}
+        try:
+            return answer_trace_setting(self.trace_settings, request, models)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
+            raise  # unreachable: abort raises
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(

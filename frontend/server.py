@@ -69,6 +69,7 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
             pb.RepositoryModelUnloadRequest,
             pb.RepositoryModelUnloadResponse,
         ),
+        "TraceSetting": _typed(svc.TraceSetting, pb.TraceSettingRequest, pb.TraceSettingResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }

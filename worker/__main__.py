@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from fabric import tracing
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level, "worker")
     try:
         fabric_security(config, "worker")
+        tracing.configure("worker")
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-worker", exc)
     import torch
@@ -46,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_metrics(server.models, config.metrics_host, config.metrics_port)
     tune_gc()
-    with stop_signals("worker", server.request_stop):
-        server.serve()
+    try:
+        with stop_signals("worker", server.request_stop):
+            server.serve()
+    finally:
+        tracing.shutdown()
     return 0
 
 

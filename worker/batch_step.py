@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fabric import errors
+from fabric import errors, tracing
 from fabric.deadlines import to_monotonic
 from fabric.errors import RequestError
 from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
@@ -33,6 +33,7 @@ from .codec import DecodedRequest, batch_signature, decode_request, encode_respo
 from .loaders import LoadedModel
 from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
 from .stats import ModelStats
+from .traces import record_batch
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,8 @@ class BatchStep:
                 self._fail(w.item.inbound, code, message)
             self._stats.record_failure(len(batch), sum(now - w.arrived_s for w in batch))
             self._flush()
+            if tracing.ENABLED:
+                self._trace(batch, rows, start, None, code)
             return
         for w, outs in zip(batch, per_request, strict=True):
             ready = w.item
@@ -340,6 +343,22 @@ class BatchStep:
             request_s=sum(end - w.arrived_s for w in batch),
         )
         self._flush()
+        if tracing.ENABLED:
+            self._trace(batch, rows, start, (infer_start, infer_end), errors.OK)
+
+    def _trace(
+        self,
+        batch: list[Waiting[Ready]],
+        rows: int,
+        start: float,
+        infer: tuple[float, float] | None,
+        status: str,
+    ) -> None:
+        inbounds = [w.item.inbound for w in batch]
+        spec = self.model.spec
+        record_batch(
+            spec.name, str(self.model.version), inbounds, rows, start, infer, self._clock(), status
+        )
 
     def _split(
         self, requests: list[DecodedRequest], outputs: dict[str, np.ndarray], rows: int
