@@ -399,9 +399,11 @@ class InferenceService:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Many requests over one stream, bounded (see ``frontend.streams``)."""
-        infer = self.infer
-        if tracing.ENABLED:
-            infer = self.tracer.bind(infer, context.invocation_metadata(), "ModelStreamInfer")
+        infer = (
+            self.tracer.bind(self.infer, context.invocation_metadata(), "ModelStreamInfer")
+            if tracing.ENABLED
+            else self.infer
+        )
         async for response in serve_stream(
             infer,
             requests,

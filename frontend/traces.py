@@ -15,7 +15,7 @@ routing code).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,10 +25,9 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, Status
 from fabric import errors, tracing
 
 from .fabric_client import Reply
+from .streams import Infer
 from .trace_settings import TraceSettings
 from .wire import RequestRoute
-
-Infer = Callable[[RequestRoute, bytes, float | None], Awaitable[Reply]]
 
 CALL_TRACE: ContextVar[str] = ContextVar("call_trace", default="")
 """The header ``trace`` value of the call running in this context ("" when not traced)."""
