@@ -58,6 +58,8 @@ QUICK_CONCURRENCY = "1,64"
 WAIT_CONCURRENCY = "1,64"
 CURVE_SYSTEM = "ours_curve"
 CURVE_MODEL = "mlp"
+TRACED_SYSTEM = "ours_traced"
+TRACED_MODEL = "mlp"
 
 
 def run_round(
@@ -71,6 +73,8 @@ def run_round(
     ours_info: StackInfo | None = None
     curve: Target | None = None
     curve_info: StackInfo | None = None
+    traced: Target | None = None
+    traced_info: StackInfo | None = None
     try:
         for model in models:
             print(f"bench: round {rnd + 1}/{args.rounds}: starting bare, {model}", file=sys.stderr)
@@ -98,9 +102,22 @@ def run_round(
                     entry.results.append(StartFailure(system=CURVE_SYSTEM, error=str(exc)))
                 if curve_info is not None:
                     entry.info[CURVE_SYSTEM] = curve_info
+            if args.traced and TRACED_MODEL in models:
+                print(f"bench: round {rnd + 1}/{args.rounds}: starting ours, traced",
+                      file=sys.stderr)  # fmt: skip
+                try:
+                    traced, traced_info = start_ours_idle(
+                        args, log_dir, rnd, repo, [TRACED_MODEL], TRACED_SYSTEM, traced=True
+                    )
+                except StackError as exc:
+                    entry.results.append(StartFailure(system=TRACED_SYSTEM, error=str(exc)))
+                if traced_info is not None:
+                    entry.info[TRACED_SYSTEM] = traced_info
         targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
         if curve is not None and CURVE_MODEL in targets:
             targets[CURVE_MODEL].append(curve)
+        if traced is not None:
+            targets[TRACED_MODEL].append(traced)
         entry.results += sweep_interleaved(targets, args, rnd, args.model_concurrency)
         entry.results += [idle_sample(t, m, args.idle_seconds) for m, t in bare.items()]
     finally:
@@ -110,6 +127,8 @@ def run_round(
             ours_info.exit_codes = stop_all(ours.procs)
         if curve is not None and curve_info is not None:
             curve_info.exit_codes = stop_all(curve.procs)
+        if traced is not None and traced_info is not None:
+            traced_info.exit_codes = stop_all(traced.procs)
     return entry
 
 
@@ -137,6 +156,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default=True,
         help=f"also measure our stack with CURVE on the fabric ({CURVE_SYSTEM}, {CURVE_MODEL} "
         "only), to show what encryption and authentication cost",
+    )
+    parser.add_argument(
+        "--traced",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also measure our stack exporting OTLP traces of 1 %% of the calls to a local sink "
+        f"({TRACED_SYSTEM}, {TRACED_MODEL} only), to show what tracing costs",
     )
     args = parser.parse_args(argv)
     quick = args.quick
@@ -197,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             report.inprocess[model] = run_inprocess(repo, model, sizes, args.inprocess_seconds)
     attach_inprocess(report)
     every_c = list(dict.fromkeys([*args.concurrency, *args.model_concurrency["mlp_wait"]]))
-    report.summary = summarize(report.rounds, every_c, ["bare", "ours", CURVE_SYSTEM], models)
+    report.summary = summarize(
+        report.rounds, every_c, ["bare", "ours", CURVE_SYSTEM, TRACED_SYSTEM], models
+    )
     report.meta["elapsed_s"] = time.monotonic() - t_begin
     return write_outputs(report, args, "run", to_markdown)
 
