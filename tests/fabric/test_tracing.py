@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -183,3 +187,22 @@ def test_spans_continue_the_parsed_context(exporter: InMemorySpanExporter) -> No
     (span,) = exporter.get_finished_spans()
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
     assert span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331
+
+
+def test_a_tier_told_something_it_cannot_do_exits_2_with_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_TRACES_EXPORTER"] = "zipkin"
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "--frontend-bind", "tcp://127.0.0.1:0",
+         "--worker-bind", "tcp://127.0.0.1:0"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "serve-broker: error: OTEL_TRACES_EXPORTER: unsupported exporter 'zipkin' "
+        "(choose from otlp, console, none)"
+    )
