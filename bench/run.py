@@ -19,6 +19,11 @@ worker actually executed, so the worker's compute time per batch (from
 ``get_inference_statistics``: ``batch_stats[b].compute_infer``) is set against the bare model at
 the same batch size.
 
+With ``--curve`` (default) ``ours_curve`` (the same stack with CURVE on the fabric) and with
+``--traced`` (default) ``ours_traced`` (the same stack tracing 1 % of the calls, every tier
+exporting OTLP/gRPC to a local sink, ``bench.otlp_sink``) are measured on ``mlp`` alongside,
+each reported as a ratio to ``ours``.
+
 The machine is small and shared, so absolute numbers are noise-prone: every figure for our stack is
 reported as a ratio against baselines measured in the same run (see ``bench.measure`` for what
 each point records).
@@ -29,7 +34,7 @@ process logs go to ``<out>/logs/<UTC timestamp>/``.
 
     python -m bench.run [--quick] [--duration 8] [--warmup 2] [--concurrency 1,8,32,64,128]
                         [--models mlp,mlp_wait,wide_mlp] [--wait-concurrency 1,64] [--rounds 1]
-                        [--out bench/results]
+                        [--out bench/results] [--no-curve] [--no-traced]
 """
 
 from __future__ import annotations
