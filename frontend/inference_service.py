@@ -33,7 +33,13 @@ from .wire import RequestRoute, scan_request
 
 logger = logging.getLogger(__name__)
 
-SERVER_EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
+SERVER_EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "trace",  # TraceSetting (frontend/trace_settings.py)
+)
 
 
 def _datatype(dt: int) -> str:

@@ -180,3 +180,9 @@ def test_tracing_off_leaves_model_infer_untouched() -> None:
     client = ScriptedClient([OK])
     model_infer(service(client), ("traceparent", SAMPLED))
     assert client.submits[0]["trace"] == ""  # type: ignore[comparison-overlap]
+
+
+def test_server_metadata_reports_the_trace_extension() -> None:
+    svc = service(ScriptedClient([]))
+    response = asyncio.run(svc.ServerMetadata(pb.ServerMetadataRequest(), None))
+    assert "trace" in response.extensions
