@@ -71,16 +71,31 @@ def results_table(summary: list[SummaryRow], model: str, ref: str = "bare") -> l
 def curve_cost_lines(summary: list[SummaryRow], model: str) -> list[str]:
     """What CURVE on the fabric costs: ``ours_curve`` against ``ours`` at each concurrency
     (each against the bare server of its own round, so the host's drift cancels)."""
+    return cost_lines(summary, model, "ours_curve", "CURVE", "plain text")
+
+
+def tracing_cost_lines(summary: list[SummaryRow], model: str) -> list[str]:
+    """What tracing 1 % of the calls costs: ``ours_traced`` against ``ours`` (tracing off)."""
+    return cost_lines(summary, model, "ours_traced", "Tracing 1 %", "tracing off")
+
+
+def cost_lines(
+    summary: list[SummaryRow], model: str, variant: str, label: str, plain_label: str
+) -> list[str]:
+    """``variant`` of our stack against ``ours`` at each concurrency, each taken against the
+    bare server of its own round."""
     rows = {(r.system, r.concurrency): r for r in summary if r.model == model and r.rounds}
     out = []
-    for (system, c), curve in sorted(rows.items()):
+    for (system, c), other in sorted(rows.items()):
         plain = rows.get(("ours", c))
-        if system != "ours_curve" or plain is None:
+        if system != variant or plain is None:
             continue
-        if curve.throughput_vs_bare and plain.throughput_vs_bare:
-            tput = curve.throughput_vs_bare / plain.throughput_vs_bare
-            p50 = (curve.p50_minus_bare_ms or 0.0) - (plain.p50_minus_bare_ms or 0.0)
-            out.append(f"- CURVE at c={c}: {tput:.2f}x the req/s of plain text, p50 {p50:+.2f} ms")
+        if other.throughput_vs_bare and plain.throughput_vs_bare:
+            tput = other.throughput_vs_bare / plain.throughput_vs_bare
+            p50 = (other.p50_minus_bare_ms or 0.0) - (plain.p50_minus_bare_ms or 0.0)
+            out.append(
+                f"- {label} at c={c}: {tput:.2f}x the req/s of {plain_label}, p50 {p50:+.2f} ms"
+            )
     return [*out, ""] if out else []
 
 
@@ -259,6 +274,7 @@ def to_markdown(report: Report) -> str:
         lines.append("")
         lines += curve_cost_lines(report.summary, model)
         lines += routing_cost_lines(report.summary, model)
+        lines += tracing_cost_lines(report.summary, model)
         bs = batch_size_table(report, model)
         if bs:
             lines += [*bs, ""]

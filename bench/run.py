@@ -19,6 +19,11 @@ worker actually executed, so the worker's compute time per batch (from
 ``get_inference_statistics``: ``batch_stats[b].compute_infer``) is set against the bare model at
 the same batch size.
 
+With ``--curve`` (default) ``ours_curve`` (the same stack with CURVE on the fabric) and with
+``--traced`` (default) ``ours_traced`` (the same stack tracing 1 % of the calls, every tier
+exporting OTLP/gRPC to a local sink, ``bench.otlp_sink``) are measured on ``mlp`` alongside,
+each reported as a ratio to ``ours``.
+
 The machine is small and shared, so absolute numbers are noise-prone: every figure for our stack is
 reported as a ratio against baselines measured in the same run (see ``bench.measure`` for what
 each point records).
@@ -29,7 +34,7 @@ process logs go to ``<out>/logs/<UTC timestamp>/``.
 
     python -m bench.run [--quick] [--duration 8] [--warmup 2] [--concurrency 1,8,32,64,128]
                         [--models mlp,mlp_wait,wide_mlp] [--wait-concurrency 1,64] [--rounds 1]
-                        [--out bench/results]
+                        [--out bench/results] [--no-curve] [--no-traced]
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ QUICK_CONCURRENCY = "1,64"
 WAIT_CONCURRENCY = "1,64"
 CURVE_SYSTEM = "ours_curve"
 CURVE_MODEL = "mlp"
+TRACED_SYSTEM = "ours_traced"
+TRACED_MODEL = "mlp"
 
 
 def run_round(
@@ -79,6 +86,8 @@ def run_round(
     curve_info: StackInfo | None = None
     routed: Target | None = None
     routed_info: StackInfo | None = None
+    traced: Target | None = None
+    traced_info: StackInfo | None = None
     try:
         for model in models:
             print(f"bench: round {rnd + 1}/{args.rounds}: starting bare, {model}", file=sys.stderr)
@@ -118,11 +127,24 @@ def run_round(
                     entry.results.append(StartFailure(system=ROUTED_SYSTEM, error=str(exc)))
                 if routed_info is not None:
                     entry.info[ROUTED_SYSTEM] = routed_info
+            if args.traced and TRACED_MODEL in models:
+                print(f"bench: round {rnd + 1}/{args.rounds}: starting ours, traced",
+                      file=sys.stderr)  # fmt: skip
+                try:
+                    traced, traced_info = start_ours_idle(
+                        args, log_dir, rnd, repo, [TRACED_MODEL], TRACED_SYSTEM, traced=True
+                    )
+                except StackError as exc:
+                    entry.results.append(StartFailure(system=TRACED_SYSTEM, error=str(exc)))
+                if traced_info is not None:
+                    entry.info[TRACED_SYSTEM] = traced_info
         targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
         if curve is not None and CURVE_MODEL in targets:
             targets[CURVE_MODEL].append(curve)
         if routed is not None:
             targets[ROUTED_MODEL].append(routed)
+        if traced is not None:
+            targets[TRACED_MODEL].append(traced)
         entry.results += sweep_interleaved(targets, args, rnd, args.model_concurrency)
         entry.results += [idle_sample(t, m, args.idle_seconds) for m, t in bare.items()]
     finally:
@@ -134,6 +156,8 @@ def run_round(
             curve_info.exit_codes = stop_all(curve.procs)
         if routed is not None and routed_info is not None:
             routed_info.exit_codes = stop_all(routed.procs)
+        if traced is not None and traced_info is not None:
+            traced_info.exit_codes = stop_all(traced.procs)
     return entry
 
 
@@ -168,6 +192,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default=True,
         help=f"also measure our stack with a routing file ({ROUTED_SYSTEM}, {ROUTED_MODEL} "
         "split 90/10 over two targets), to show what routing costs",
+    )
+    parser.add_argument(
+        "--traced",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also measure our stack exporting OTLP traces of 1 %% of the calls to a local sink "
+        f"({TRACED_SYSTEM}, {TRACED_MODEL} only), to show what tracing costs",
     )
     args = parser.parse_args(argv)
     quick = args.quick
@@ -232,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     attach_inprocess(report)
     every_c = list(dict.fromkeys([*args.concurrency, *args.model_concurrency["mlp_wait"]]))
     report.summary = summarize(
-        report.rounds, every_c, ["bare", "ours", CURVE_SYSTEM, ROUTED_SYSTEM], models
+        report.rounds,
+        every_c,
+        ["bare", "ours", CURVE_SYSTEM, ROUTED_SYSTEM, TRACED_SYSTEM],
+        models,
     )
     report.meta["elapsed_s"] = time.monotonic() - t_begin
     return write_outputs(report, args, "run", to_markdown)

@@ -22,6 +22,12 @@ from bench.results import StackInfo
 SETTLE_S = 1.0
 """Pause after start-up before idle sampling: warm-up and announcements settle first."""
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TRACED_RATIO = 0.01
+"""The share of calls ``ours_traced`` traces (the frontend samples 1 call in 100)."""
+TRACED_ENV = {
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": str(TRACED_RATIO),
+}
 
 
 def start_bare(log_dir: Path, rnd: int, model: str) -> Target:
@@ -46,10 +52,13 @@ def start_ours(
     system: str = "ours",
     fabric_args: tuple[str, ...] = (),
     frontend_args: tuple[str, ...] = (),
+    traced: bool = False,
 ) -> tuple[Target, StackInfo]:
     """Broker, worker, frontend on free loopback ports; waits until every model is ready.
     ``fabric_args`` go to all three (``--fabric-keys DIR``: the fabric with CURVE),
-    ``frontend_args`` to the frontend (``--routing FILE``)."""
+    ``frontend_args`` to the frontend (``--routing FILE``). ``traced``: every tier exports
+    OTLP/gRPC to a sink of its own (``bench.otlp_sink``, one of the stack's processes),
+    sampling ``TRACED_RATIO`` of the calls."""
     p_front, p_work, p_grpc = free_port(), free_port(), free_port()
     front_bind, work_bind = f"tcp://127.0.0.1:{p_front}", f"tcp://127.0.0.1:{p_work}"
     url = f"127.0.0.1:{p_grpc}"
@@ -57,18 +66,24 @@ def start_ours(
     procs: list[Proc] = []
     info = StackInfo(logs=str(log_dir))
     t0 = time.monotonic()
+    env: dict[str, str] = {}
     try:
+        if traced:
+            sink_port = free_port()
+            sink = [py, "-m", "bench.otlp_sink", "--port", str(sink_port)]
+            procs.append(Proc("otlp-sink", sink, log_dir))
+            env = {**TRACED_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}"}
         broker = [py, "-m", "broker", "--frontend-bind", front_bind, "--worker-bind", work_bind]
         broker += [*fabric_args, *shlex.split(args.broker_args)]
-        procs.append(Proc("broker", broker, log_dir))
+        procs.append(Proc("broker", broker, log_dir, env=env))
         worker = [py, "-m", "worker", "--broker", work_bind, "--model-repository", str(repo)]
         worker += ["--device", "cpu", "--torch-threads", "1", *fabric_args]
         worker += shlex.split(args.worker_args)
-        procs.append(Proc("worker", worker, log_dir, env=ONE_THREAD))
+        procs.append(Proc("worker", worker, log_dir, env={**ONE_THREAD, **env}))
         frontend = [py, "-m", "frontend", "--host", "127.0.0.1", "--port", str(p_grpc)]
         frontend += ["--broker", front_bind, *fabric_args, *shlex.split(args.frontend_args)]
         frontend += frontend_args
-        procs.append(Proc("frontend", frontend, log_dir))
+        procs.append(Proc("frontend", frontend, log_dir, env=env))
         wait_ready(url, procs, models)
     except BaseException:
         info.exit_codes = stop_all(procs)
@@ -89,10 +104,18 @@ def start_ours_idle(
     system: str = "ours",
     fabric_args: tuple[str, ...] = (),
     frontend_args: tuple[str, ...] = (),
+    traced: bool = False,
 ) -> tuple[Target, StackInfo]:
     """``start_ours``, then its idle CPU and memory once start-up work has settled."""
     target, info = start_ours(
-        args, log_dir / f"r{rnd}-{system}", repo, models, system, fabric_args, frontend_args
+        args,
+        log_dir / f"r{rnd}-{system}",
+        repo,
+        models,
+        system,
+        fabric_args,
+        frontend_args,
+        traced,
     )
     try:
         time.sleep(SETTLE_S)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from fabric import tracing
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error
 from fabric.prom import MetricsPortError
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "broker", config.log_format)
     try:
+        tracing.configure("broker")  # before the server: its dispatcher asks whether to trace
         server = BrokerServer(config)
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-broker", exc)
@@ -37,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     server.bind()
     tune_gc()
-    with stop_signals("broker", server.request_stop):
-        server.serve()
+    try:
+        with stop_signals("broker", server.request_stop):
+            server.serve()
+    finally:
+        tracing.shutdown()
     return 0
 
 

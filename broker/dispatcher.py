@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fabric import errors, messages, names
+from fabric import errors, messages, names, tracing
 from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.heartbeat import Liveness
@@ -41,6 +41,7 @@ from .queues import ModelKey, ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry, WorkerState
 from .route_decider import RouteDecider
 from .sequences import SequencePins
+from .traces import RequestSpans
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class Dispatcher:
         self.sequences = SequencePins(clock)
         # Arrival to first dispatch, per model version (broker/metrics.py exports it).
         self.queue_wait: dict[ModelKey, Buckets] = {}
+        # Spans of traced requests, only while tracing is on (broker/traces.py).
+        self.spans = RequestSpans(wall_clock_ns) if tracing.ENABLED else None
 
     # ---- frontend side ---------------------------------------------------------------
     def on_request(
@@ -103,6 +106,8 @@ class Dispatcher:
     ) -> None:
         self.counters.requests += 1
         self._frontend_seen(frontend)
+        if header.trace and self.spans is not None:
+            header_frame = self.spans.start(frontend, header) or header_frame
         rid = header.request_id
         if header.deadline_ns and header.deadline_ns <= self._now_ns():
             self.counters.expired += 1
@@ -205,6 +210,8 @@ class Dispatcher:
             if self.queues.remove(key, rkey) is not None:
                 self.counters.cancelled += 1
                 self.routes.forget(rkey)
+                if self.spans is not None:
+                    self.spans.finish(rkey, errors.CANCELLED)
                 return
 
     def on_control(self, frontend: PeerId, header: ControlHeader) -> None:
@@ -307,6 +314,8 @@ class Dispatcher:
         self.counters.replies += 1
         if self.routes.pending:
             self.routes.finish((frontend, header.request_id), header.status)
+        if self.spans is not None:
+            self.spans.finish((frontend, header.request_id), header.status)
         self.counters.by_status[header.status] = self.counters.by_status.get(header.status, 0) + 1
         self.to_frontends.append((frontend, messages.reply(header_frame, payload)))
         self._dispatch_for(worker)
@@ -342,6 +351,8 @@ class Dispatcher:
         self.controls.expire()
         self.routes.tick()
         self.sequences.expire()
+        if self.spans is not None:
+            self.spans.sweep()
         hb = encode_header(HeartbeatHeader(self.registry.generation, self.registry.incarnation))
         for worker in self.registry.workers:
             self.to_workers.append((worker, messages.heartbeat(hb)))
@@ -365,6 +376,8 @@ class Dispatcher:
         item.attempts += 1
         item.acked = False
         self.leases[(item.frontend, item.request_id)] = item
+        if self.spans is not None:
+            self.spans.event((item.frontend, item.request_id), "dispatched", worker.identity)
         self.to_workers.append(
             (worker.identity, messages.request(item.header, item.payload, item.frontend))
         )
@@ -479,6 +492,8 @@ class Dispatcher:
             and self.registry.servers(item.key)
         ):
             self.counters.requeued += 1
+            if self.spans is not None:
+                self.spans.event(rkey, "requeued")
             return not self._send(item)
         self.counters.failed_worker_lost += 1
         if may_have_run:
@@ -506,6 +521,8 @@ class Dispatcher:
         self.counters.by_status[code] = self.counters.by_status.get(code, 0) + 1
         if self.routes.pending:
             self.routes.finish((frontend, request_id), code)
+        if self.spans is not None:
+            self.spans.finish((frontend, request_id), code)
         self.to_frontends.append((frontend, messages.reply(ReplyHeader(request_id, code, message))))
 
     def _broadcast_catalog(self) -> None:

@@ -159,6 +159,8 @@ class BrokerServer:
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
+        if self.dispatcher.spans is not None:  # requests it never answered
+            self.dispatcher.spans.close()
         self.frontends.close(linger=0)
         self.workers.close(linger=0)
         if self._auth is not None:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+from fabric import tracing
 from fabric.cli import StopSignals, build_config, setup_logging, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 from fabric.prom import MetricsPortError
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level, "frontend", config.log_format)
     try:
         fabric_security(config, "frontend")
+        tracing.configure("frontend")
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-frontend", exc)
     try:
@@ -63,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(config))
     except RoutingError as exc:  # --routing names a file that cannot be used
         print(f"serve-frontend: routing file {exc}", file=sys.stderr)
+        return 2
     except MetricsPortError as exc:
         print(f"serve-frontend: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        tracing.shutdown()
     return 0
 
 

@@ -158,6 +158,7 @@ class FabricClient:
         hedge_of: int = 0,
         sequence: tuple[str, int] = ("", 0),
         on_part: Callable[[Reply, bool], None] | None = None,
+        trace: str = "",
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
         when no broker can take it. ``sequence``: (correlation id, SEQUENCE_* flags), all of
@@ -172,7 +173,7 @@ class FabricClient:
             link = self._choose(model)
         request_id = next(self._ids)
         header = RequestHeader(
-            request_id, model, version, deadline_ns, "", flags, hedge_of, *sequence
+            request_id, model, version, deadline_ns, trace, flags, hedge_of, *sequence
         )
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()

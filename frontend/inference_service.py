@@ -12,7 +12,7 @@ from dataclasses import replace
 import grpc
 from google.protobuf.message import DecodeError
 
-from fabric import errors, names
+from fabric import errors, names, tracing
 from fabric import triton_errors as texts
 from fabric.errors import RequestError
 from fabric.versions import version_sort_key
@@ -39,6 +39,9 @@ from .routing.router import Router
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
+from .trace_settings import TraceSettings
+from .trace_settings import answer as answer_trace_setting
+from .traces import CALL_TRACE, CallTracer, note_resend
 from .triton_compat import check_control, merge_index, route_version, server_metadata_fields
 from .wire import RequestRoute, scan_request
 
@@ -50,6 +53,7 @@ SERVER_EXTENSIONS = (
     "model_repository",
     "statistics",
     "logging",
+    "trace",  # TraceSetting (frontend/trace_settings.py)
 )
 
 
@@ -83,6 +87,8 @@ class InferenceService:
         self._policies_version = -1
         self.router: Router | None = None  # --routing: public names (frontend.routing)
         self._version_labels = VersionLabels({})
+        self.trace_settings = TraceSettings.from_plan(tracing.PLAN)
+        self.tracer = CallTracer(self.trace_settings)
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -305,6 +311,7 @@ class InferenceService:
         client = self.client
         now = time.monotonic()
         deadline_ns = time.time_ns() + int(timeout_s * 1e9)
+        trace = CALL_TRACE.get()  # "" unless this call is traced (frontend.traces)
         tracker = self._latency.get(route.model) if known else _NO_TRACKER
         if tracker is None:
             tracker = self._latency[route.model] = LatencyTracker()
@@ -333,6 +340,7 @@ class InferenceService:
                                     flags=policy.flags,
                                     hedge_of=hedge_of,
                                     sequence=sequence,
+                                    trace=trace,
                                 )
                             )
                         except RequestError as exc:
@@ -387,6 +395,10 @@ class InferenceService:
         return first[0] if first is not None else 0
 
     def _count_resend(self, action: Send, route: RequestRoute, failed: Reply | None) -> None:
+        if tracing.ENABLED:
+            note_resend(
+                action.hedge_of != NOT_A_HEDGE, action.retry, failed.status if failed else ""
+            )
         if action.hedge_of != NOT_A_HEDGE:
             self.counters["hedges"] += 1
         elif action.retry:
@@ -436,7 +448,16 @@ class InferenceService:
         if self._traits.get(route.model, PLAIN).decoupled:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, DECOUPLED_MODEL_INFER)
         router = self.router
-        if router is not None and route.model in router.routes:
+        if router is not None and route.model not in router.routes:
+            router = None
+        if tracing.ENABLED:  # the call's span covers the routing decision and every attempt
+            infer = self.infer
+            if router is not None:
+                infer = router.stream_infer(infer, context.invocation_metadata())
+            reply = await self.tracer.infer(
+                infer, route, request, context.time_remaining(), context.invocation_metadata()
+            )
+        elif router is not None:
             reply = await router.infer(
                 self.infer, route, request, context.time_remaining(), context.invocation_metadata
             )
@@ -453,6 +474,8 @@ class InferenceService:
         infer = self.infer
         if self.router is not None:
             infer = self.router.stream_infer(infer, context.invocation_metadata())
+        if tracing.ENABLED:
+            infer = self.tracer.bind(infer, context.invocation_metadata(), "ModelStreamInfer")
         async for response in serve_stream(
             infer,
             requests,
@@ -472,6 +495,16 @@ class InferenceService:
             return None
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
         return stream_decoupled(self.client, route, payload, timeout_s)
+
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TraceSettingResponse:
+        models = {name for name, _ in self.client.models()}
+        try:
+            return answer_trace_setting(self.trace_settings, request, models)
+        except RequestError as exc:
+            await context.abort(grpc_code(exc.code), exc.message)
+            raise  # unreachable: abort raises
 
     # ---- statistics and repository control ------------------------------------------------
     async def _control(

@@ -74,6 +74,7 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
             pb.RepositoryModelUnloadResponse,
         ),
         "LogSettings": _typed(serve_log_settings, pb.LogSettingsRequest, pb.LogSettingsResponse),
+        "TraceSetting": _typed(svc.TraceSetting, pb.TraceSettingRequest, pb.TraceSettingResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from fabric import tracing
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level, "worker", config.log_format)
     try:
         fabric_security(config, "worker")
+        tracing.configure("worker")
     except FabricSetupError as exc:
         return exit_on_setup_error("serve-worker", exc)
     import torch
@@ -66,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         collector.models = server.models
     server.load_repository()
     tune_gc()
-    with stop_signals("worker", server.request_stop):
-        server.serve()
+    try:
+        with stop_signals("worker", server.request_stop):
+            server.serve()
+    finally:
+        tracing.shutdown()
     if server.exit_code == EXIT_DEVICE_LOST:
         # The CUDA context is poisoned: torch's teardown (freeing cached device memory) can
         # abort the process, which would hide this exit status. Everything is answered and

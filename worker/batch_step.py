@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fabric import errors
+from fabric import errors, tracing
 from fabric.deadlines import to_monotonic
 from fabric.errors import RequestError
 from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
@@ -37,6 +37,7 @@ from .loaders import LoadedModel
 from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
 from .sequences import check_request, control_tensors
 from .stats import ModelStats
+from .traces import record_batch
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +367,8 @@ class BatchStep:
             if verdict.poison and self._health is not None:
                 self._health.poison(verdict.message)
             self._fail_all(batch, verdict.code, verdict.message)
+            if tracing.ENABLED:
+                self._trace(batch, rows, start, None, verdict.code)
             return
         for w, outs in zip(batch, per_request, strict=True):
             ready = w.item
@@ -392,6 +395,22 @@ class BatchStep:
             request_s=sum(end - w.arrived_s for w in batch),
         )
         self._flush()
+        if tracing.ENABLED:
+            self._trace(batch, rows, start, (infer_start, infer_end), errors.OK)
+
+    def _trace(
+        self,
+        batch: list[Waiting[Ready]],
+        rows: int,
+        start: float,
+        infer: tuple[float, float] | None,
+        status: str,
+    ) -> None:
+        inbounds = [w.item.inbound for w in batch]
+        spec = self.model.spec
+        record_batch(
+            spec.name, str(self.model.version), inbounds, rows, start, infer, self._clock(), status
+        )
 
     def _run_decoupled(self, batch: list[Waiting[Ready]]) -> None:
         for w in batch:  # one: a decoupled model's policy does not batch

@@ -3,7 +3,7 @@ against the bare server of its own round."""
 
 from __future__ import annotations
 
-from bench.markdown import curve_cost_lines
+from bench.markdown import curve_cost_lines, tracing_cost_lines
 from bench.results import SummaryRow
 
 
@@ -37,3 +37,12 @@ def test_curve_cost_is_the_ratio_to_plain_text_per_concurrency() -> None:
 def test_no_line_without_a_curve_measurement() -> None:
     assert curve_cost_lines([_row("ours", 1, 0.4, 0.8)], "mlp") == []
     assert curve_cost_lines([_row("ours_curve", 1, 0.4, 0.8)], "wide_mlp") == []
+
+
+def test_tracing_cost_is_the_ratio_to_tracing_off() -> None:
+    rows = [_row("ours", 64, 0.60, 9.0), _row("ours_traced", 64, 0.594, 9.2)]
+    assert tracing_cost_lines(rows, "mlp") == [
+        "- Tracing 1 % at c=64: 0.99x the req/s of tracing off, p50 +0.20 ms",
+        "",
+    ]
+    assert tracing_cost_lines([_row("ours_curve", 64, 0.5, 9.0)], "mlp") == []
