@@ -42,7 +42,6 @@ from fabric.sockets import (
     readable,
     recv_frames,
     send_frames,
-    should_copy,
 )
 
 from .brokers import choose_broker
@@ -224,23 +223,26 @@ class FabricClient:
             if not link.outbox:
                 continue
             items, link.outbox = link.outbox, []
-            frames = messages.coalesce([f for f, _ in items])
-            try:
-                send_frames(link.socket, frames, should_copy(frames))
-            except zmq.ZMQError as exc:
-                # EAGAIN means a full queue, or (IMMEDIATE) no live connection at all: with
-                # far fewer requests waiting than the high-water mark, it is the latter.
-                full = len(link.waiting) >= DEFAULT_HWM // 2
-                if not full:
-                    link.liveness.lost()  # choose another broker from now on
-                status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
-                why = (
-                    f"too many requests queued for broker {link.endpoint}"
-                    if full
-                    else f"broker {link.endpoint} is not connected ({exc})"
-                )
-                for _, request_id in items:
-                    self._resolve(request_id, Reply(status, why, None))
+            done = 0
+            for frames, copy, sent in messages.outgoing([f for f, _ in items]):
+                chunk = items[done : done + len(sent)]  # large requests go alone, zero-copy
+                done += len(sent)
+                try:
+                    send_frames(link.socket, frames, copy)
+                except zmq.ZMQError as exc:
+                    # EAGAIN means a full queue, or (IMMEDIATE) no live connection at all:
+                    # with far fewer requests waiting than the high-water mark, the latter.
+                    full = len(link.waiting) >= DEFAULT_HWM // 2
+                    if not full:
+                        link.liveness.lost()  # choose another broker from now on
+                    status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
+                    why = (
+                        f"too many requests queued for broker {link.endpoint}"
+                        if full
+                        else f"broker {link.endpoint} is not connected ({exc})"
+                    )
+                    for _, request_id in chunk:
+                        self._resolve(request_id, Reply(status, why, None))
             self._after_send(link)
 
     def _resolve(self, request_id: int, reply: Reply) -> None:

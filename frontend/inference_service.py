@@ -377,7 +377,9 @@ class InferenceService:
         reply = await self.infer(route, request, context.time_remaining())
         if reply.status != errors.OK or reply.payload is None:
             await context.abort(grpc_code(reply.status), reply.message or reply.status)
-        return reply.payload  # type: ignore[return-value]
+        payload = reply.payload
+        # A large reply arrives as a view of ZeroMQ's buffer; grpc sends only bytes.
+        return payload if type(payload) is bytes else bytes(payload)  # type: ignore[arg-type]
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext

@@ -40,7 +40,7 @@ from fabric.protocol import (
     RequestHeader,
 )
 from fabric.ratelog import RateLimitedLog
-from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
+from fabric.sockets import make_socket, recv_frames, send_frames
 
 from .config import WorkerConfig
 from .models import ModelTable, refuse_leftovers
@@ -127,7 +127,7 @@ class WorkerServer:
         )
 
     # ---- other threads → this loop ------------------------------------------------------------
-    def _push(self, frames: Sequence[Frame]) -> None:
+    def _push(self, frames: Sequence[Frame], copy: bool = True) -> None:
         sock = getattr(self._local, "push", None)
         if sock is None:
             sock = make_socket(self.ctx, zmq.PUSH)
@@ -135,7 +135,7 @@ class WorkerServer:
             self._local.push = sock
             with self._pushes_lock:
                 self._pushes.append(sock)
-        sock.send_multipart(frames, copy=should_copy(frames))
+        sock.send_multipart(frames, copy=copy)
 
     def _send_reply(
         self, route: inproc.Route, request_id: int, status: str, message: str, body: bytes | None
@@ -155,7 +155,8 @@ class WorkerServer:
         if threading.get_ident() == self._io_thread:
             self._route([inproc.outbound(m) for m in out])
         else:
-            self._push(inproc.group(out))
+            for frames, copy in inproc.groups(out):  # large replies alone, zero-copy
+                self._push(frames, copy)
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -229,13 +230,13 @@ class WorkerServer:
         for target in [link] if link is not None else self.links:
             self._send(target, frames)
 
-    def _send(self, link: BrokerConnection, frames: Sequence[Frame]) -> bool:
+    def _send(self, link: BrokerConnection, frames: Sequence[Frame], copy: bool = True) -> bool:
         """Send to a broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
         if link.socket is None:
             return False
         try:
-            send_frames(link.socket, frames, should_copy(frames))
+            send_frames(link.socket, frames, copy)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:  # socket closed or context ending (shutdown)
@@ -345,10 +346,10 @@ class WorkerServer:
         for index, message in out:
             by_link.setdefault(index, []).append(message)
         for index, batch in by_link.items():
-            frames = messages.coalesce(batch)
-            if index >= len(self.links) or not self._send(self.links[index], frames):
-                logger.warning("broker unreachable or not reading; %d replies dropped",
-                               len(batch))  # fmt: skip
+            for frames, copy, sent in messages.outgoing(batch):  # large replies alone, zero-copy
+                if index >= len(self.links) or not self._send(self.links[index], frames, copy):
+                    logger.warning("broker unreachable or not reading; %d replies dropped",
+                                   len(sent))  # fmt: skip
 
     def _drain_broker(self, link: BrokerConnection) -> bool:
         assert link.socket is not None
