@@ -2,7 +2,8 @@
 serialized ``ModelInferResponse`` bytes.
 
 This runs once per request, so numeric tensors never go through per-element Python loops:
-raw contents become read-only ``np.frombuffer`` views and outputs leave through ``tobytes``.
+raw contents become ``np.frombuffer`` views and outputs leave through ``tobytes``; large
+requests and responses skip protobuf's copies of raw tensors (``worker.raw_wire``).
 Raw data is little-endian, as the KServe v2 protocol says. BYTES tensors travel as elements each
 prefixed with a 4-byte little-endian length, and reach models as object arrays of ``bytes``.
 Every problem with a request is a ``RequestError(INVALID_ARGUMENT)`` naming the tensor.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError
 from fabric.errors import INTERNAL, INVALID_ARGUMENT, RequestError
 from protos import grpc_service_pb2 as pb
 from worker.model_config import ModelSpec, TensorSpec
+from worker.raw_wire import IN_PLACE_MIN_BYTES, join_raw_outputs, split_raw_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +73,14 @@ class DecodedRequest:
 def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
     """Parse a serialized ``ModelInferRequest`` and check it against ``spec``."""
     request = pb.ModelInferRequest()
+    views: list[memoryview] | None = None
+    if len(data) >= IN_PLACE_MIN_BYTES:  # large tensors stay where they arrived
+        data, views = split_raw_inputs(data)
     try:
         request.ParseFromString(data)
     except DecodeError as exc:
         raise RequestError(INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}") from exc
-    raw = request.raw_input_contents
+    raw: Sequence[bytes | memoryview] = request.raw_input_contents if views is None else views
     n_raw = len(raw)
     if n_raw and n_raw != len(request.inputs):
         raise RequestError(
@@ -166,7 +171,8 @@ def encode_response(
     """
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     response.id = request.id
-    raw: list[bytes] = []
+    raw: list[bytes | np.ndarray] = []
+    size = 0
     for tspec in request.outputs:
         array = outputs.get(tspec.name)
         if array is None:
@@ -179,10 +185,15 @@ def encode_response(
                     f"model '{model_name}' output '{tspec.name}' has dtype {array.dtype}, "
                     f"config says {tspec.datatype}",
                 )
-            raw.append(array.tobytes())
+            raw.append(array)
+            size += array.nbytes
         else:
             raw.append(encode_bytes_tensor(array, tspec.name))
-    response.raw_output_contents.extend(raw)
+    if size >= IN_PLACE_MIN_BYTES:  # one copy of each tensor instead of three
+        return join_raw_outputs(response.SerializeToString(), raw)
+    response.raw_output_contents.extend(
+        r.tobytes() if isinstance(r, np.ndarray) else r for r in raw
+    )
     return response.SerializeToString()
 
 
@@ -220,7 +231,7 @@ def encode_bytes_tensor(array: np.ndarray, name: str = "") -> bytes:
     return b"".join(parts)
 
 
-def decode_bytes_tensor(data: bytes, count: int, name: str = "") -> np.ndarray:
+def decode_bytes_tensor(data: bytes | memoryview, count: int, name: str = "") -> np.ndarray:
     """Split length-prefixed BYTES elements into a 1-D object array of ``count`` ``bytes``."""
     if count * 4 > len(data):  # every element takes at least its 4-byte length
         raise RequestError(
@@ -293,7 +304,9 @@ def _check_shape(name: str, shape: tuple[int, ...], tspec: TensorSpec, max_batch
     return rows
 
 
-def _from_raw(name: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+def _from_raw(
+    name: str, data: bytes | memoryview, tspec: TensorSpec, shape: tuple[int, ...]
+) -> np.ndarray:
     count = math.prod(shape)
     if not tspec.byte_size:
         return decode_bytes_tensor(data, count, name).reshape(shape)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from worker import demo_large
+
 logger = logging.getLogger(__name__)
 
 MLP_SEED = 0
@@ -192,6 +194,7 @@ def build_repository(out_dir: str | Path) -> list[Path]:
         _save_torchscript(make_mlp(), out / "mlp" / "1" / "model.pt"),
         _write_text(out / "mlp_wait" / "config.pbtxt", MLP_WAIT_CONFIG),
         _save_torchscript(make_mlp(), out / "mlp_wait" / "1" / "model.pt"),
+        *demo_large.build(out),  # identity_fp32: see worker/demo_large.py
     ]
     logger.info("built demo repository in %s (%d files)", out, len(written))
     return written

@@ -31,7 +31,7 @@ STOP_GRACE_S = 5.0
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 40
 
-DEMO_MODELS = ("simple", "simple_string", "mlp", "mlp_wait")
+DEMO_MODELS = ("simple", "simple_string", "mlp", "mlp_wait", "identity_fp32")
 TEST_MODELS = ("faulty", "sleepy", "sleepy_pair", "echo")
 """Written next to the demo models by the ``model_repo`` fixture (see conftest)."""
 ALL_MODELS = DEMO_MODELS + TEST_MODELS

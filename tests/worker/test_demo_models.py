@@ -61,6 +61,8 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "mlp/1/model.pt",
         "mlp_wait/config.pbtxt",
         "mlp_wait/1/model.pt",
+        "identity_fp32/config.pbtxt",
+        "identity_fp32/1/model.pt",
     }
 
 
@@ -72,6 +74,7 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_string/1/model.py",
         "mlp/config.pbtxt",
         "mlp_wait/config.pbtxt",
+        "identity_fp32/config.pbtxt",
     ],
 )
 def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
@@ -79,7 +82,7 @@ def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
 
 
 def test_specs(sources: dict[str, ModelSource]) -> None:
-    assert sorted(sources) == ["mlp", "mlp_wait", "simple", "simple_string"]
+    assert sorted(sources) == ["identity_fp32", "mlp", "mlp_wait", "simple", "simple_string"]
     assert sources["simple"].spec.max_batch_size == 8
     assert [t.datatype for t in sources["simple_string"].spec.inputs] == ["BYTES", "BYTES"]
     mlp = sources["mlp"].spec
