@@ -107,6 +107,18 @@ FLAG_NON_IDEMPOTENT = 1
 """The model must not run twice: never requeue a request that a worker may have started."""
 
 
+class ShmRef(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A tensor of the request in system shared memory, resolved by the frontend from a
+    registered region (clients name regions; only the frontend turns names into keys): the
+    worker maps ``/dev/shm/<key>`` and uses bytes ``[offset, offset + byte_size)``."""
+
+    tensor: str
+    output: bool  # a requested output to write, else an input to read
+    key: str
+    offset: int  # from the start of the shared memory object
+    byte_size: int
+
+
 class RequestHeader(msgspec.Struct, array_like=True, gc=False):
     request_id: RequestId
     model: str
@@ -115,6 +127,7 @@ class RequestHeader(msgspec.Struct, array_like=True, gc=False):
     trace: str = ""  # W3C traceparent, "" when not traced
     flags: int = 0
     hedge_of: RequestId = 0  # a hedge: the id of the first copy, whose worker it must avoid
+    shm: tuple[ShmRef, ...] = ()  # tensors in system shared memory (see frontend.shm)
 
 
 class ReplyHeader(msgspec.Struct, array_like=True, gc=False):

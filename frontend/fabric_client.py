@@ -33,6 +33,7 @@ from fabric.protocol import (
     MalformedMessage,
     ReplyHeader,
     RequestHeader,
+    ShmRef,
 )
 from fabric.ratelog import RateLimitedLog
 from fabric.sockets import (
@@ -148,6 +149,7 @@ class FabricClient:
         payload: Frame,
         flags: int = 0,
         hedge_of: int = 0,
+        shm: tuple[ShmRef, ...] = (),
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
         when no broker can take it."""
@@ -157,7 +159,7 @@ class FabricClient:
         else:
             link = self._choose(model)
         request_id = next(self._ids)
-        header = RequestHeader(request_id, model, version, deadline_ns, "", flags, hedge_of)
+        header = RequestHeader(request_id, model, version, deadline_ns, "", flags, hedge_of, shm)
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)

@@ -23,6 +23,7 @@ from .fabric_client import FabricClient, Reply
 from .metrics import RequestMetrics
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
+from .shm import SharedMemoryRegistry
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
@@ -60,6 +61,7 @@ class InferenceService:
         self._latency: dict[str, LatencyTracker] = {}
         self._policies: dict[str, ModelPolicy] = {}
         self._policies_version = -1
+        self.shm = SharedMemoryRegistry()  # its RPCs: frontend.shm.SharedMemoryService
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -208,6 +210,11 @@ class InferenceService:
                 names.check_model(route.model, route.version)
             except RequestError as exc:
                 return Reply(exc.code, exc.message, None)
+        if self.shm.regions:  # region names become the keys the worker maps
+            try:
+                route = self.shm.resolve(route, payload)
+            except RequestError as exc:
+                return Reply(exc.code, exc.message, None)
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
         if remaining_s is not None:
             timeout_s = min(timeout_s, remaining_s)
@@ -275,6 +282,7 @@ class InferenceService:
                                     payload,
                                     flags=policy.flags,
                                     hedge_of=hedge_of,
+                                    shm=route.shm,
                                 )
                             )
                         except RequestError as exc:

@@ -23,6 +23,7 @@ from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
 from .metrics import FrontendCollector, serve_metrics
+from .shm import SharedMemoryService
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }
+    for method, (fn, request, response) in SharedMemoryService(svc.shm).handlers().items():
+        methods[method] = _typed(fn, request, response)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
 

@@ -236,7 +236,7 @@ class BatchStep:
             self._expired(item)
             return
         try:
-            request = decode_request(item.payload, self.model.spec)
+            request = decode_request(item.payload, self.model.spec, item.header.shm)
         except RequestError as exc:
             self._fail(item, exc.code, exc.message)
             return

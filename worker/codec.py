@@ -21,9 +21,11 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fabric.errors import INTERNAL, INVALID_ARGUMENT, RequestError
+from fabric.protocol import ShmRef
 from protos import grpc_service_pb2 as pb
 from worker.model_config import ModelSpec, TensorSpec
 from worker.raw_wire import IN_PLACE_MIN_BYTES, join_raw_outputs, split_raw_inputs
+from worker.shm import MAPPER, SHM_PARAMETERS, find_ref
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ _TYPED_CONTENTS: dict[str, tuple[str, np.dtype]] = {
     "BYTES": ("bytes_contents", np.dtype(object)),
 }
 
-_SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-
 
 @dataclass(slots=True, eq=False)
 class DecodedRequest:
@@ -68,10 +68,14 @@ class DecodedRequest:
     requested_outputs: tuple[str, ...] | None
     outputs: tuple[TensorSpec, ...]
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    shm_outputs: dict[str, ShmRef] = field(default_factory=dict)  # written to shared memory
 
 
-def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
-    """Parse a serialized ``ModelInferRequest`` and check it against ``spec``."""
+def decode_request(
+    data: bytes | memoryview, spec: ModelSpec, shm: Sequence[ShmRef] = ()
+) -> DecodedRequest:
+    """Parse a serialized ``ModelInferRequest`` and check it against ``spec``. ``shm``: the
+    tensors the frontend resolved into system shared memory (``worker.shm``)."""
     request = pb.ModelInferRequest()
     views: list[memoryview] | None = None
     if len(data) >= IN_PLACE_MIN_BYTES:  # large tensors stay where they arrived
@@ -82,16 +86,18 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         raise RequestError(INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}") from exc
     raw: Sequence[bytes | memoryview] = request.raw_input_contents if views is None else views
     n_raw = len(raw)
-    if n_raw and n_raw != len(request.inputs):
+    in_shm = _inputs_in_shm(request, shm) if shm or _any_shm(request) else {}
+    if n_raw and n_raw != len(request.inputs) - len(in_shm):
         raise RequestError(
             INVALID_ARGUMENT,
             f"raw_input_contents has {n_raw} entries for {len(request.inputs)} inputs",
         )
+    raw_index = 0
     by_name = spec.input_by_name
     max_batch = spec.max_batch_size
     batch_size = 0
     decoded: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
+    for tensor in request.inputs:
         name = tensor.name
         tspec = by_name.get(name)
         if tspec is None:
@@ -122,15 +128,17 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
                 batch_size = rows
         elif not (tspec.fixed_shape and shape == tspec.dims):
             _check_shape(name, shape, tspec, max_batch)
-        if tensor.parameters:
-            _check_tensor_parameters(f"input '{name}'", tensor.parameters)
-        if n_raw:
+        ref = in_shm.get(name)
+        if ref is not None:
+            decoded[name] = _from_raw(name, MAPPER.view(ref), tspec, shape)
+        elif n_raw:
             if tensor.HasField("contents"):
                 raise RequestError(
                     INVALID_ARGUMENT,
                     f"input '{name}': both raw_input_contents and typed contents are set",
                 )
-            decoded[name] = _from_raw(name, raw[i], tspec, shape)
+            decoded[name] = _from_raw(name, raw[raw_index], tspec, shape)
+            raw_index += 1
         else:
             decoded[name] = _from_typed(name, tensor.contents, tspec, shape)
     if len(decoded) != len(spec.inputs):
@@ -141,8 +149,9 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         )
     if tuple(decoded) != spec.input_names:
         decoded = {n: decoded[n] for n in spec.input_names}
+    shm_outputs: dict[str, ShmRef] = {}
     if request.outputs:
-        requested, outputs = _requested_outputs(request, spec)
+        requested, outputs = _requested_outputs(request, spec, shm, shm_outputs)
     else:
         requested, outputs = None, spec.outputs
     parameters = _parameters(request.parameters) if request.parameters else {}
@@ -156,6 +165,7 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         requested_outputs=requested,
         outputs=outputs,
         parameters=parameters,
+        shm_outputs=shm_outputs,
     )
 
 
@@ -178,7 +188,11 @@ def encode_response(
         if array is None:
             raise RequestError(INTERNAL, f"model '{model_name}' produced no output '{tspec.name}'")
         response.outputs.add(name=tspec.name, datatype=tspec.datatype, shape=array.shape)
-        if tspec.byte_size:
+        ref = request.shm_outputs.get(tspec.name) if request.shm_outputs else None
+        if ref is not None:  # as Triton: an empty raw entry, the data in the region
+            _to_shm(ref, array, tspec, model_name)
+            raw.append(b"")
+        elif tspec.byte_size:
             if array.dtype != tspec.numpy_dtype:
                 raise RequestError(
                     INTERNAL,
@@ -354,7 +368,10 @@ def _from_typed(
 
 
 def _requested_outputs(
-    request: pb.ModelInferRequest, spec: ModelSpec
+    request: pb.ModelInferRequest,
+    spec: ModelSpec,
+    shm: Sequence[ShmRef],
+    shm_outputs: dict[str, ShmRef],
 ) -> tuple[tuple[str, ...] | None, tuple[TensorSpec, ...]]:
     names: list[str] = []
     for output in request.outputs:
@@ -368,7 +385,9 @@ def _requested_outputs(
         if name in names:
             raise RequestError(INVALID_ARGUMENT, f"output '{name}' is requested more than once")
         if output.parameters:
-            _check_tensor_parameters(f"output '{name}'", output.parameters)
+            ref = find_ref(name, True, output.parameters, shm)
+            if ref is not None:
+                shm_outputs[name] = ref
             if "classification" in output.parameters:
                 raise RequestError(
                     INVALID_ARGUMENT, f"output '{name}': classification is not supported"
@@ -378,10 +397,45 @@ def _requested_outputs(
     return tuple(names), tuple(t for t in spec.outputs if t.name in wanted)
 
 
-def _check_tensor_parameters(what: str, parameters: Mapping[str, pb.InferParameter]) -> None:
-    for key in _SHARED_MEMORY_KEYS:
-        if key in parameters:
-            raise RequestError(INVALID_ARGUMENT, f"{what}: shared memory is not supported")
+def _any_shm(request: pb.ModelInferRequest) -> bool:
+    return any(
+        t.parameters and any(k in t.parameters for k in SHM_PARAMETERS) for t in request.inputs
+    )
+
+
+def _inputs_in_shm(request: pb.ModelInferRequest, shm: Sequence[ShmRef]) -> dict[str, ShmRef]:
+    found: dict[str, ShmRef] = {}
+    for tensor in request.inputs:
+        if tensor.parameters:
+            ref = find_ref(tensor.name, False, tensor.parameters, shm)
+            if ref is not None:
+                if tensor.HasField("contents"):
+                    raise RequestError(
+                        INVALID_ARGUMENT,
+                        f"input '{tensor.name}': both shared memory and typed contents are set",
+                    )
+                found[tensor.name] = ref
+    return found
+
+
+def _to_shm(ref: ShmRef, array: np.ndarray, tspec: TensorSpec, model_name: str) -> None:
+    if tspec.byte_size:
+        if array.dtype != tspec.numpy_dtype:
+            raise RequestError(
+                INTERNAL,
+                f"model '{model_name}' output '{tspec.name}' has dtype {array.dtype}, "
+                f"config says {tspec.datatype}",
+            )
+        data: bytes | memoryview = np.ascontiguousarray(array).data.cast("B")
+    else:
+        data = encode_bytes_tensor(array, tspec.name)
+    if len(data) > ref.byte_size:
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"shared memory size specified with the request for output '{tspec.name}' "
+            f"({ref.byte_size} bytes) should be at least {len(data)} bytes to hold the results",
+        )
+    MAPPER.view(ref)[: len(data)] = data
 
 
 def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:
