@@ -34,7 +34,7 @@ from fabric.protocol import (
     RequestHeader,
 )
 from fabric.ratelog import RateLimitedLog
-from fabric.sockets import make_socket, recv_frames, send_frames
+from fabric.sockets import MESSAGE_SLACK_BYTES, make_socket, recv_frames, send_frames
 
 from .backlog import PeerBacklog
 from .config import BrokerConfig
@@ -73,13 +73,13 @@ class BrokerServer:
         self.frontends = make_socket(
             self.ctx,
             zmq.ROUTER,
-            max_message_bytes=config.max_message_bytes,
+            max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=curve.for_frontends if curve is not None else None,
         )
         self.workers = make_socket(
             self.ctx,
             zmq.ROUTER,
-            max_message_bytes=config.max_message_bytes,
+            max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=curve.for_workers if curve is not None else None,
             handover=True,  # workers keep their identity across reconnects
         )

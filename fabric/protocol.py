@@ -78,6 +78,8 @@ LARGE_PAYLOAD_BYTES = 256 * 1024
 """From this size on a payload travels zero-copy. Below it a copying send is cheaper: zero-copy
 frames wake pyzmq's garbage-collector thread once per frame when libzmq releases them, and a
 zero-copy receive costs ~2 us more per frame than a copying one."""
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+"""Payload bytes coalesced into one BATCH at most (each under ``LARGE_PAYLOAD_BYTES``)."""
 
 RequestId: TypeAlias = int
 PeerId: TypeAlias = bytes
@@ -279,20 +281,27 @@ class Outgoing(NamedTuple):
 
 def outgoing(messages: Sequence[Sequence[Frame]]) -> list[Outgoing]:
     """What to send for ``messages`` bound for one peer, in their order. Runs of small
-    messages are coalesced (and copied); each large one goes alone under ``LARGE_TAG``,
-    zero-copy: inside a BATCH its payload would be copied into the msgpack body and out of it
-    again."""
+    messages are coalesced (and copied), at most ``BATCH_MAX_BYTES`` of payload per BATCH so
+    that a BATCH stays far under every receiver's message size limit; each large one goes
+    alone under ``LARGE_TAG``, zero-copy: inside a BATCH its payload would be copied into the
+    msgpack body and out of it again."""
     if len(messages) == 1 and len(messages[0][-1]) < LARGE_PAYLOAD_BYTES:
         return [Outgoing(list(messages[0]), True, messages)]  # the common case, kept cheap
     out: list[Outgoing] = []
     start = 0
+    run_bytes = 0
     for i, m in enumerate(messages):
-        if len(m[-1]) < LARGE_PAYLOAD_BYTES:
+        size = len(m[-1])
+        if size < LARGE_PAYLOAD_BYTES:
+            run_bytes += size
+            if run_bytes > BATCH_MAX_BYTES:
+                out.append(Outgoing(coalesce(messages[start:i]), True, messages[start:i]))
+                start, run_bytes = i, size
             continue
         if start < i:
             out.append(Outgoing(coalesce(messages[start:i]), True, messages[start:i]))
         out.append(Outgoing([LARGE_TAG, *m[1:]], False, messages[i : i + 1]))
-        start = i + 1
+        start, run_bytes = i + 1, 0
     if start < len(messages):
         out.append(Outgoing(coalesce(messages[start:]), True, messages[start:]))
     return out

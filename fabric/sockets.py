@@ -12,7 +12,13 @@ from .protocol import LARGE_PAYLOAD_BYTES, LARGE_TAG
 DEFAULT_HWM = 100_000
 """Messages queued per peer before sends fail with EAGAIN (then we answer RESOURCE_EXHAUSTED)."""
 DEFAULT_LINGER_MS = 0
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default of the one message size limit all tiers share (``--max-message-bytes``, environment
+``FABRIC_MAX_MESSAGE_BYTES``): the largest gRPC request or response a frontend takes or sends,
+and the largest request or reply a worker sends on the fabric."""
+MESSAGE_SLACK_BYTES = 64 * 1024
+"""ZeroMQ sockets take this much more than the limit: headers and identities around a payload
+(a message past a socket's ``ZMQ_MAXMSGSIZE`` costs the whole connection, not one request)."""
 ZERO_COPY_MIN_BYTES = LARGE_PAYLOAD_BYTES
 
 
@@ -87,7 +93,7 @@ def make_socket(
     hwm: int = DEFAULT_HWM,
     linger_ms: int = DEFAULT_LINGER_MS,
     identity: bytes | None = None,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_message_bytes: int = MAX_MESSAGE_BYTES + MESSAGE_SLACK_BYTES,
     security: SocketSecurity | None = None,
     handover: bool = False,
 ) -> zmq.Socket[bytes]:

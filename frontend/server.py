@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fabric.curve import fabric_security
+from fabric.sockets import MESSAGE_SLACK_BYTES
 from protos import grpc_service_pb2 as pb
 
 from .config import FrontendConfig
@@ -108,7 +109,7 @@ class FrontendServer:
             config.brokers,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
-            max_message_bytes=config.max_message_bytes + 4096,
+            max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=fabric_security(config, "frontend"),
         )
         self.service = InferenceService(config, self.client, package_version())

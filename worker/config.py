@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.cli import CurveClientSettings, setting
+from fabric.sockets import MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "WORKER"
 
@@ -22,7 +23,9 @@ class WorkerConfig(CurveClientSettings):
     model_repository: str = setting("models", "model repository directory")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     max_message_bytes: int = setting(
-        256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
+        MAX_MESSAGE_BYTES,
+        "largest request or response of any tier (one value for all tiers)",
+        env="FABRIC_MAX_MESSAGE_BYTES",
     )
     min_credit: int = setting(
         4, "fewest requests a loaded model version takes at once (its credit floor)"

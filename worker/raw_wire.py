@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fabric.errors import INVALID_ARGUMENT, RequestError
+from fabric.errors import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, RequestError
 
 IN_PLACE_MIN_BYTES = 64 * 1024
 """Requests and responses from this size on take the paths here; below it protobuf's own C
@@ -101,3 +101,14 @@ def join_raw_outputs(head: bytes, raw: Sequence[np.ndarray | bytes]) -> bytes:
         parts.append(encode_varint(len(buf)))
         parts.append(buf)
     return b"".join(parts)
+
+
+def reply_too_large(size: int, limit: int) -> tuple[str, str, None]:
+    """The answer instead of a response over the message size limit: past it the frontend
+    could not send it, and a ZeroMQ peer past its own limit drops the whole connection."""
+    return (
+        RESOURCE_EXHAUSTED,
+        f"response of {size} bytes exceeds the message size limit of {limit} bytes "
+        "(--max-message-bytes, FABRIC_MAX_MESSAGE_BYTES)",
+        None,
+    )

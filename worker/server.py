@@ -40,10 +40,11 @@ from fabric.protocol import (
     RequestHeader,
 )
 from fabric.ratelog import RateLimitedLog
-from fabric.sockets import make_socket, recv_frames, send_frames
+from fabric.sockets import MESSAGE_SLACK_BYTES, make_socket, recv_frames, send_frames
 
 from .config import WorkerConfig
 from .models import ModelTable, refuse_leftovers
+from .raw_wire import reply_too_large
 from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class WorkerServer:
         self, route: inproc.Route, request_id: int, status: str, message: str, body: bytes | None
     ) -> None:
         """Called once per request, on the thread that ran it; sent at the next ``_flush``."""
+        if body is not None and len(body) > self.config.max_message_bytes:
+            status, message, body = reply_too_large(len(body), self.config.max_message_bytes)
         self._out.add(inproc.reply(route, request_id, status, message, body))
 
     def _send_ack(self, route: inproc.Route, request_id: int) -> None:
@@ -213,7 +216,7 @@ class WorkerServer:
             self.ctx,
             zmq.DEALER,
             identity=self.identity,
-            max_message_bytes=self.config.max_message_bytes,
+            max_message_bytes=self.config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=self._curve,
         )
         link.socket.connect(link.endpoint)

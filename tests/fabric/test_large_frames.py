@@ -99,3 +99,14 @@ def test_inproc_groups_keep_large_replies_out_of_msgpack() -> None:
     (msg,) = list(messages.iter_messages(item[1], routed=True))
     assert isinstance(msg, messages.Message) and isinstance(msg.header, ReplyHeader)
     assert msg.payload[0] is big_body
+
+
+def test_a_batch_never_grows_past_its_byte_cap() -> None:
+    from fabric.protocol import BATCH_MAX_BYTES
+
+    body = b"z" * (BIG - 1)  # just under the large threshold: coalesced
+    batch = [_request(i, body) for i in range(2 * BATCH_MAX_BYTES // len(body) + 3)]
+    out = messages.outgoing(batch)
+    assert len(out) > 1 and all(o.copy for o in out)
+    assert sum(len(o.messages) for o in out) == len(batch)
+    assert all(sum(len(m[-1]) for m in o.messages) <= BATCH_MAX_BYTES for o in out)

@@ -102,3 +102,11 @@ def test_joined_response_parses_as_protobufs_own() -> None:
     want.raw_output_contents.extend(o.tobytes() for o in outputs)
     joined = join_raw_outputs(head.SerializeToString(), outputs)  # B is not contiguous
     assert pb.ModelInferResponse.FromString(joined) == want
+
+
+def test_an_oversized_reply_becomes_resource_exhausted_naming_the_limit() -> None:
+    from worker.raw_wire import reply_too_large
+
+    status, message, body = reply_too_large(2_000_000, 1_048_576)
+    assert status == "RESOURCE_EXHAUSTED" and body is None
+    assert "2000000 bytes exceeds the message size limit of 1048576 bytes" in message
