@@ -31,7 +31,7 @@ RUN_METRICS_PORT := $(METRICS_PORT)
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker chaos clean k8s-render \
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker bench-large chaos clean k8s-render \
 	docker-ready docker-base docker-context images image-deps image-torch image-broker image-frontend image-worker \
 	image-lb image-prometheus \
 	compose-up compose-down test-compose
@@ -89,6 +89,9 @@ bench-peers: install-test
 
 bench-broker: install-test
 	$(PY) -m bench.broker_bench
+
+bench-large: install-test
+	$(PY) -m bench.large
 
 chaos: install-test
 	$(PY) -m bench.chaos
