@@ -36,7 +36,7 @@ RUN_METRICS_PORT := $(METRICS_PORT)
 endif
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker bench-gpu chaos clean k8s-render \
+.PHONY: install install-test run models protos protos-check lint test test-unit test-e2e bench bench-quick bench-peers bench-broker bench-gpu bench-large chaos clean k8s-render \
 	docker-ready docker-base docker-context images image-deps image-torch image-broker image-frontend image-worker \
 	image-lb image-prometheus \
 	compose-up compose-down test-compose
@@ -103,6 +103,9 @@ GPU_TORCH_SPEC ?= torch==2.13.0+cu128 --index-url https://download.pytorch.org/w
 	--extra-index-url https://pypi.org/simple
 bench-gpu: install-test
 	$(PY) -m bench.gpu --torch-spec "$(GPU_TORCH_SPEC)"
+
+bench-large: install-test
+	$(PY) -m bench.large
 
 chaos: install-test
 	$(PY) -m bench.chaos

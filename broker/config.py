@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.cli import FabricSettings, setting
+from fabric.sockets import MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "BROKER"
 
@@ -26,7 +27,9 @@ class BrokerConfig(FabricSettings):
     worker_bind: str = setting("tcp://127.0.0.1:5556", "endpoint workers connect to")
     max_queued: int = setting(10_000, "requests waiting for credit before RESOURCE_EXHAUSTED")
     max_message_bytes: int = setting(
-        256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
+        MAX_MESSAGE_BYTES,
+        "largest request or response of any tier (one value for all tiers)",
+        env="FABRIC_MAX_MESSAGE_BYTES",
     )
     drain_grace_s: float = setting(5.0, "on shutdown, longest wait for requests in flight")
     curve_secret_cert: str = setting(

@@ -35,7 +35,7 @@ from fabric.protocol import (
     RequestHeader,
 )
 from fabric.ratelog import RateLimitedLog
-from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
+from fabric.sockets import MESSAGE_SLACK_BYTES, make_socket, recv_frames, send_frames
 
 from .backlog import PeerBacklog
 from .config import BrokerConfig
@@ -74,13 +74,13 @@ class BrokerServer:
         self.frontends = make_socket(
             self.ctx,
             zmq.ROUTER,
-            max_message_bytes=config.max_message_bytes,
+            max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=curve.for_frontends if curve is not None else None,
         )
         self.workers = make_socket(
             self.ctx,
             zmq.ROUTER,
-            max_message_bytes=config.max_message_bytes,
+            max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=curve.for_workers if curve is not None else None,
             handover=True,  # workers keep their identity across reconnects
         )
@@ -177,10 +177,10 @@ class BrokerServer:
                 return
             self._receive(frames, handle, routed)
 
-    def _receive(self, frames: list[bytes], handle: Handler, routed: bool) -> None:
+    def _receive(self, frames: list[Frame], handle: Handler, routed: bool) -> None:
         """Handle one ZeroMQ message as a ROUTER received it (identity first), within the
         peer's budget for this wake-up; what is past the budget waits its turn."""
-        peer = frames[0]
+        peer: PeerId = frames[0]  # type: ignore[assignment]  # frames before LARGE_TAG are bytes
         if routed and not self._ready_fits(peer, frames):
             return
         backlog = self._backlog
@@ -203,7 +203,7 @@ class BrokerServer:
             self._handle(peer, handle, msg)
         backlog.spend(peer, handled)
 
-    def _ready_fits(self, peer: PeerId, frames: list[bytes]) -> bool:
+    def _ready_fits(self, peer: PeerId, frames: list[Frame]) -> bool:
         """A READY larger than the catalog may be is refused unread (decoding megabytes of
         configs stalls every peer)."""
         size = messages.ready_header_bytes(frames, at=1)
@@ -290,23 +290,23 @@ class BrokerServer:
         for peer, message in outbox:
             by_peer.setdefault(peer, []).append(message)
         outbox.clear()
-        for peer, sent in by_peer.items():
-            frames = messages.coalesce(sent)
-            try:
-                send_frames(sock, [peer, *frames], should_copy(frames))
-                continue
-            except zmq.Again:
-                logger.warning("%s %s is not reading (queue full)", side, peer.hex())
-                gone = False
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                logger.debug("%s %s is gone", side, peer.hex())
-                gone = True
-            if side == "worker":  # requests it never got go back to the queue or fail
-                self.dispatcher.undeliverable(peer, sent, gone)
-            else:
-                self.dispatcher.counters.dropped_replies += len(sent)
+        for peer, queued in by_peer.items():
+            for frames, copy, sent in messages.outgoing(queued):  # large ones alone, zero-copy
+                try:
+                    send_frames(sock, [peer, *frames], copy)
+                    continue
+                except zmq.Again:
+                    logger.warning("%s %s is not reading (queue full)", side, peer.hex())
+                    gone = False
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    logger.debug("%s %s is gone", side, peer.hex())
+                    gone = True
+                if side == "worker":  # requests it never got go back to the queue or fail
+                    self.dispatcher.undeliverable(peer, [list(m) for m in sent], gone)
+                else:
+                    self.dispatcher.counters.dropped_replies += len(sent)
 
 
 Handler = Callable[[PeerId, Message], None]

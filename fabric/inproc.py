@@ -9,6 +9,7 @@ Inproc messages (one ZeroMQ message each):
 |-----------------------------------------|---------------------------------------------------|
 | [link byte, *wire message]              | send the wire message (``fabric.messages``) to link|
 | [b"group", msgpack list of the above]   | several of those, from one flush of one thread    |
+|                                         | (never one with a large body: see ``groups``)     |
 | [b"announce"]                           | the served models changed: send READY to brokers  |
 | [b"wake"]                               | nothing to send; look at the inline instances     |
 
@@ -27,6 +28,8 @@ import msgspec
 
 from . import messages
 from .protocol import (
+    LARGE_PAYLOAD_BYTES,
+    LARGE_TAG,
     ControlReplyHeader,
     Frame,
     MalformedMessage,
@@ -88,6 +91,26 @@ def group(items: Sequence[Sequence[Frame]]) -> list[Frame]:
     if len(items) == 1:
         return list(items[0])
     return [_GROUP, msgspec.msgpack.encode(items)]
+
+
+def groups(items: Sequence[Sequence[Frame]]) -> list[tuple[list[Frame], bool]]:
+    """Inproc messages, with their copy flag, for built ones in their order: runs of small ones
+    grouped, each large one alone and zero-copy under ``LARGE_TAG`` (so that the I/O loop
+    receives its body in place; in a group it would be copied twice through msgpack)."""
+    if len(items) == 1 and len(items[0][-1]) < LARGE_PAYLOAD_BYTES:
+        return [(list(items[0]), True)]
+    out: list[tuple[list[Frame], bool]] = []
+    start = 0
+    for i, item in enumerate(items):
+        if len(item[-1]) < LARGE_PAYLOAD_BYTES:
+            continue
+        if start < i:
+            out.append((group(items[start:i]), True))
+        out.append(([item[0], LARGE_TAG, *item[2:]], False))
+        start = i + 1
+    if start < len(items):
+        out.append((group(items[start:]), True))
+    return out
 
 
 def announce() -> list[Frame]:

@@ -22,6 +22,7 @@ import msgspec
 
 from .protocol import (
     HEADER_TYPES,
+    LARGE_TAG,
     PROTOCOL_TAG,
     TYPE_FRAME,
     AckHeader,
@@ -36,6 +37,7 @@ from .protocol import (
     MalformedMessage,
     ModelAnnouncement,
     MsgType,
+    Outgoing,
     PeerId,
     ReadyHeader,
     ReannounceHeader,
@@ -44,6 +46,7 @@ from .protocol import (
     RequestId,
     coalesce,
     encode_header,
+    outgoing,
     unpack_batch,
 )
 from .ratelog import RateLimitedLog
@@ -52,6 +55,7 @@ __all__ = [
     "Header",
     "MalformedMessage",
     "Message",
+    "Outgoing",
     "ack",
     "cancel",
     "catalog",
@@ -63,6 +67,7 @@ __all__ = [
     "heartbeat",
     "is_request",
     "iter_messages",
+    "outgoing",
     "ready",
     "reannounce",
     "reply",
@@ -255,7 +260,7 @@ def iter_messages(frames: Sequence[Frame], *, routed: bool) -> Iterator[Message 
     """Every message in ``frames`` (one ZeroMQ message without any routing identity), BATCH
     unpacked. ``routed``: read on the broker↔worker link, where per-request messages carry
     the frontend identity. Malformed input is yielded as ``MalformedMessage``, never raised."""
-    if len(frames) < 3 or frames[0] != _TAG:
+    if len(frames) < 3 or (frames[0] != _TAG and frames[0] != LARGE_TAG):
         yield MalformedMessage(f"bad protocol tag or too few frames ({len(frames)})")
         return
     if frames[1] != _BATCH:

@@ -7,13 +7,19 @@ from typing import Protocol
 
 import zmq
 
+from .protocol import LARGE_PAYLOAD_BYTES, LARGE_TAG
+
 DEFAULT_HWM = 100_000
 """Messages queued per peer before sends fail with EAGAIN (then we answer RESOURCE_EXHAUSTED)."""
 DEFAULT_LINGER_MS = 0
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-ZERO_COPY_MIN_BYTES = 256 * 1024
-"""Below this a copying send is cheaper: zero-copy frames wake pyzmq's garbage-collector thread
-once per frame when libzmq releases them."""
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default of the one message size limit all tiers share (``--max-message-bytes``, environment
+``FABRIC_MAX_MESSAGE_BYTES``): the largest gRPC request or response a frontend takes or sends,
+and the largest request or reply a worker sends on the fabric."""
+MESSAGE_SLACK_BYTES = 64 * 1024
+"""ZeroMQ sockets take this much more than the limit: headers and identities around a payload
+(a message past a socket's ``ZMQ_MAXMSGSIZE`` costs the whole connection, not one request)."""
+ZERO_COPY_MIN_BYTES = LARGE_PAYLOAD_BYTES
 
 
 def should_copy(frames: Sequence[bytes | memoryview]) -> bool:
@@ -51,12 +57,29 @@ def send_frames(
     _backend_send(sock, frames[last], _NOBLOCK, copy)
 
 
-def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """``sock.recv_multipart(zmq.NOBLOCK)``, cheaper; raises ``zmq.Again`` when none waits."""
-    frames: list[bytes] = [_backend_recv(sock, _NOBLOCK)]
+def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes | memoryview]:
+    """``sock.recv_multipart(zmq.NOBLOCK)``, cheaper; raises ``zmq.Again`` when none waits.
+
+    After a ``LARGE_TAG`` frame the rest are received in place: frames of
+    ``LARGE_PAYLOAD_BYTES`` or more come back as writable memoryviews of ZeroMQ's own buffer
+    (kept alive by the view), smaller ones as bytes."""
+    frame = _backend_recv(sock, _NOBLOCK)
+    frames: list[bytes | memoryview] = [frame]
     while _backend_get(sock, _RCVMORE):
-        frames.append(_backend_recv(sock, _NOBLOCK))
+        if frame == LARGE_TAG:
+            _recv_in_place(sock, frames)
+            break
+        frame = _backend_recv(sock, _NOBLOCK)
+        frames.append(frame)
     return frames
+
+
+def _recv_in_place(sock: zmq.Socket[bytes], frames: list[bytes | memoryview]) -> None:
+    more = True
+    while more:
+        msg: zmq.Frame = _backend_recv(sock, _NOBLOCK, False)  # type: ignore[assignment]
+        frames.append(msg.buffer if len(msg) >= LARGE_PAYLOAD_BYTES else msg.bytes)
+        more = bool(_backend_get(sock, _RCVMORE))
 
 
 class SocketSecurity(Protocol):
@@ -70,7 +93,7 @@ def make_socket(
     hwm: int = DEFAULT_HWM,
     linger_ms: int = DEFAULT_LINGER_MS,
     identity: bytes | None = None,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_message_bytes: int = MAX_MESSAGE_BYTES + MESSAGE_SLACK_BYTES,
     security: SocketSecurity | None = None,
     handover: bool = False,
 ) -> zmq.Socket[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.cli import CurveClientSettings, setting
+from fabric.sockets import MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "FRONTEND"
 
@@ -22,7 +23,10 @@ class FrontendConfig(CurveClientSettings):
         ("tcp://127.0.0.1:5555",), "broker endpoint(s), comma separated", flag="--broker"
     )
     max_message_bytes: int = setting(
-        64 * 1024 * 1024, "largest gRPC message accepted or sent; larger get RESOURCE_EXHAUSTED"
+        MAX_MESSAGE_BYTES,
+        "largest gRPC message accepted or sent; larger get RESOURCE_EXHAUSTED (one value for "
+        "all tiers)",
+        env="FABRIC_MAX_MESSAGE_BYTES",
     )
     default_timeout_s: float = setting(60.0, "deadline for calls that set none")
     max_retries: int = setting(2, "retries of UNAVAILABLE failures")

@@ -34,6 +34,7 @@ from fabric.protocol import (
     MalformedMessage,
     ReplyHeader,
     RequestHeader,
+    ShmRef,
 )
 from fabric.ratelog import RateLimitedLog
 from fabric.sockets import (
@@ -43,7 +44,6 @@ from fabric.sockets import (
     readable,
     recv_frames,
     send_frames,
-    should_copy,
 )
 
 from .brokers import choose_broker
@@ -159,6 +159,7 @@ class FabricClient:
         sequence: tuple[str, int] = ("", 0),
         on_part: Callable[[Reply, bool], None] | None = None,
         trace: str = "",
+        shm: tuple[ShmRef, ...] = (),
     ) -> tuple[int, asyncio.Future[Reply], BrokerLink]:
         """Send one request; the future resolves with its reply. Raises RequestError at once
         when no broker can take it. ``sequence``: (correlation id, SEQUENCE_* flags), all of
@@ -173,7 +174,7 @@ class FabricClient:
             link = self._choose(model)
         request_id = next(self._ids)
         header = RequestHeader(
-            request_id, model, version, deadline_ns, trace, flags, hedge_of, *sequence
+            request_id, model, version, deadline_ns, trace, flags, hedge_of, *sequence, shm
         )
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
@@ -254,23 +255,26 @@ class FabricClient:
             if not link.outbox:
                 continue
             items, link.outbox = link.outbox, []
-            frames = messages.coalesce([f for f, _ in items])
-            try:
-                send_frames(link.socket, frames, should_copy(frames))
-            except zmq.ZMQError as exc:
-                # EAGAIN means a full queue, or (IMMEDIATE) no live connection at all: with
-                # far fewer requests waiting than the high-water mark, it is the latter.
-                full = len(link.waiting) >= DEFAULT_HWM // 2
-                if not full:
-                    link.liveness.lost()  # choose another broker from now on
-                status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
-                why = (
-                    f"too many requests queued for broker {link.endpoint}"
-                    if full
-                    else f"broker {link.endpoint} is not connected ({exc})"
-                )
-                for _, request_id in items:
-                    self._resolve(request_id, Reply(status, why, None))
+            done = 0
+            for frames, copy, sent in messages.outgoing([f for f, _ in items]):
+                chunk = items[done : done + len(sent)]  # large requests go alone, zero-copy
+                done += len(sent)
+                try:
+                    send_frames(link.socket, frames, copy)
+                except zmq.ZMQError as exc:
+                    # EAGAIN means a full queue, or (IMMEDIATE) no live connection at all:
+                    # with far fewer requests waiting than the high-water mark, the latter.
+                    full = len(link.waiting) >= DEFAULT_HWM // 2
+                    if not full:
+                        link.liveness.lost()  # choose another broker from now on
+                    status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
+                    why = (
+                        f"too many requests queued for broker {link.endpoint}"
+                        if full
+                        else f"broker {link.endpoint} is not connected ({exc})"
+                    )
+                    for _, request_id in chunk:
+                        self._resolve(request_id, Reply(status, why, None))
             self._after_send(link)
 
     def _resolve(self, request_id: int, reply: Reply) -> None:

@@ -36,6 +36,7 @@ from .metrics import RequestMetrics, VersionLabels
 from .policy import DEFAULT_POLICY, LatencyTracker, ModelPolicy, policy_from_config
 from .resilience import RetryBudget, RetryPolicy
 from .routing.router import Router
+from .shm import SharedMemoryRegistry
 from .statistics import merge_statistics
 from .status import grpc_code
 from .streams import serve_stream
@@ -89,6 +90,7 @@ class InferenceService:
         self._version_labels = VersionLabels({})
         self.trace_settings = TraceSettings.from_plan(tracing.PLAN)
         self.tracer = CallTracer(self.trace_settings)
+        self.shm = SharedMemoryRegistry()  # its RPCs: frontend.shm.SharedMemoryService
 
     # ---- server ---------------------------------------------------------------------
     def server_ready(self) -> bool:
@@ -256,6 +258,11 @@ class InferenceService:
                 route = route_version(route)
             except RequestError as exc:
                 return Reply(exc.code, exc.message, None)
+        if self.shm.regions:  # region names become the keys the worker maps
+            try:
+                route = self.shm.resolve(route, payload)
+            except RequestError as exc:
+                return Reply(exc.code, exc.message, None)
         timeout_s = policy.default_timeout_s or self.config.default_timeout_s
         if remaining_s is not None:
             timeout_s = min(timeout_s, remaining_s)
@@ -341,6 +348,7 @@ class InferenceService:
                                     hedge_of=hedge_of,
                                     sequence=sequence,
                                     trace=trace,
+                                    shm=route.shm,
                                 )
                             )
                         except RequestError as exc:
@@ -465,7 +473,9 @@ class InferenceService:
             reply = await self.infer(route, request, context.time_remaining())
         if reply.status != errors.OK or reply.payload is None:
             await context.abort(grpc_code(reply.status), reply.message or reply.status)
-        return reply.payload  # type: ignore[return-value]
+        payload = reply.payload
+        # A large reply arrives as a view of ZeroMQ's buffer; grpc sends only bytes.
+        return payload if type(payload) is bytes else bytes(payload)  # type: ignore[arg-type]
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fabric.curve import fabric_security
 from fabric.prom import MetricsEndpoint
+from fabric.sockets import MESSAGE_SLACK_BYTES
 from protos import grpc_service_pb2 as pb
 
 from .config import FrontendConfig
@@ -26,6 +27,7 @@ from .inference_service import InferenceService
 from .log_settings import serve_log_settings
 from .metrics import FrontendCollector, serve_metrics
 from .routing.setup import RoutingSetup
+from .shm import SharedMemoryService
 from .triton_compat import RestrictedProtocolInterceptor, parse_restrictions
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ def inference_handlers(svc: InferenceService) -> grpc.GenericRpcHandler:
         "ModelInfer": grpc.unary_unary_rpc_method_handler(svc.ModelInfer),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(svc.ModelStreamInfer),
     }
+    for method, (fn, request, response) in SharedMemoryService(svc.shm).handlers().items():
+        methods[method] = _typed(fn, request, response)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
 
@@ -111,7 +115,7 @@ class FrontendServer:
             config.brokers,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
-            max_message_bytes=config.max_message_bytes + 4096,
+            max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=fabric_security(config, "frontend"),
         )
         self.service = InferenceService(config, self.client, package_version())

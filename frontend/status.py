@@ -12,6 +12,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     errors.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     errors.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    errors.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     errors.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ABORTED: grpc.StatusCode.ABORTED,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.errors import INVALID_ARGUMENT, RequestError
+from fabric.protocol import ShmRef
 
 # ModelInferRequest fields read here.
 _MODEL_NAME = 1
@@ -27,6 +28,7 @@ class RequestRoute:
     model: str
     version: str
     id: str
+    shm: tuple[ShmRef, ...] = ()  # tensors in system shared memory, resolved (frontend.shm)
 
 
 def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:

@@ -271,7 +271,7 @@ class BatchStep:
             self._expired(item)
             return
         try:
-            request = decode_request(item.payload, self.model.spec)
+            request = decode_request(item.payload, self.model.spec, item.header.shm)
             if item.header.sequence:
                 check_request(self.model.spec.name, request.batch_size)
         except RequestError as exc:

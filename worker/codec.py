@@ -2,7 +2,8 @@
 serialized ``ModelInferResponse`` bytes.
 
 This runs once per request, so numeric tensors never go through per-element Python loops:
-raw contents become read-only ``np.frombuffer`` views and outputs leave through ``tobytes``.
+raw contents become ``np.frombuffer`` views and outputs leave through ``tobytes``; large
+requests and responses skip protobuf's copies of raw tensors (``worker.raw_wire``).
 Raw data is little-endian, as the KServe v2 protocol says. BYTES tensors travel as elements each
 prefixed with a 4-byte little-endian length, and reach models as object arrays of ``bytes``.
 Every problem with a request is a ``RequestError(INVALID_ARGUMENT)`` naming the tensor.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,9 +22,12 @@ from google.protobuf.message import DecodeError
 
 from fabric import triton_errors as texts
 from fabric.errors import INTERNAL, INVALID_ARGUMENT, RequestError
+from fabric.protocol import ShmRef
 from protos import grpc_service_pb2 as pb
 from worker.classification import check_datatype, classify
 from worker.model_config import ModelSpec, TensorSpec
+from worker.raw_wire import IN_PLACE_MIN_BYTES, join_raw_outputs, split_raw_inputs
+from worker.shm import MAPPER, SHM_PARAMETERS, find_ref
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +66,6 @@ _FIELD_DATATYPE = {
 # core src/infer_request.cc (ValidateBytesInputs); we put the input's name in front of it
 _BYTES_OVERRUN = "element byte size indicator exceeds the end of the buffer"
 
-_SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-
 
 @dataclass(slots=True, eq=False)
 class DecodedRequest:
@@ -86,26 +88,37 @@ class DecodedRequest:
     # output name -> (class count, labels): outputs to return as top-k classes (see
     # ``worker.classification``); None when no output asked for that.
     classification: dict[str, tuple[int, tuple[str, ...]]] | None = None
+    shm_outputs: dict[str, ShmRef] = field(default_factory=dict)  # written to shared memory
 
 
-def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
-    """Parse a serialized ``ModelInferRequest`` and check it against ``spec``."""
+def decode_request(
+    data: bytes | memoryview, spec: ModelSpec, shm: Sequence[ShmRef] = ()
+) -> DecodedRequest:
+    """Parse a serialized ``ModelInferRequest`` and check it against ``spec``. ``shm``: the
+    tensors the frontend resolved into system shared memory (``worker.shm``)."""
     request = pb.ModelInferRequest()
+    views: list[memoryview] | None = None
+    if len(data) >= IN_PLACE_MIN_BYTES:  # large tensors stay where they arrived
+        data, views = split_raw_inputs(data)
     try:
         request.ParseFromString(data)
     except DecodeError as exc:
         raise RequestError(INVALID_ARGUMENT, f"malformed ModelInferRequest: {exc}") from exc
-    raw = request.raw_input_contents
+    raw: Sequence[bytes | memoryview] = request.raw_input_contents if views is None else views
     n_raw = len(raw)
     model = spec.name
     inputs = request.inputs
-    if n_raw and n_raw != len(inputs):
-        if n_raw < len(inputs):
-            raise RequestError(INVALID_ARGUMENT, texts.no_input_data(inputs[n_raw].name, model))
+    in_shm = _inputs_in_shm(request, shm) if shm or _any_shm(request) else {}
+    wanted_raw = len(inputs) - len(in_shm)
+    if n_raw and n_raw != wanted_raw:
+        if n_raw < wanted_raw:
+            short = [t.name for t in inputs if t.name not in in_shm][n_raw]
+            raise RequestError(INVALID_ARGUMENT, texts.no_input_data(short, model))
         raise RequestError(
             INVALID_ARGUMENT,
             f"raw_input_contents has {n_raw} entries for {len(inputs)} inputs",
         )
+    raw_index = 0
     by_name = spec.input_by_name
     if len(inputs) != len(spec.inputs):
         given = [t.name for t in inputs]
@@ -118,7 +131,7 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
     max_batch = spec.max_batch_size
     batch_size = 0
     decoded: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(inputs):
+    for tensor in inputs:
         name = tensor.name
         tspec = by_name.get(name)
         if tspec is None:
@@ -147,19 +160,22 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
                 batch_size = rows
         elif not (tspec.fixed_shape and shape == tspec.dims):
             _check_shape(request.id, model, name, shape, tspec, max_batch)
-        if tensor.parameters:
-            _check_tensor_parameters(f"input '{name}'", tensor.parameters)
-        if n_raw:
+        ref = in_shm.get(name)
+        if ref is not None:
+            decoded[name] = _from_raw(request.id, model, MAPPER.view(ref), tspec, shape)
+        elif n_raw:
             if tensor.HasField("contents"):
                 raise RequestError(INVALID_ARGUMENT, texts.contents_and_raw(name, model))
-            decoded[name] = _from_raw(request.id, model, raw[i], tspec, shape)
+            decoded[name] = _from_raw(request.id, model, raw[raw_index], tspec, shape)
+            raw_index += 1
         else:
             decoded[name] = _from_typed(model, name, tensor.contents, tspec, shape)
     if tuple(decoded) != spec.input_names:
         decoded = {n: decoded[n] for n in spec.input_names}
     classes: dict[str, tuple[int, tuple[str, ...]]] | None = None
+    shm_outputs: dict[str, ShmRef] = {}
     if request.outputs:
-        requested, outputs, classes = _requested_outputs(request, spec)
+        requested, outputs, classes = _requested_outputs(request, spec, shm, shm_outputs)
     else:
         requested, outputs = None, spec.outputs
     parameters = _parameters(request.parameters) if request.parameters else {}
@@ -174,6 +190,7 @@ def decode_request(data: bytes | memoryview, spec: ModelSpec) -> DecodedRequest:
         outputs=outputs,
         parameters=parameters,
         classification=classes,
+        shm_outputs=shm_outputs,
     )
 
 
@@ -189,7 +206,8 @@ def encode_response(
     """
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     response.id = request.id
-    raw: list[bytes] = []
+    raw: list[bytes | np.ndarray] = []
+    size = 0
     classes = request.classification
     for tspec in request.outputs:
         array = outputs.get(tspec.name)
@@ -202,17 +220,26 @@ def encode_response(
             raw.append(encode_bytes_tensor(top, tspec.name))
             continue
         response.outputs.add(name=tspec.name, datatype=tspec.datatype, shape=array.shape)
-        if tspec.byte_size:
+        ref = request.shm_outputs.get(tspec.name) if request.shm_outputs else None
+        if ref is not None:  # as Triton: an empty raw entry, the data in the region
+            _to_shm(ref, array, tspec, model_name)
+            raw.append(b"")
+        elif tspec.byte_size:
             if array.dtype != tspec.numpy_dtype:
                 raise RequestError(
                     INTERNAL,
                     f"model '{model_name}' output '{tspec.name}' has dtype {array.dtype}, "
                     f"config says {tspec.datatype}",
                 )
-            raw.append(array.tobytes())
+            raw.append(array)
+            size += array.nbytes
         else:
             raw.append(encode_bytes_tensor(array, tspec.name))
-    response.raw_output_contents.extend(raw)
+    if size >= IN_PLACE_MIN_BYTES:  # one copy of each tensor instead of three
+        return join_raw_outputs(response.SerializeToString(), raw)
+    response.raw_output_contents.extend(
+        r.tobytes() if isinstance(r, np.ndarray) else r for r in raw
+    )
     return response.SerializeToString()
 
 
@@ -250,7 +277,9 @@ def encode_bytes_tensor(array: np.ndarray, name: str = "") -> bytes:
     return b"".join(parts)
 
 
-def decode_bytes_tensor(data: bytes, count: int, name: str = "", model: str = "") -> np.ndarray:
+def decode_bytes_tensor(
+    data: bytes | memoryview, count: int, name: str = "", model: str = ""
+) -> np.ndarray:
     """Split length-prefixed BYTES elements into a 1-D object array of ``count`` ``bytes``.
     Errors carry Triton's texts (core src/infer_request.cc, ValidateBytesInputs)."""
     view = memoryview(data)
@@ -316,7 +345,7 @@ def _check_shape(
 
 
 def _from_raw(
-    request_id: str, model: str, data: bytes, tspec: TensorSpec, shape: tuple[int, ...]
+    request_id: str, model: str, data: bytes | memoryview, tspec: TensorSpec, shape: tuple[int, ...]
 ) -> np.ndarray:
     name = tspec.name
     count = math.prod(shape)
@@ -382,7 +411,10 @@ def _from_typed(
 
 
 def _requested_outputs(
-    request: pb.ModelInferRequest, spec: ModelSpec
+    request: pb.ModelInferRequest,
+    spec: ModelSpec,
+    shm: Sequence[ShmRef],
+    shm_outputs: dict[str, ShmRef],
 ) -> tuple[
     tuple[str, ...] | None,
     tuple[TensorSpec, ...],
@@ -397,7 +429,9 @@ def _requested_outputs(
         if name in names:
             raise RequestError(INVALID_ARGUMENT, f"output '{name}' is requested more than once")
         if output.parameters:
-            _check_tensor_parameters(f"output '{name}'", output.parameters)
+            ref = find_ref(name, True, output.parameters, shm)
+            if ref is not None:
+                shm_outputs[name] = ref
             param = output.parameters.get("classification")
             count = param.int64_param if param is not None else 0
             if count > 0:  # Triton returns the plain tensor for a count of 0
@@ -410,10 +444,45 @@ def _requested_outputs(
     return tuple(names), tuple(t for t in spec.outputs if t.name in wanted), classes
 
 
-def _check_tensor_parameters(what: str, parameters: Mapping[str, pb.InferParameter]) -> None:
-    for key in _SHARED_MEMORY_KEYS:
-        if key in parameters:
-            raise RequestError(INVALID_ARGUMENT, f"{what}: shared memory is not supported")
+def _any_shm(request: pb.ModelInferRequest) -> bool:
+    return any(
+        t.parameters and any(k in t.parameters for k in SHM_PARAMETERS) for t in request.inputs
+    )
+
+
+def _inputs_in_shm(request: pb.ModelInferRequest, shm: Sequence[ShmRef]) -> dict[str, ShmRef]:
+    found: dict[str, ShmRef] = {}
+    for tensor in request.inputs:
+        if tensor.parameters:
+            ref = find_ref(tensor.name, False, tensor.parameters, shm)
+            if ref is not None:
+                if tensor.HasField("contents"):
+                    raise RequestError(
+                        INVALID_ARGUMENT,
+                        f"input '{tensor.name}': both shared memory and typed contents are set",
+                    )
+                found[tensor.name] = ref
+    return found
+
+
+def _to_shm(ref: ShmRef, array: np.ndarray, tspec: TensorSpec, model_name: str) -> None:
+    if tspec.byte_size:
+        if array.dtype != tspec.numpy_dtype:
+            raise RequestError(
+                INTERNAL,
+                f"model '{model_name}' output '{tspec.name}' has dtype {array.dtype}, "
+                f"config says {tspec.datatype}",
+            )
+        data: bytes | memoryview = np.ascontiguousarray(array).data.cast("B")
+    else:
+        data = encode_bytes_tensor(array, tspec.name)
+    if len(data) > ref.byte_size:
+        raise RequestError(
+            INVALID_ARGUMENT,
+            f"shared memory size specified with the request for output '{tspec.name}' "
+            f"({ref.byte_size} bytes) should be at least {len(data)} bytes to hold the results",
+        )
+    MAPPER.view(ref)[: len(data)] = data
 
 
 def _parameters(parameters: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:

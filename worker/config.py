@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.cli import CurveClientSettings, setting
+from fabric.sockets import MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "WORKER"
 POLL_DEFAULT_INTERVAL_S = 15.0  # Triton's --repository-poll-secs default
@@ -30,7 +31,9 @@ class WorkerConfig(CurveClientSettings):
         False, "let float32 matmuls and convolutions use TF32 on GPUs (faster, ~3 digits)"
     )
     max_message_bytes: int = setting(
-        256 * 1024 * 1024, "largest ZeroMQ message accepted", env="FABRIC_MAX_MESSAGE_BYTES"
+        MAX_MESSAGE_BYTES,
+        "largest request or response of any tier (one value for all tiers)",
+        env="FABRIC_MAX_MESSAGE_BYTES",
     )
     min_credit: int = setting(
         4, "fewest requests a loaded model version takes at once (its credit floor)"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker import demo_triton
+from worker import demo_large, demo_triton
 from worker.demo_stateful import build_stateful
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def build_repository(out_dir: str | Path) -> list[Path]:
         _save_torchscript(make_mlp(), out / "mlp_wait" / "1" / "model.pt"),
         *demo_triton.build(out, _write_text, lambda path: _save_torchscript(AddSub(), path)),
         *build_stateful(out),  # simple_sequence, simple_dyna_sequence, repeat_int32
+        *demo_large.build(out),  # identity_fp32: see worker/demo_large.py
     ]
     logger.info("built demo repository in %s (%d files)", out, len(written))
     return written

@@ -43,7 +43,7 @@ from fabric.protocol import (
     RequestHeader,
 )
 from fabric.ratelog import RateLimitedLog
-from fabric.sockets import make_socket, recv_frames, send_frames, should_copy
+from fabric.sockets import MESSAGE_SLACK_BYTES, make_socket, recv_frames, send_frames
 
 from .config import WorkerConfig
 from .devices import WorkerDevices
@@ -51,6 +51,7 @@ from .gpu_faults import DeviceHealth
 from .gpu_warmup import owned_devices
 from .models import ModelTable, refuse_leftovers
 from .overrides import parse_load_request
+from .raw_wire import reply_too_large
 from .runtime import Inbound
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class WorkerServer:
         )
 
     # ---- other threads → this loop ------------------------------------------------------------
-    def _push(self, frames: Sequence[Frame]) -> None:
+    def _push(self, frames: Sequence[Frame], copy: bool = True) -> None:
         sock = getattr(self._local, "push", None)
         if sock is None:
             sock = make_socket(self.ctx, zmq.PUSH)
@@ -148,7 +149,7 @@ class WorkerServer:
             self._local.push = sock
             with self._pushes_lock:
                 self._pushes.append(sock)
-        sock.send_multipart(frames, copy=should_copy(frames))
+        sock.send_multipart(frames, copy=copy)
 
     def _send_reply(
         self,
@@ -161,6 +162,8 @@ class WorkerServer:
     ) -> None:
         """Called once per request (``more``: a decoupled response, more follow), on the
         thread that ran it; sent at the next ``_flush``."""
+        if body is not None and len(body) > self.config.max_message_bytes:
+            status, message, body = reply_too_large(len(body), self.config.max_message_bytes)
         self._out.add(inproc.reply(route, request_id, status, message, body, more))
 
     def _send_ack(self, route: inproc.Route, request_id: int) -> None:
@@ -175,7 +178,8 @@ class WorkerServer:
         if threading.get_ident() == self._io_thread:
             self._route([inproc.outbound(m) for m in out])
         else:
-            self._push(inproc.group(out))
+            for frames, copy in inproc.groups(out):  # large replies alone, zero-copy
+                self._push(frames, copy)
 
     # ---- control thread ---------------------------------------------------------------------
     def _control_loop(self) -> None:
@@ -239,7 +243,7 @@ class WorkerServer:
             self.ctx,
             zmq.DEALER,
             identity=self.identity,
-            max_message_bytes=self.config.max_message_bytes,
+            max_message_bytes=self.config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=self._curve,
         )
         link.socket.connect(link.endpoint)
@@ -256,13 +260,13 @@ class WorkerServer:
         for target in [link] if link is not None else self.links:
             self._send(target, frames)
 
-    def _send(self, link: BrokerConnection, frames: Sequence[Frame]) -> bool:
+    def _send(self, link: BrokerConnection, frames: Sequence[Frame], copy: bool = True) -> bool:
         """Send to a broker without ever blocking; False when it cannot take the message
         (not connected, or its queue is full): heartbeats and reconnects deal with that."""
         if link.socket is None:
             return False
         try:
-            send_frames(link.socket, frames, should_copy(frames))
+            send_frames(link.socket, frames, copy)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:  # socket closed or context ending (shutdown)
@@ -375,10 +379,10 @@ class WorkerServer:
         for index, message in out:
             by_link.setdefault(index, []).append(message)
         for index, batch in by_link.items():
-            frames = messages.coalesce(batch)
-            if index >= len(self.links) or not self._send(self.links[index], frames):
-                logger.warning("broker unreachable or not reading; %d replies dropped",
-                               len(batch))  # fmt: skip
+            for frames, copy, sent in messages.outgoing(batch):  # large replies alone, zero-copy
+                if index >= len(self.links) or not self._send(self.links[index], frames, copy):
+                    logger.warning("broker unreachable or not reading; %d replies dropped",
+                                   len(sent))  # fmt: skip
 
     def _drain_broker(self, link: BrokerConnection) -> bool:
         assert link.socket is not None

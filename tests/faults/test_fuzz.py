@@ -408,7 +408,8 @@ def m_shared_memory(draw: st.DrawFn, case: Case) -> set[str]:
         target = _pick(draw, case)
     assert target is not None
     target.parameters[key].string_param = "region0"
-    return {INVALID}
+    # Triton's codes: an unregistered region is NOT_FOUND, a size or offset alone INVALID.
+    return {NOT_FOUND} if key == "shared_memory_region" else {INVALID}
 
 
 def m_non_utf8(draw: st.DrawFn, case: Case) -> set[str]:

@@ -42,6 +42,7 @@ DEMO_MODELS = (
     "simple_int8",
     "simple_identity",
     "simple_classifier",
+    "identity_fp32",
 )
 TEST_MODELS = ("faulty", "sleepy", "sleepy_pair", "echo", "trickle")
 """Written next to the demo models by the ``model_repo`` fixture (see conftest)."""

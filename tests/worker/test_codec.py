@@ -414,11 +414,10 @@ INVALID_CASES = [
     (
         "shared memory",
         mutate(
-            lambda r: setattr(
-                r.inputs[1].parameters["shared_memory_region"], "string_param", "region"
-            )
+            lambda r: setattr(r.inputs[1].parameters["shared_memory_byte_size"], "int64_param", 64)
         ),
-        "input 'INPUT1': shared memory is not supported",
+        "'shared_memory_byte_size' can not be specified without 'shared_memory_region' "
+        "parameter for tensor 'INPUT1'",
     ),
     ("malformed", b"\xff\xff\xff", "malformed ModelInferRequest"),
 ]

@@ -74,6 +74,8 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_classifier/config.pbtxt",
         "simple_classifier/labels.txt",
         "simple_classifier/1/model.py",
+        "identity_fp32/config.pbtxt",
+        "identity_fp32/1/model.pt",
     }
 
 
@@ -97,6 +99,7 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
         "simple_classifier/config.pbtxt",
         "simple_classifier/labels.txt",
         "simple_classifier/1/model.py",
+        "identity_fp32/config.pbtxt",
     ],
 )
 def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
@@ -105,6 +108,7 @@ def test_committed_copies_match_the_builder(repo: Path, path: str) -> None:
 
 def test_specs(sources: dict[str, ModelSource]) -> None:
     assert sorted(sources) == [
+        "identity_fp32",
         "mlp",
         "mlp_wait",
         "repeat_int32",
