@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from fabric import errors, messages, names, tracing
 from fabric import triton_errors as texts
@@ -20,7 +19,6 @@ from fabric.errors import RequestError
 from fabric.heartbeat import Liveness
 from fabric.prom import QUEUE_WAIT_BUCKETS_S, Buckets
 from fabric.protocol import (
-    FLAG_NON_IDEMPOTENT,
     AckHeader,
     CancelHeader,
     ControlHeader,
@@ -37,6 +35,7 @@ from fabric.protocol import (
 
 from .answers import Answers
 from .controls import ControlFanout, Outbox
+from .lost import Counters, lost_lease_failure
 from .queues import ModelKey, ModelQueues, Pending, RequestKey
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry, WorkerState
 from .route_decider import RouteDecider
@@ -47,21 +46,6 @@ logger = logging.getLogger(__name__)
 
 READY_SLACK_BYTES = 64 * 1024
 """READY framing beyond its configs (names, versions, numbers of up to a few hundred models)."""
-
-
-@dataclass
-class Counters:
-    requests: int = 0
-    replies: int = 0
-    rejected_full: int = 0
-    expired: int = 0
-    cancelled: int = 0
-    requeued: int = 0
-    failed_worker_lost: int = 0
-    dropped_replies: int = 0
-    refused_announcements: int = 0  # READYs over a bound, refused as a whole
-    conflicting_versions: int = 0  # versions refused for one worker: another fixed its config
-    by_status: dict[str, int] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -474,43 +458,14 @@ class Dispatcher:
         if item.worker is not None:
             self._release(item.worker, item)
         item.worker = None
-        if item.sequence or item.streamed:  # never moved: its state, or half its responses
-            self.counters.failed_worker_lost += 1
-            lost = (
-                "the worker holding this request's sequence was lost; start it again"
-                if item.sequence
-                else "the worker streaming this request's responses was lost"
-            )
-            self._fail(item.frontend, item.request_id, errors.ABORTED, lost)
-            return False
-        may_have_run = item.acked and item.flags & FLAG_NON_IDEMPOTENT
-        is_hedge = item.avoid is not None  # its first copy still runs: never requeue a hedge
-        if (
-            item.attempts < 2
-            and not may_have_run
-            and not is_hedge
-            and self.registry.servers(item.key)
-        ):
+        failure = lost_lease_failure(item, bool(self.registry.servers(item.key)))
+        if failure is None:
             self.counters.requeued += 1
             if self.spans is not None:
                 self.spans.event(rkey, "requeued")
             return not self._send(item)
         self.counters.failed_worker_lost += 1
-        if may_have_run:
-            # It may have run and the model must not run twice: the caller decides.
-            self._fail(
-                item.frontend,
-                item.request_id,
-                errors.ABORTED,
-                "the worker running this non-idempotent request was lost; it may have run",
-            )
-            return False
-        self._fail(
-            item.frontend,
-            item.request_id,
-            errors.UNAVAILABLE,
-            "the worker serving this request was lost",
-        )
+        self._fail(item.frontend, item.request_id, *failure)
         return False
 
     def reject(self, frontend: PeerId, request_id: int, code: str, message: str) -> None:
