@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fabric import errors
+from fabric import errors, tracing
 
 from ..fabric_client import Reply
 from ..streams import Infer
+from ..traces import annotate_route, current_call_span
 from ..wire import RequestRoute
 from .config import RoutingFile
 from .keys import Metadata, MetadataSource, sticky_key
@@ -90,6 +91,8 @@ class Router:
             target = RequestRoute(model, version, route.id)
         else:  # most clients send no id: one prepared route per target
             target = state.plain[slot]
+        if tracing.ENABLED:  # the decision as an event of the call's span
+            annotate_route(current_call_span(), route.model, f"{target.model}:{target.version}")
         primary: asyncio.Future[Reply] | None = None
         if state.shadows and not route.version:
             primary = asyncio.get_running_loop().create_future()
