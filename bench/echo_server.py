@@ -19,31 +19,11 @@ import signal
 import grpc
 from tritonclient.grpc import service_pb2
 
+from fabric.pbwire import encode_varint, read_varint
+
 SERVICE = "inference.GRPCInferenceService"
 MODEL = "identity_fp32"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if not value:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
 
 
 def echo(request: bytes) -> bytes:
@@ -53,17 +33,17 @@ def echo(request: bytes) -> bytes:
     inputs: list[memoryview] = []
     raw: list[memoryview] = []
     while pos < end:
-        tag, pos = _varint(view, pos)
+        tag, pos = read_varint(view, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 2:
-            length, pos = _varint(view, pos)
+            length, pos = read_varint(view, pos)
             if number == 5:
                 inputs.append(view[pos : pos + length])
             elif number == 7:
                 raw.append(view[pos : pos + length])
             pos += length
         elif wire == 0:
-            _, pos = _varint(view, pos)
+            _, pos = read_varint(view, pos)
         else:
             pos += 8 if wire == 1 else 4
     head = service_pb2.ModelInferResponse(model_name=MODEL, model_version="1")
@@ -72,7 +52,7 @@ def echo(request: bytes) -> bytes:
         head.outputs.add(name=f"OUTPUT{i}", datatype=tensor.datatype, shape=tensor.shape)
     parts: list[bytes | memoryview] = [head.SerializeToString()]
     for r in raw:
-        parts += [b"\x32", _encode_varint(len(r)), r]
+        parts += [b"\x32", encode_varint(len(r)), r]
     return b"".join(parts)
 
 

@@ -38,6 +38,7 @@ from fabric.errors import (
     UNIMPLEMENTED,
     RequestError,
 )
+from fabric.pbwire import read_varint
 from fabric.protocol import ShmRef
 from protos import grpc_service_pb2 as pb
 
@@ -197,36 +198,23 @@ def _int_param(params: Mapping[str, pb.InferParameter], key: str, tensor: str) -
     return value.int64_param
 
 
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: bad varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _tensor_fields(data: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
     """The serialized ``inputs`` and ``outputs`` entries of a ModelInferRequest, without
     parsing (or copying) its raw tensor contents."""
     view = memoryview(data)
     pos, end = 0, len(view)
     while pos < end:
-        tag, pos = _varint(view, pos)
+        tag, pos = read_varint(view, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 2:
-            length, pos = _varint(view, pos)
+            length, pos = read_varint(view, pos)
             if pos + length > end:
                 raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: truncated")
             if number in (_INPUTS, _OUTPUTS):
                 yield number, view[pos : pos + length]
             pos += length
         elif wire == 0:
-            _, pos = _varint(view, pos)
+            _, pos = read_varint(view, pos)
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fabric.errors import INVALID_ARGUMENT, RequestError
+from fabric.pbwire import encode_varint, read_varint
 from fabric.protocol import ShmRef
 
 # ModelInferRequest fields read here.
@@ -31,37 +32,23 @@ class RequestRoute:
     shm: tuple[ShmRef, ...] = ()  # tensors in system shared memory, resolved (frontend.shm)
 
 
-def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: bad varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
 def scan_request(data: bytes | memoryview) -> RequestRoute:
     """Model name, version and id of a serialized ModelInferRequest (last value wins)."""
     fields: dict[int, bytes | memoryview] = {}
     groups: list[int] = []  # open (deprecated) groups: protobuf skips them as unknown fields
     pos, end = 0, len(data)
     while pos < end:
-        tag, pos = _varint(data, pos)
+        tag, pos = read_varint(data, pos)
         number, wire = tag >> 3, tag & 7
         if wire == _WIRE_LEN:
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             if pos + length > end:
                 raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: truncated")
             if number <= _ID and not groups:
                 fields[number] = data[pos : pos + length]
             pos += length
         elif wire == _WIRE_VARINT:
-            _, pos = _varint(data, pos)
+            _, pos = read_varint(data, pos)
         elif wire == _WIRE_I64:
             pos += 8
         elif wire == _WIRE_I32:
@@ -86,21 +73,9 @@ def scan_request(data: bytes | memoryview) -> RequestRoute:
         raise RequestError(INVALID_ARGUMENT, "model name, version or id is not UTF-8") from exc
 
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def stream_response(infer_response: bytes | memoryview) -> bytes:
     """A ModelStreamInferResponse carrying ``infer_response`` (serialized ModelInferResponse)."""
-    return b"".join((_STREAM_RESPONSE_TAG, _encode_varint(len(infer_response)), infer_response))
+    return b"".join((_STREAM_RESPONSE_TAG, encode_varint(len(infer_response)), infer_response))
 
 
 def stream_error(message: str, infer_response: bytes) -> bytes:
@@ -109,10 +84,10 @@ def stream_error(message: str, infer_response: bytes) -> bytes:
     return b"".join(
         (
             _STREAM_ERROR_TAG,
-            _encode_varint(len(msg)),
+            encode_varint(len(msg)),
             msg,
             _STREAM_RESPONSE_TAG,
-            _encode_varint(len(infer_response)),
+            encode_varint(len(infer_response)),
             infer_response,
         )
     )

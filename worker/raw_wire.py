@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fabric.errors import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, RequestError
+from fabric.pbwire import encode_varint, read_varint
 
 IN_PLACE_MIN_BYTES = 64 * 1024
 """Requests and responses from this size on take the paths here; below it protobuf's own C
@@ -26,31 +27,6 @@ code is faster than a scan in Python, and the copies it makes are cheap."""
 _RAW_INPUT = 7  # ModelInferRequest.raw_input_contents
 _RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, wire type 2
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
-
-
-def _varint(data: memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: bad varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if not value:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
 
 
 def split_raw_inputs(data: bytes | memoryview) -> tuple[bytes, list[memoryview]]:
@@ -62,10 +38,10 @@ def split_raw_inputs(data: bytes | memoryview) -> tuple[bytes, list[memoryview]]
     pos, end = 0, len(view)
     while pos < end:
         start = pos
-        tag, pos = _varint(view, pos)
+        tag, pos = read_varint(view, pos)
         number, wire = tag >> 3, tag & 7
         if wire == _WIRE_LEN:
-            length, pos = _varint(view, pos)
+            length, pos = read_varint(view, pos)
             if pos + length > end:
                 raise RequestError(INVALID_ARGUMENT, "malformed ModelInferRequest: truncated")
             if number == _RAW_INPUT:
@@ -74,7 +50,7 @@ def split_raw_inputs(data: bytes | memoryview) -> tuple[bytes, list[memoryview]]
                 continue
             pos += length
         elif wire == _WIRE_VARINT:
-            _, pos = _varint(view, pos)
+            _, pos = read_varint(view, pos)
         elif wire == _WIRE_I64:
             pos += 8
         elif wire == _WIRE_I32:

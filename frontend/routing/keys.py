@@ -6,6 +6,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, Sequence
 
+from fabric.errors import RequestError
+from fabric.pbwire import read_varint
+
 from .table import RouteState
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -22,17 +25,7 @@ class _Malformed(Exception):
     pass
 
 
-def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _Malformed
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
+_UNREADABLE = (_Malformed, RequestError)  # RequestError: a bad varint (fabric.pbwire)
 
 
 def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int, int | bytes | memoryview]]:
@@ -40,13 +33,13 @@ def _fields(data: bytes | memoryview) -> Iterator[tuple[int, int, int | bytes | 
     slices, fixed64 as its raw 8 bytes."""
     pos, end = 0, len(data)
     while pos < end:
-        tag, pos = _varint(data, pos)
+        tag, pos = read_varint(data, pos)
         number, wire = tag >> 3, tag & 7
         if wire == _VARINT:
-            value, pos = _varint(data, pos)
+            value, pos = read_varint(data, pos)
             yield number, wire, value
         elif wire == _LEN:
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             if pos + length > end:
                 raise _Malformed
             yield number, wire, data[pos : pos + length]
@@ -78,7 +71,7 @@ def parameter_value(payload: bytes | memoryview, name: str) -> bytes | None:
                     value = _parameter(v)
             if key == wanted and value is not None:
                 found = value  # last value wins, as protobuf's parser does
-    except _Malformed:
+    except _UNREADABLE:
         return None
     return found
 
