@@ -403,7 +403,12 @@ def m_shared_memory(draw: st.DrawFn, case: Case) -> set[str]:
         st.sampled_from(["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"])
     )
     if draw(st.booleans()) or not len(case.request.inputs):
-        target = case.request.outputs.add(name=case.model.outputs[0])
+        name = case.model.outputs[0]
+        # The output itself, when the case already requests it: a second entry of the same
+        # name would be another fault (a duplicate output) with a code of its own.
+        target = next((o for o in case.request.outputs if o.name == name), None)
+        if target is None:
+            target = case.request.outputs.add(name=name)
     else:
         target = _pick(draw, case)
     assert target is not None
