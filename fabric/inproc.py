@@ -14,7 +14,7 @@ Inproc messages (one ZeroMQ message each):
 | [b"wake"]                               | nothing to send; look at the inline instances     |
 
 The link byte frame is one byte long, the signal frames longer, so they never collide.
-``ReplyBuffer`` collects what threads build until their next flush.
+``ReplyBuffer`` collects what each thread builds until that thread's next flush.
 """
 
 from __future__ import annotations
@@ -155,29 +155,41 @@ def iter_inproc(frames: Sequence[Frame]) -> Iterator[Outbound | Signal]:
 
 
 class ReplyBuffer:
-    """Outbound messages (built by the functions above) waiting for a flush.
+    """Outbound messages (built by the functions above) waiting for a flush, one queue per
+    thread.
 
-    Thread-safe: any thread may ``add``; ``take`` atomically hands everything added so far,
-    by any thread, to its caller, who sends it (on its own socket). So each message is sent
-    exactly once, by whichever thread flushes first. Two flushes on two threads may arrive
-    in either order; nothing depends on it (an ACK arriving after its REPLY is ignored).
-    The owner (the worker server) is the only sender; the buffer never changes a message.
+    Each thread ``add``s to its own queue and ``take`` hands the calling thread what it alone
+    added, in its order. The owner (the worker server) sends what a thread takes on that
+    thread's own inproc socket (or, on the I/O thread, straight to the brokers), so messages
+    built on one thread reach the brokers in the order they were built: a decoupled request's
+    responses, all built on the thread running it, stay in order. A shared queue lost that
+    order: a message taken by another thread's flush went out on that thread's socket, and
+    the I/O loop's PULL fair-queues between sockets, so a later response could overtake it.
+    The buffer never changes a message.
     """
 
-    __slots__ = ("_items", "_lock")
+    __slots__ = ("_local",)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[list[Frame]] = []
+        self._local = threading.local()
+
+    def _items(self) -> list[list[Frame]]:
+        items: list[list[Frame]] | None = getattr(self._local, "items", None)
+        if items is None:
+            items = self._local.items = []
+        return items
 
     def add(self, message: list[Frame]) -> None:
-        with self._lock:
-            self._items.append(message)
+        self._items().append(message)
 
     def take(self) -> list[list[Frame]]:
-        with self._lock:
-            items, self._items = self._items, []
+        """What the calling thread added since its last ``take``, oldest first."""
+        items = self._items()
+        if not items:
+            return []
+        self._local.items = []
         return items
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Messages the calling thread added and has not taken."""
+        return len(self._items())

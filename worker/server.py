@@ -2,9 +2,10 @@
 that do the work: one compute thread per model instance and one control thread (repository
 load/unload, polling, statistics), so that slow loads never delay heartbeats.
 
-Those threads build their replies with ``fabric.inproc`` into one ``ReplyBuffer`` and, at
-each flush, hand what it holds to this loop over an inproc PUSH/PULL pair (each thread owns
-its PUSH socket); only this loop touches the broker sockets. The brokers are heartbeated;
+Those threads build their replies with ``fabric.inproc`` into a ``ReplyBuffer`` (one queue
+per thread) and, at each flush, hand what they built to this loop over an inproc PUSH/PULL
+pair (each thread owns its PUSH socket, so a thread's messages keep their order); only this
+loop touches the broker sockets. The brokers are heartbeated;
 when one goes silent its socket is replaced (after a backoff) and the models announced again.
 """
 
@@ -124,7 +125,7 @@ class WorkerServer:
         # unloaded model's compute thread) is closed by the context, not by the collector.
         self._pushes: list[zmq.Socket[bytes]] = []
         self._pushes_lock = threading.Lock()
-        self._out = inproc.ReplyBuffer()  # built by any thread, sent by whichever flushes
+        self._out = inproc.ReplyBuffer()  # each thread's own, sent in order by its flush
         self._bad_log = RateLimitedLog(logger, "malformed or failing messages")
         self._control: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._control_thread = threading.Thread(
@@ -161,7 +162,7 @@ class WorkerServer:
         more: bool = False,
     ) -> None:
         """Called once per request (``more``: a decoupled response, more follow), on the
-        thread that ran it; sent at the next ``_flush``."""
+        thread that ran it; sent at that thread's next ``_flush``."""
         if body is not None and len(body) > self.config.max_message_bytes:
             status, message, body = reply_too_large(len(body), self.config.max_message_bytes)
         self._out.add(inproc.reply(route, request_id, status, message, body, more))
@@ -170,8 +171,9 @@ class WorkerServer:
         self._out.add(inproc.ack(route, request_id))
 
     def _flush(self) -> None:
-        """Hand everything buffered to the I/O loop as one inproc message (on the I/O thread
-        itself: straight to the brokers). Any thread may call it."""
+        """Hand what this thread buffered to the I/O loop over this thread's PUSH socket (on
+        the I/O thread itself: straight to the brokers), keeping the order it was built in.
+        Any thread may call it; it sends only its own messages (see ``ReplyBuffer``)."""
         out = self._out.take()
         if not out:
             return

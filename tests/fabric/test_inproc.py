@@ -98,10 +98,10 @@ def test_malformed_inproc_messages_raise(frames: list[Frame]) -> None:
         list(inproc.iter_inproc(frames))
 
 
-def test_reply_buffer_hands_each_message_over_exactly_once() -> None:
+def test_reply_buffer_hands_each_thread_its_own_messages_once_in_order() -> None:
     buffer = inproc.ReplyBuffer()
     threads, per_thread = 8, 500
-    taken: list[list[Frame]] = []
+    taken: dict[int, list[list[Frame]]] = {t: [] for t in range(threads)}
     start = threading.Barrier(threads + 1)
 
     def produce(t: int) -> None:
@@ -109,7 +109,9 @@ def test_reply_buffer_hands_each_message_over_exactly_once() -> None:
         for i in range(per_thread):
             buffer.add(inproc.ack(inproc.route(0, b"fe-%d" % t), i))
             if i % 7 == 0:
-                taken.extend(buffer.take())  # list.extend is atomic under the GIL
+                taken[t].extend(buffer.take())
+        taken[t].extend(buffer.take())
+        assert len(buffer) == 0
 
     workers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
     for w in workers:
@@ -117,7 +119,25 @@ def test_reply_buffer_hands_each_message_over_exactly_once() -> None:
     start.wait()
     for w in workers:
         w.join(10.0)
-    taken.extend(buffer.take())
+    assert buffer.take() == []  # this thread added nothing
+    for t, items in taken.items():
+        seen = [
+            (msg.route, msg.header.request_id) for _, msg in map(wire, map(inproc.outbound, items))
+        ]  # type: ignore[union-attr]
+        assert seen == [(b"fe-%d" % t, i) for i in range(per_thread)]
+
+
+def test_a_flush_on_another_thread_never_takes_this_threads_messages() -> None:
+    """Sent on the other thread's socket, a response could overtake the next one of its
+    decoupled request (the I/O loop fair-queues between sockets): issue 16."""
+    buffer = inproc.ReplyBuffer()
+    to = inproc.route(0, b"fe")
+    buffer.add(inproc.reply(to, 7, "OK", "", b"response 1", more=True))
+    others: list[list[Frame]] = []
+    other = threading.Thread(target=lambda: others.extend(buffer.take()))
+    other.start()
+    other.join(10.0)
+    assert others == []
+    buffer.add(inproc.reply(to, 7, "OK", "", b"response 2", more=True))
+    assert [m[-1] for m in buffer.take()] == [b"response 1", b"response 2"]
     assert len(buffer) == 0
-    seen = [(msg.route, msg.header.request_id) for _, msg in map(wire, map(inproc.outbound, taken))]  # type: ignore[union-attr]
-    assert len(seen) == len(set(seen)) == threads * per_thread
