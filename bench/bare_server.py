@@ -94,20 +94,23 @@ def _handler(model: str, width: int = WIDTH) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(host: str, port: int, model: str = MODEL, width: int = WIDTH) -> None:
+async def serve_until_signalled(
+    handler: grpc.GenericRpcHandler, host: str, port: int, max_message_bytes: int, name: str
+) -> None:
+    """Serve ``handler`` on ``host:port`` until SIGINT or SIGTERM (also ``bench.echo_server``)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    server.add_generic_rpc_handlers((_handler(model, width),))
+    server.add_generic_rpc_handlers((handler,))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
-        raise SystemExit(f"bare_server: cannot bind {host}:{port}")
+        raise SystemExit(f"{name}: cannot bind {host}:{port}")
     await server.start()
-    print(f"bare_server listening on {host}:{bound}", flush=True)
+    print(f"{name} listening on {host}:{bound}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -115,6 +118,10 @@ async def serve(host: str, port: int, model: str = MODEL, width: int = WIDTH) ->
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=0.5)
+
+
+async def serve(host: str, port: int, model: str = MODEL, width: int = WIDTH) -> None:
+    await serve_until_signalled(_handler(model, width), host, port, 64 * 1024 * 1024, "bare_server")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 import grpc
 from tritonclient.grpc import service_pb2
 
+from bench.bare_server import serve_until_signalled
 from fabric.pbwire import encode_varint, read_varint
 
 SERVICE = "inference.GRPCInferenceService"
@@ -106,24 +106,7 @@ def _handler() -> grpc.GenericRpcHandler:
 
 
 async def serve(host: str, port: int, max_message_bytes: int) -> None:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-    )
-    server.add_generic_rpc_handlers((_handler(),))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise SystemExit(f"echo_server: cannot bind {host}:{port}")
-    await server.start()
-    print(f"echo_server listening on {host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(grace=0.5)
+    await serve_until_signalled(_handler(), host, port, max_message_bytes, "echo_server")
 
 
 def main(argv: list[str] | None = None) -> None:

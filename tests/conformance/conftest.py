@@ -13,13 +13,12 @@ When a test fails, the last lines of the stack's logs are appended to its report
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.stack import PYTHON, REPO_ROOT, Stack
+from tests.integration.stack import Stack, build_demo_repo
 
 ADMIN_HEADER = "triton-grpc-protocol-admin-key"
 ADMIN_KEY = "s3cret"
@@ -31,14 +30,7 @@ _STACKS = pytest.StashKey[list[Stack]]()
 @pytest.fixture(scope="session")
 def conformance_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("conformance_repo")
-    result = subprocess.run(
-        [PYTHON, "-m", "worker.demo_models", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
+    build_demo_repo(out)
     return out
 
 

@@ -16,7 +16,6 @@ When a test fails, the last lines of every log of the stacks it used are appende
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from tests.integration.decoupled_models import TRICKLE_CONFIG, TRICKLE_MODEL
 from tests.integration.stack import (
     ALL_MODELS,
     DEMO_MODELS,
-    PYTHON,
-    REPO_ROOT,
     SMALL_MAX_MESSAGE_BYTES,
     Stack,
+    build_demo_repo,
     owned_stacks,
 )
 
@@ -149,16 +147,7 @@ def write_python_model(repo: Path, name: str, config: str, source: str) -> None:
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo_repo")
-    result = subprocess.run(
-        [PYTHON, "-m", "worker.demo_models", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, (
-        f"worker.demo_models failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-    )
+    build_demo_repo(out)
     for model in DEMO_MODELS:
         assert (out / model / "config.pbtxt").is_file(), f"demo repo lacks {model}/config.pbtxt"
     assert (out / "mlp" / "1" / "model.pt").is_file(), "demo repo lacks mlp/1/model.pt"

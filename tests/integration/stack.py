@@ -73,6 +73,20 @@ def _popen(argv: Sequence[str], log_file: IO[bytes]) -> subprocess.Popen[bytes]:
     )
 
 
+def build_demo_repo(out: Path) -> None:
+    """``python -m worker.demo_models out``, as ``make run`` builds the demo repository."""
+    result = subprocess.run(
+        [PYTHON, "-m", "worker.demo_models", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, (
+        f"worker.demo_models failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
