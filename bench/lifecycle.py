@@ -7,6 +7,7 @@ reaches the processes it started too, including any that made a process group of
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
 import socket
@@ -21,12 +22,37 @@ class StackError(RuntimeError):
     """A system under test did not start, or died, or did not become ready."""
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives to outgoing connections (32768 when unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_LOW = 10000
+
+
 def free_port() -> int:
-    """A TCP port on the loopback interface that was free a moment ago."""
+    """A TCP port on the loopback interface that was free a moment ago.
+
+    Taken below the kernel's ephemeral range: a port that ``bind(0)`` finds comes from that
+    range, and any process's outgoing ``connect()`` may take it before our server binds it,
+    which then dies with "Address already in use". Below the range only an explicit bind can.
+    """
+    high = _ephemeral_low()
+    for _ in range(100 if high > _PORT_LOW + 1000 else 0):
+        port = random.randrange(_PORT_LOW, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 class Proc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import tritonclient.grpc as grpcclient
+
+from bench.lifecycle import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -85,13 +86,6 @@ def build_demo_repo(out: Path) -> None:
     assert result.returncode == 0, (
         f"worker.demo_models failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 import zmq
 
+from bench.lifecycle import free_port
 from fabric import errors
 from fabric.protocol import (
     FLAG_NON_IDEMPOTENT,
@@ -106,12 +106,6 @@ def test_bad_config_from_a_peer_does_not_break_other_models() -> None:
 
 
 # ---- a broker restarted within the heartbeat TTL ---------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FakeBroker(threading.Thread):
