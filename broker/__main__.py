@@ -7,6 +7,7 @@ import sys
 from fabric import tracing
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error
+from fabric.malloc import tune_malloc
 from fabric.prom import MetricsPortError
 
 from .config import ENV_PREFIX, BrokerConfig
@@ -26,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> BrokerConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "broker", config.log_format)
+    tune_malloc()
     try:
         tracing.configure("broker")  # before the server: its dispatcher asks whether to trace
         server = BrokerServer(config)

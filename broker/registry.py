@@ -95,7 +95,8 @@ def _set_capacity(worker: WorkerState) -> None:
 
 
 def _entry_size(m: ModelAnnouncement) -> int:
-    return len(m.config) + len(m.name.encode()) + len(m.version.encode()) + ENTRY_OVERHEAD_BYTES
+    names = len(m.name.encode()) + len(m.version.encode()) + len(m.shm_domain.encode())
+    return len(m.config) + names + ENTRY_OVERHEAD_BYTES
 
 
 class Registry:
@@ -323,6 +324,16 @@ class Registry:
         limits = [w.versions[key].max_queued for w in self.workers.values() if key in w.versions]
         return max(limits, default=0) if all(limits) else 0
 
+    def _shm_domain(self, key: ModelKey, entry: VersionEntry) -> str:
+        """The shared memory domain every holder of ``key`` is in, "" when none or mixed: a
+        frontend in it may send that version's payloads through shared memory."""
+        domains = set()
+        for holder in entry.holders:
+            worker = self.workers.get(holder)
+            announced = worker.versions.get(key) if worker is not None else None
+            domains.add(announced.shm_domain if announced is not None else "")
+        return domains.pop() if len(domains) == 1 else ""
+
     def servers(self, key: ModelKey) -> list[WorkerState]:
         return [w for w in self.workers.values() if key in w.versions]
 
@@ -339,7 +350,10 @@ class Registry:
 
     def catalog(self) -> CatalogHeader:
         entries = [
-            CatalogEntry(name, version, entry.config, len(entry.holders))
-            for (name, version), entry in sorted(self._versions.items())
+            CatalogEntry(
+                name, version, entry.config, len(entry.holders), self._shm_domain(key, entry)
+            )
+            for key, entry in sorted(self._versions.items())
+            for name, version in (key,)
         ]
         return CatalogHeader(self.generation, len(self.workers), entries, self.incarnation)

@@ -70,9 +70,10 @@ def reply(
     message: str,
     body: bytes | None,
     more: bool = False,
+    payload_in_slab: int = 0,
 ) -> list[Frame]:
     """``[link, tag, REPLY, header, frontend, body?]``."""
-    header = ReplyHeader(request_id, status, message, more)
+    header = ReplyHeader(request_id, status, message, more, payload_in_slab)
     return [to[:1], *messages.reply(header, () if body is None else (body,), to[1:])]
 
 

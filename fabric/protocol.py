@@ -154,6 +154,9 @@ class RequestHeader(msgspec.Struct, array_like=True, gc=False):
     sequence: str = ""  # correlation id of a sequence request ("" = none), see SEQUENCE_*
     sequence_flags: int = 0
     shm: tuple[ShmRef, ...] = ()  # tensors in system shared memory (see frontend.shm)
+    # The payload is the first payload_size bytes of this slab (fabric.shm_transport).
+    payload_shm: str = ""
+    payload_size: int = 0
 
 
 class ReplyHeader(msgspec.Struct, array_like=True, gc=False):
@@ -161,6 +164,7 @@ class ReplyHeader(msgspec.Struct, array_like=True, gc=False):
     status: str  # "OK" or a gRPC status name
     message: str = ""
     more: bool = False  # a decoupled model's response with more to follow (status OK)
+    payload_in_slab: int = 0  # the payload is this many bytes in the request's slab
 
 
 class CreditHeader(msgspec.Struct, array_like=True, gc=False):
@@ -196,6 +200,7 @@ class ModelAnnouncement(msgspec.Struct, array_like=True, gc=False):
     config: bytes
     capacity: int  # requests the worker will hold in flight for this model
     max_queued: int = 0  # the model's own queue bound (max_queue_size); 0 = the broker's
+    shm_domain: str = ""  # the worker's shared memory domain (fabric.shm_transport), "" = none
 
 
 class ReadyHeader(msgspec.Struct, array_like=True, gc=False):
@@ -207,6 +212,7 @@ class CatalogEntry(msgspec.Struct, array_like=True, gc=False):
     version: str
     config: bytes
     workers: int  # live workers serving this version right now
+    shm_domain: str = ""  # the one shared memory domain of all of them; "" when none or mixed
 
 
 class CatalogHeader(msgspec.Struct, array_like=True, gc=False):

@@ -9,6 +9,7 @@ import sys
 from fabric import tracing
 from fabric.cli import StopSignals, build_config, setup_logging, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
+from fabric.malloc import tune_malloc
 from fabric.prom import MetricsPortError
 
 from .config import ENV_PREFIX, FrontendConfig
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve-frontend: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, "frontend", config.log_format)
+    tune_malloc()
     try:
         fabric_security(config, "frontend")
         tracing.configure("frontend")

@@ -39,3 +39,11 @@ def choose_broker(brokers: Sequence[B], model: str, turn: int) -> B | None:
     ]
     pool = serving or alive
     return pool[turn % len(pool)]
+
+
+def shm_models(catalog: CatalogHeader, domain: str) -> frozenset[str]:
+    """Models all of whose versions are served only by workers in shared memory ``domain``."""
+    if not domain:
+        return frozenset()
+    local = {e.name for e in catalog.models if e.shm_domain == domain}
+    return frozenset(local - {e.name for e in catalog.models if e.shm_domain != domain})

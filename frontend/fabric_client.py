@@ -37,6 +37,8 @@ from fabric.protocol import (
     ShmRef,
 )
 from fabric.ratelog import RateLimitedLog
+from fabric.shm_transport import MIN_BYTES as SHM_MIN_BYTES
+from fabric.shm_transport import Slab, SlabPool, domain_if
 from fabric.sockets import (
     DEFAULT_HWM,
     SocketSecurity,
@@ -46,7 +48,7 @@ from fabric.sockets import (
     send_frames,
 )
 
-from .brokers import choose_broker
+from .brokers import choose_broker, shm_models
 from .route_state import RouteStates
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class BrokerLink:
     incarnation: int = 0  # of the broker process last heard; a change means it restarted
     # Messages sent this event-loop turn, flushed as one BATCH: (frames, request id or 0).
     outbox: list[tuple[list[Frame], int]] = field(default_factory=list)
+    # Models whose every worker shares our /dev/shm: large payloads go through it.
+    shm_models: frozenset[str] = frozenset()
 
 
 class FabricClient:
@@ -86,6 +90,7 @@ class FabricClient:
         heartbeat_liveness: int,
         max_message_bytes: int,
         security: SocketSecurity | None = None,
+        shm_transport: bool = False,
     ) -> None:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         # No identity of our own: the broker assigns one per connection, so nobody who learns
@@ -106,6 +111,9 @@ class FabricClient:
             for ep in endpoints
         ]
         self._interval_s = heartbeat_interval_s
+        self._shm_domain = domain_if(shm_transport)
+        self._slabs = SlabPool(self._shm_domain) if self._shm_domain else None
+        self._slab_of: dict[int, Slab] = {}  # request id -> the slab holding its payload
         self._ids = itertools.count(1)
         self._rr = itertools.count()
         self._futures: dict[int, tuple[asyncio.Future[Reply], BrokerLink]] = {}
@@ -125,6 +133,8 @@ class FabricClient:
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._slabs is not None and (swept := self._slabs.sweep()):
+            logger.info("removed %d shared memory slab(s) of frontends that are gone", swept)
         for link in self._links:
             link.socket.connect(link.endpoint)
             self._loop.add_reader(_fd(link.socket), self._drain, link)
@@ -141,6 +151,10 @@ class FabricClient:
             if self._loop is not None:
                 self._loop.remove_reader(_fd(link.socket))
             link.socket.close(linger=100)
+        for request_id in list(self._slab_of):
+            self._release_slab(request_id, reuse=False)
+        if self._slabs is not None:
+            self._slabs.close()
         for fut, _ in self._futures.values():
             if not fut.done():
                 fut.set_result(Reply(errors.UNAVAILABLE, "frontend is shutting down", None))
@@ -173,9 +187,14 @@ class FabricClient:
         else:
             link = self._choose(model)
         request_id = next(self._ids)
-        header = RequestHeader(
-            request_id, model, version, deadline_ns, trace, flags, hedge_of, *sequence, shm
-        )
+        header = RequestHeader(request_id, model, version, deadline_ns, trace, flags, hedge_of)
+        header.sequence, header.sequence_flags = sequence
+        header.shm = shm
+        if len(payload) >= SHM_MIN_BYTES and model in link.shm_models and self._slabs is not None:
+            slab = self._slabs.acquire(payload)
+            if slab is not None:  # else (/dev/shm full) it goes inline
+                self._slab_of[request_id] = slab
+                header.payload_shm, header.payload_size, payload = slab.name, len(payload), b""
         assert self._loop is not None
         fut: asyncio.Future[Reply] = self._loop.create_future()
         self._futures[request_id] = (fut, link)
@@ -226,6 +245,7 @@ class FabricClient:
             return
         fut, link = entry
         link.waiting.pop(request_id, None)
+        self._release_slab(request_id, reuse=False)  # its worker may still write the slab
         if not fut.done():
             fut.cancel()
         self._enqueue(link, messages.cancel(request_id))
@@ -283,8 +303,32 @@ class FabricClient:
             return
         fut, link = entry
         link.waiting.pop(request_id, None)
+        self._release_slab(request_id, reuse=False)  # not sent, or sent to a lost broker
         if not fut.done():
             fut.set_result(reply)
+
+    def _release_slab(self, request_id: int, reuse: bool) -> None:
+        if self._slab_of:
+            slab = self._slab_of.pop(request_id, None)
+            if slab is not None and self._slabs is not None:
+                self._slabs.release(slab, reuse)
+
+    def _final_reply(self, header: ReplyHeader, payload: Sequence[Frame]) -> Reply:
+        """The reply as callers see it (its payload copied out of the slab if it is there),
+        and the request's slab given back for reuse."""
+        slab = self._slab_of.pop(header.request_id, None) if self._slab_of else None
+        reply = Reply(header.status, header.message, payload[0] if payload else None)
+        if header.payload_in_slab:
+            try:
+                if slab is None or self._slabs is None:
+                    raise RequestError(errors.INTERNAL, "a reply in a slab this request lacks")
+                body = self._slabs.reply(slab, header.request_id, header.payload_in_slab)
+                reply = Reply(header.status, header.message, body)
+            except RequestError as exc:
+                reply = Reply(exc.code, exc.message, None)
+        if slab is not None and self._slabs is not None:
+            self._slabs.release(slab, reuse=True)
+        return reply
 
     def _choose(self, model: str, turn: int | None = None) -> BrokerLink:
         link = choose_broker(self._links, model, next(self._rr) if turn is None else turn)
@@ -359,9 +403,9 @@ class FabricClient:
                     return  # cancelled or timed out already
                 fut, owner = entry
                 owner.waiting.pop(header.request_id, None)
+                reply = self._final_reply(header, msg.payload)
                 if not fut.done():
-                    payload = msg.payload[0] if msg.payload else None
-                    fut.set_result(Reply(header.status, header.message, payload))
+                    fut.set_result(reply)
             case ControlReplyHeader() as control:
                 waiter = self._controls.pop(control.request_id, None)
                 if waiter is not None and not waiter.done():
@@ -369,6 +413,7 @@ class FabricClient:
             case CatalogHeader() as catalog:
                 self._check_incarnation(link, catalog.incarnation)
                 link.catalog = catalog
+                link.shm_models = shm_models(catalog, self._shm_domain)
                 self.catalog_version += 1
             case HeartbeatHeader() as heartbeat:
                 self._check_incarnation(link, heartbeat.incarnation)

@@ -117,6 +117,7 @@ class FrontendServer:
             heartbeat_liveness=config.heartbeat_liveness,
             max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=fabric_security(config, "frontend"),
+            shm_transport=config.shm_transport == "auto",
         )
         self.service = InferenceService(config, self.client, package_version())
         # --routing: the file is read and checked here, so a bad one stops the start.

@@ -9,6 +9,7 @@ import sys
 from fabric import tracing
 from fabric.cli import build_config, setup_logging, stop_signals, tune_gc
 from fabric.curve import FabricSetupError, exit_on_setup_error, fabric_security
+from fabric.malloc import tune_malloc
 
 from .config import ENV_PREFIX, WorkerConfig
 
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     setup_logging(config.log_level, "worker", config.log_format)
+    tune_malloc()
     try:
         fabric_security(config, "worker")
         tracing.configure("worker")

@@ -134,12 +134,18 @@ class ModelTable:
         self.served: dict[Key, ServedVersion] = {}
         self.latest: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
+        self.shm_domain = ""  # announced with every version (fabric.shm_transport)
 
     # ---- reads (any thread) ---------------------------------------------------------------
     def announcements(self) -> list[ModelAnnouncement]:
         return [
             ModelAnnouncement(
-                name, version, model_config_bytes(s.model.spec), s.capacity, s.max_queued
+                name,
+                version,
+                model_config_bytes(s.model.spec),
+                s.capacity,
+                s.max_queued,
+                self.shm_domain,
             )
             for (name, version), s in sorted(self.served.items())
         ]

@@ -54,6 +54,7 @@ from .models import ModelTable, refuse_leftovers
 from .overrides import parse_load_request
 from .raw_wire import reply_too_large
 from .runtime import Inbound
+from .shm_payloads import ShmPayloads
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class WorkerServer:
             allow_file_uploads=config.allow_model_file_uploads,
         )
         self.health.on_poison(lambda: self._push(inproc.wake()))
+        self._shm = ShmPayloads(config.shm_transport == "auto")
+        self.models.shm_domain = self._shm.domain
         self._io_thread: int | None = None  # the thread running ``serve``
         self.state = State.RUNNING
         self._local = threading.local()  # each thread's PUSH end of the inproc pipe
@@ -165,7 +168,8 @@ class WorkerServer:
         thread that ran it; sent at that thread's next ``_flush``."""
         if body is not None and len(body) > self.config.max_message_bytes:
             status, message, body = reply_too_large(len(body), self.config.max_message_bytes)
-        self._out.add(inproc.reply(route, request_id, status, message, body, more))
+        body, in_slab = self._shm.outgoing(route, request_id, body, more)
+        self._out.add(inproc.reply(route, request_id, status, message, body, more, in_slab))
 
     def _send_ack(self, route: inproc.Route, request_id: int) -> None:
         self._out.add(inproc.ack(route, request_id))
@@ -430,6 +434,13 @@ class WorkerServer:
                 raise MalformedMessage(f"unexpected {msg.type.name} from a broker")
 
     def _on_request(self, header: RequestHeader, frontend: inproc.Route, payload: Frame) -> None:
+        if header.payload_shm:
+            try:
+                payload = self._shm.incoming(header, frontend, self.config.max_message_bytes)
+            except RequestError as exc:
+                self._send_reply(frontend, header.request_id, exc.code, exc.message, None)
+                self._flush()
+                return
         version = header.version or self.models.latest.get(header.model, "")
         served = self.models.served.get((header.model, version))
         if served is None:

@@ -177,7 +177,7 @@ def test_request_header_defaults_on_the_wire() -> None:
 
 def test_headers_are_array_like() -> None:
     decoded = msgspec.msgpack.decode(encode_header(ReplyHeader(4, "OK", "")))
-    assert decoded == [4, "OK", "", False]
+    assert decoded == [4, "OK", "", False, 0]
     # An older sender's three-field reply still reads (``more`` defaults to False).
     old = msgspec.msgpack.encode([4, "OK", ""])
     assert decode_header(MsgType.REPLY, old) == ReplyHeader(4, "OK", "", False)
