@@ -18,8 +18,9 @@ Safety:
 - The reply region starts with the request id. The frontend checks it before and after
   copying the reply out, so a worker that was declared dead but was still running (its reply
   dropped by the broker) cannot pass its bytes off as another request's answer.
-- Slabs are sized with ``posix_fallocate`` when made: a full ``/dev/shm`` is an ``OSError``
-  (and the payload goes inline), never a SIGBUS on a later write.
+- Every range is reserved with ``posix_fallocate`` before it is written through a mapping:
+  a full ``/dev/shm`` is an ``OSError`` (and the payload goes inline), never a SIGBUS. Slabs
+  are sparse: only the bytes written take memory (a reused slab's pages stay reserved).
 - Names are ``fsrv.<domain>.<pid>.<token>.<n>``: the worker checks the pattern and that the
   domain is its own before opening anything, opens without following links, and checks the
   object is a regular file of its own user. A frontend removes slabs left by frontends whose
@@ -36,7 +37,7 @@ import os
 import re
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabric.errors import INTERNAL, UNAVAILABLE, RequestError
@@ -80,6 +81,8 @@ class Slab:
     fd: int
     map: mmap.mmap
     capacity: int
+    # Bytes known to be backed from the start of each half (tmpfs keeps them while it lives).
+    reserved: list[int] = field(default_factory=lambda: [0, 0])
 
     @property
     def reply_offset(self) -> int:
@@ -119,6 +122,9 @@ class SlabPool:
             if made is None:
                 return None
             slab = made
+        if not _reserve(slab, 0, size):
+            self._destroy(slab)
+            return None
         slab.map[:size] = payload
         return slab
 
@@ -175,7 +181,7 @@ class SlabPool:
         except OSError:
             return None
         try:
-            os.posix_fallocate(fd, 0, capacity)  # ENOSPC now, not SIGBUS on a write later
+            os.ftruncate(fd, capacity)  # sparse: ranges are reserved as they are written
             mapped = mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED)
         except OSError:
             os.close(fd)
@@ -217,6 +223,8 @@ class SlabMaps:
         not fit (then it goes inline)."""
         start = slab.reply_offset
         if start + TAG_BYTES + len(body) > slab.capacity:
+            return False
+        if not _reserve(slab, 1, TAG_BYTES + len(body)):
             return False
         mm = slab.map
         try:
@@ -266,6 +274,19 @@ class SlabMaps:
             if gone or len(self._maps) >= MAPS_MAX:
                 del self._maps[name]
                 slab.close()
+
+
+def _reserve(slab: Slab, half: int, size: int) -> bool:
+    """Back the first ``size`` bytes of the slab's lower (0) or upper (1) half with memory
+    before they are written through the mapping; False when ``/dev/shm`` is full."""
+    if size <= slab.reserved[half]:
+        return True
+    try:
+        os.posix_fallocate(slab.fd, half * slab.reply_offset, size)
+    except OSError:
+        return False
+    slab.reserved[half] = size
+    return True
 
 
 def _unlink(path: Path) -> int:
