@@ -48,7 +48,8 @@ def start_bare(log_dir: Path) -> tuple[str, list[Proc]]:
     return url, procs
 
 
-def start_ours(log_dir: Path, repo: Path) -> tuple[str, list[Proc]]:
+def start_ours(log_dir: Path, repo: Path, transport: str = "auto") -> tuple[str, list[Proc]]:
+    """Our stack; ``transport`` "off" keeps every payload on ZeroMQ (``--shm-transport``)."""
     p_front, p_work, p_grpc = free_port(), free_port(), free_port()
     fb, wb = f"tcp://127.0.0.1:{p_front}", f"tcp://127.0.0.1:{p_work}"
     py = sys.executable
@@ -60,9 +61,10 @@ def start_ours(log_dir: Path, repo: Path) -> tuple[str, list[Proc]]:
             )
         )
         worker = [py, "-m", "worker", "--broker", wb, "--model-repository", str(repo)]
-        worker += ["--device", "cpu", "--torch-threads", "1"]
+        worker += ["--device", "cpu", "--torch-threads", "1", "--shm-transport", transport]
         procs.append(Proc("worker", worker, log_dir, env=ONE_THREAD))
         frontend = [py, "-m", "frontend", "--host", "127.0.0.1", "--port", str(p_grpc)]
+        frontend += ["--shm-transport", transport]
         procs.append(Proc("frontend", [*frontend, "--broker", fb], log_dir))
         url = f"127.0.0.1:{p_grpc}"
         wait_ready(url, procs, [MODEL])
@@ -125,9 +127,11 @@ def run_round(args: argparse.Namespace, rnd: int, repo: Path, log_dir: Path) -> 
     bare_url, bare = start_bare(log_dir / f"r{rnd}-bare")
     try:
         ours_url, ours = start_ours(log_dir / f"r{rnd}-ours", repo)
+        tcp_url, tcp = start_ours(log_dir / f"r{rnd}-tcp", repo, transport="off")
         try:
             for i, (payload, conc) in enumerate(POINTS):
                 order = [("bare", bare_url, bare), ("ours", ours_url, ours)]
+                order.append(("tcp", tcp_url, tcp))
                 if (i + rnd) % 2:
                     order.reverse()
                 for system, url, procs in order:
@@ -140,6 +144,7 @@ def run_round(args: argparse.Namespace, rnd: int, repo: Path, log_dir: Path) -> 
                 results.append(point)
         finally:
             stop_all(ours)
+            stop_all(tcp)
     finally:
         stop_all(bare)
     for r in results:
@@ -155,9 +160,14 @@ def to_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"16 MiB), model `{MODEL}` (FP32 identity), same client (`bench.large_client`); "
         f"{meta['cpus']} CPUs, load average {meta['loadavg_1m_end']:.1f} at the end.",
         "",
-        "| round | payload | c | bare req/s | ours req/s | ratio | bare p50 ms | ours p50 ms "
-        "| shm req/s | shm vs inline |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`ours` sends payloads of 256 KiB or more through shared memory slabs between the "
+        "frontend and the worker (`fabric.shm_transport`, the default on one host); `tcp` is "
+        "the same stack with `--shm-transport off` (every byte through ZeroMQ); `shm` is the "
+        "client's own system shared memory (Triton's extension).",
+        "",
+        "| round | payload | c | bare req/s | ours req/s | ratio | tcp req/s | ours ÷ tcp "
+        "| bare p50 ms | ours p50 ms | shm req/s | shm vs inline |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def find(rnd: int, system: str, payload: int, conc: int, shm: bool = False) -> dict | None:
@@ -175,13 +185,16 @@ def to_markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         for payload, conc in POINTS:
             b, o = find(rnd, "bare", payload, conc), find(rnd, "ours", payload, conc)
             s = find(rnd, "ours", payload, conc, True)
+            t = find(rnd, "tcp", payload, conc)
             if b is None or o is None:
                 continue
             ratio = o["throughput"] / b["throughput"] if b["throughput"] else None
+            tcp_ratio = o["throughput"] / t["throughput"] if t and t["throughput"] else None
             shm_ratio = s["throughput"] / o["throughput"] if s and o["throughput"] else None
             lines.append(
                 f"| {rnd + 1} | {payload // KIB} KiB | {conc} | {f(b['throughput'])} | "
-                f"{f(o['throughput'])} | {f(ratio, 2)} | {f(b['p50_ms'], 2)} | "
+                f"{f(o['throughput'])} | {f(ratio, 2)} | {f(t['throughput']) if t else '-'} | "
+                f"{f(tcp_ratio, 2)} | {f(b['p50_ms'], 2)} | "
                 f"{f(o['p50_ms'], 2)} | {f(s['throughput']) if s else '-'} | {f(shm_ratio, 2)} |"
             )
     lines += [
