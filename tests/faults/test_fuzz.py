@@ -323,7 +323,8 @@ def m_extra(draw: st.DrawFn, case: Case) -> set[str]:
     batch = r.inputs[0].shape[0] if len(r.inputs) and len(r.inputs[0].shape) else 1
     t = r.inputs.add(name=name, datatype="INT32", shape=[batch, 1])
     if len(r.raw_input_contents):
-        r.raw_input_contents.append(np.zeros(batch, dtype="<i4").tobytes())
+        # A mutated batch dim may be huge or negative: the contents stay small either way.
+        r.raw_input_contents.append(np.zeros(max(0, min(batch, 64)), dtype="<i4").tobytes())
     else:
         t.contents.int_contents.extend([0] * max(0, min(batch, 64)))
     return {INVALID}
