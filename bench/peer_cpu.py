@@ -151,7 +151,7 @@ def _goal(
         return Goal(name=name, text=text, verdict=NOT_RUN, target=target, at_most=at_most,
                     detail="no figures")  # fmt: skip
     ok = value <= target if at_most else value >= target
-    detail = f"median of {n} paired round(s)"
+    detail = f"median of {n} paired round{'s' if n != 1 else ''}"
     if n < GOAL_ROUNDS:
         detail += f"; the goal asks for {GOAL_ROUNDS} (run with --rounds {GOAL_ROUNDS})"
     return Goal(
@@ -178,7 +178,7 @@ def peer_cpu_lines(rows: list[CpuPerCall], goals: list[Goal], model: str = MODEL
     peer_rows = [r for r in rows if r.system == PEER]
     if not peer_rows:
         why = next((g.detail for g in goals if g.verdict == NOT_RUN), "not measured")
-        lines += [f"**PyTriton could not run in this environment**: {why}.", ""]
+        lines += [f"**PyTriton did not run, so there is nothing to compare with**: {why}.", ""]
     lines += [
         "| conc. | ours CPU ms/call (frontend+broker+worker) | PyTriton CPU ms/call "
         "(all its processes) | ours ÷ PyTriton | rounds |",

@@ -118,7 +118,14 @@ def start_pytriton(
         info.ready_s = time.monotonic() - t0
         info.sanity_error = sanity_check(url, MODEL, MODELS[MODEL])
         info.statistics = batch_snapshot(url, MODEL, headers) is not None
-        target = Target("pytriton", url, [proc], stats=info.statistics, stats_headers=headers)
+        target = Target(
+            "pytriton",
+            url,
+            [proc],
+            stats=info.statistics,
+            stats_headers=headers,
+            by_process_name=True,
+        )
         time.sleep(SETTLE_S)
         info.idle_cpu_util = idle_cpu(target.procs, args.idle_seconds)
         info.idle_rss_mb = idle_rss(target.procs)
