@@ -196,9 +196,11 @@ def peer_cpu_lines(rows: list[CpuPerCall], goals: list[Goal], model: str = MODEL
     lines += [
         "",
         "CPU ms per call = utime+stime over the measured window / calls, median over rounds of "
-        "each round's sum; PyTriton's processes are its whole process tree and session (the "
-        "PyTriton process running the model, the Triton server, its Python backend stub). "
-        "Goals (issue 14):",
+        "each round's sum (the load generator is in neither). PyTriton's processes are its "
+        "whole process tree and session, by command name: `python` = the PyTriton process "
+        "that runs the model (with its multiprocessing resource tracker), `tritonserver`, "
+        "`triton_python_backend_stub` = Triton's Python backend running PyTriton's proxy model, "
+        "`python3` = the stub's multiprocessing helpers. Goals (issue 14):",
         "",
         *[goal_line(g) for g in goals],
         "",

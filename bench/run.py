@@ -22,7 +22,13 @@ the same batch size.
 With ``--curve`` (default) ``ours_curve`` (the same stack with CURVE on the fabric) and with
 ``--traced`` (default) ``ours_traced`` (the same stack tracing 1 % of the calls, every tier
 exporting OTLP/gRPC to a local sink, ``bench.otlp_sink``) are measured on ``mlp`` alongside,
-each reported as a ratio to ``ours``.
+each reported as a ratio to ``ours``. With ``--pytriton`` (default) PyTriton serves ``mlp``
+alongside (``bench.peers.start_pytriton``, from ``bench/.venv-peers``, made on first use): its CPU
+per call (every process of its tree and session) is set against ours, with the issue's goals
+against it (``bench.peer_cpu``); where it cannot run, the report says why. With ``--large``
+(default) one round of ``bench.large``'s points follows (64 KiB c=16, 1 MiB c=8, 16 MiB c=4,
+``identity_fp32`` against the bare echo server; ``bench.run_large``), with the goals at 1 MiB and
+16 MiB.
 
 The machine is small and shared, so absolute numbers are noise-prone: every figure for our stack is
 reported as a ratio against baselines measured in the same run (see ``bench.measure`` for what
@@ -34,7 +40,8 @@ process logs go to ``<out>/logs/<UTC timestamp>/``.
 
     python -m bench.run [--quick] [--duration 8] [--warmup 2] [--concurrency 1,8,32,64,128]
                         [--models mlp,mlp_wait,wide_mlp] [--wait-concurrency 1,64] [--rounds 1]
-                        [--out bench/results] [--no-curve] [--no-traced]
+                        [--out bench/results] [--no-curve] [--no-traced] [--no-routed]
+                        [--no-pytriton] [--no-install] [--no-large]
 """
 
 from __future__ import annotations

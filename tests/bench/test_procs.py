@@ -84,29 +84,41 @@ def test_family_keeps_a_process_that_left_the_tree_and_groups_by_name(tmp_path: 
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         "import time; time.sleep(1.0)"
     )
-    lead = Proc("lead", ["sh", "-c", f'{shlex.quote(sys.executable)} -c "{code}"; sleep 60'],
-                tmp_path)  # fmt: skip
+    script = f'{shlex.quote(sys.executable)} -c "{code}"; sleep 60; exit 0'
+    lead = Proc("lead", ["sh", "-c", script], tmp_path)
     try:
         deadline = time.monotonic() + 15
-        # sh -> python (exits after 1 s) -> python grandchild (orphaned, reparented).
-        while time.monotonic() < deadline:
-            orphans = [p for p in session_members(lead.pid) if p not in _pids(tree(lead.pid))]
-            if orphans:
-                break
+        # sh -> python (exits after 1 s) -> python grandchild, reparented out of the tree.
+        orphans: list[int] = []
+        while not orphans and time.monotonic() < deadline:
+            orphans = _reparented(lead.pid)
             time.sleep(0.05)
         assert orphans, "the grandchild should have left the tree"
         members = _pids(family(lead.pid))
         assert lead.pid in members and set(orphans) <= members
         everyone = family(lead.pid)
         groups = by_name(everyone, prefix="x:")
-        assert next(iter(groups)) == "x:sh"  # the leader is seen first
-        assert _pids(groups["x:sh"]) == {lead.pid}
+        lead_name = psutil.Process(lead.pid).name()  # sh (not exec'd away: the script goes on)
+        assert next(iter(groups)) == "x:" + lead_name  # the leader is seen first
+        assert lead.pid in _pids(groups["x:" + lead_name])
         orphan_name = psutil.Process(orphans[0]).name()
         assert orphans[0] in _pids(groups["x:" + orphan_name])
         assert sum(len(ps) for ps in groups.values()) == len(everyone)
     finally:
         lead.stop(grace=2.0)
     assert family(lead.pid) == []
+
+
+def _reparented(sid: int) -> list[int]:
+    """Live members of session ``sid`` whose parent is outside ``tree(sid)``."""
+    out = []
+    for pid in session_members(sid):
+        try:
+            if psutil.Process(pid).ppid() not in _pids(tree(sid)):
+                out.append(pid)
+        except psutil.Error:
+            continue
+    return out
 
 
 def _pids(procs: list[psutil.Process]) -> set[int]:
