@@ -47,6 +47,7 @@ process logs go to ``<out>/logs/<UTC timestamp>/``.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -158,7 +159,9 @@ def run_round(
             try:
                 peer, peer_info = start_pytriton(args, log_dir, rnd, repo, peer_tmp)
                 entry.info[PEER] = peer_info
-            except StackError as exc:
+            except (StackError, OSError, subprocess.SubprocessError) as exc:
+                # Not ready in time, died, or its interpreter would not even run: the report
+                # says so in place of its figures.
                 entry.results.append(StartFailure(system=PEER, model=PEER_MODEL, error=str(exc)))
         targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
         if curve is not None and CURVE_MODEL in targets:
