@@ -283,7 +283,8 @@ def to_markdown(report: Report) -> str:
         + (", ".join(f"{k} {v}" for k, v in versions.items()) or "not installed")
         + ". PyTriton = Triton server + Python backend stub + the PyTriton process running the "
         "model; Ray Serve = gRPC proxy actor + one replica (`@serve.batch`). 'CPU s per 1k' of a "
-        "peer counts all its processes (`server` = the whole process tree). PyTriton's "
+        "peer counts all its processes (PyTriton's per command name over its process tree and "
+        "session; Ray's `server` = the whole process tree). PyTriton's "
         "`compute_infer` is timed by Triton's Python backend around its round trip to the "
         "PyTriton process, so its 'compute' includes that hop; Ray reports no statistics. "
         + (
