@@ -182,7 +182,7 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     detail: str = ""
 
 
-class CpuPerCall(msgspec.Struct, frozen=True, kw_only=True):
+class CpuPerCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """CPU ms per call of one system at one concurrency: the sum over its processes, median over
     rounds of each round's sum, and the per-process medians it came from."""
 
@@ -192,6 +192,8 @@ class CpuPerCall(msgspec.Struct, frozen=True, kw_only=True):
     rounds: int
     total_ms: float
     per_process_ms: dict[str, float]
+    vs_peer: float | None = None
+    """Ours only: median over rounds of each round's ours ÷ PyTriton total (paired)."""
 
 
 Note = tuple[str, str, str]

@@ -92,7 +92,11 @@ def test_cpu_per_call_is_the_median_of_each_rounds_sum() -> None:
     assert p.total_ms == pytest.approx(1.2)
     assert p.per_process_ms["tritonserver"] == pytest.approx(0.4)
     assert cpu_per_call(rounds, "pytriton", "mlp", 8) is None
-    assert [(r.system, r.concurrency) for r in cpu_rows(rounds)] == [
+    rows = cpu_rows(rounds)
+    # Ours carries the paired ratio: per round 1.0/1.2, 1.1/1.0, 0.9/1.5 -> median 0.833.
+    assert rows[2].vs_peer == pytest.approx(1.0 / 1.2)
+    assert rows[3].vs_peer is None
+    assert [(r.system, r.concurrency) for r in rows] == [
         ("ours", 1),
         ("pytriton", 1),
         ("ours", 64),
@@ -171,3 +175,18 @@ def test_section_says_clearly_when_pytriton_could_not_run() -> None:
         "- **NOT RUN** c=64 throughput >= 1.5x PyTriton (median of 3 paired rounds): "
         "PyTriton cannot run in this environment: no wheel"
     ) in lines
+
+
+def test_the_ratio_is_paired_within_rounds_not_a_ratio_of_medians() -> None:
+    # Round 0: ours 1.0 vs 2.0 ms (0.5x); round 1: ours 3.0 vs 1.0 ms (3.0x). Medians of the
+    # totals would give 2.0 / 1.5 = 1.33x; the paired median is (0.5 + 3.0) / 2 = 1.75x.
+    rounds = [
+        Round(round=0, results=[ours(64, 1000.0, 0.5), pytriton(64, 900.0, (1.0, 0.5, 0.3, 0.2))]),
+        Round(round=1, results=[ours(64, 1000.0, 2.5), pytriton(64, 900.0, (0.4, 0.3, 0.2, 0.1))]),
+    ]
+    cpu, _ = peer_goals(rounds, [])
+    assert cpu.value == pytest.approx(1.75)
+    assert cpu.verdict == "FAIL"
+    row = cpu_rows(rounds)[0]
+    assert (row.system, row.total_ms) == ("ours", pytest.approx(2.0))
+    assert row.vs_peer == pytest.approx(1.75)

@@ -29,6 +29,7 @@ def report(large: bool) -> Report:
                 rounds=1,
                 total_ms=1.0,
                 per_process_ms={"frontend": 0.6, "broker": 0.2, "worker": 0.2},
+                vs_peer=0.8,
             ),
             CpuPerCall(
                 system="pytriton",
