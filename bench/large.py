@@ -131,11 +131,14 @@ def run_round(
     bare_url, bare = start_bare(log_dir / f"r{rnd}-bare")
     try:
         ours_url, ours = start_ours(log_dir / f"r{rnd}-ours", repo)
-        tcp_url, tcp = start_ours(log_dir / f"r{rnd}-tcp", repo, transport="off")
+        tcp_url, tcp = "", []  # with extras: our stack without shared memory slabs too
+        if extras:
+            tcp_url, tcp = start_ours(log_dir / f"r{rnd}-tcp", repo, transport="off")
         try:
             for i, (payload, conc) in enumerate(POINTS):
                 order = [("bare", bare_url, bare), ("ours", ours_url, ours)]
-                order.append(("tcp", tcp_url, tcp))
+                if tcp:
+                    order.append(("tcp", tcp_url, tcp))
                 if (i + rnd) % 2:
                     order.reverse()
                 for system, url, procs in order:
