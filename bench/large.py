@@ -131,7 +131,7 @@ def run_round(
     bare_url, bare = start_bare(log_dir / f"r{rnd}-bare")
     try:
         ours_url, ours = start_ours(log_dir / f"r{rnd}-ours", repo)
-        tcp_url, tcp = "", []  # with extras: our stack without shared memory slabs too
+        tcp_url, tcp = "", list[Proc]()  # with extras: our stack without slabs too
         if extras:
             tcp_url, tcp = start_ours(log_dir / f"r{rnd}-tcp", repo, transport="off")
         try:
