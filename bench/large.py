@@ -122,23 +122,32 @@ def measure(
     return result
 
 
-def run_round(args: argparse.Namespace, rnd: int, repo: Path, log_dir: Path) -> list[dict]:
+def run_round(
+    args: argparse.Namespace, rnd: int, repo: Path, log_dir: Path, extras: bool = True
+) -> list[dict[str, Any]]:
+    """Bare and ours up at once, every point of ``POINTS`` on both, back to back in alternating
+    order; with ``extras`` also shared memory at ``SHM_POINT`` and, last, ``RSS_POINT``."""
     results: list[dict[str, Any]] = []
     bare_url, bare = start_bare(log_dir / f"r{rnd}-bare")
     try:
         ours_url, ours = start_ours(log_dir / f"r{rnd}-ours", repo)
-        tcp_url, tcp = start_ours(log_dir / f"r{rnd}-tcp", repo, transport="off")
+        tcp_url, tcp = "", list[Proc]()  # with extras: our stack without slabs too
+        if extras:
+            tcp_url, tcp = start_ours(log_dir / f"r{rnd}-tcp", repo, transport="off")
         try:
             for i, (payload, conc) in enumerate(POINTS):
                 order = [("bare", bare_url, bare), ("ours", ours_url, ours)]
-                order.append(("tcp", tcp_url, tcp))
+                if tcp:
+                    order.append(("tcp", tcp_url, tcp))
                 if (i + rnd) % 2:
                     order.reverse()
                 for system, url, procs in order:
                     results.append(measure(system, url, procs, payload, conc, args))
-                if (payload, conc) == SHM_POINT:
+                if extras and (payload, conc) == SHM_POINT:
                     results.append(measure("ours", ours_url, ours, payload, conc, args, True))
             for system, url, procs in (("bare", bare_url, bare), ("ours", ours_url, ours)):
+                if not extras:
+                    break
                 point = measure(system, url, procs, *RSS_POINT, args)
                 point["rss_point"] = True
                 results.append(point)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.compare import inprocess_call_us
 from bench.models import MODEL_BLURB
-from bench.results import IdleSample, Measurement, Note, Report, StartFailure, SummaryRow
+from bench.results import Goal, IdleSample, Measurement, Note, Report, StartFailure, SummaryRow
 from bench.routed import routing_cost_lines
 from bench.summary import median
 
@@ -66,6 +66,14 @@ def results_table(summary: list[SummaryRow], model: str, ref: str = "bare") -> l
             f"| {fmt(cvi, '.2f') + 'x' if cvi is not None else '-'} |"
         )
     return lines
+
+
+def goal_line(g: Goal) -> str:
+    """``- **PASS** <goal>: 1.62x (target >= 1.5x; median of 3 paired rounds)``."""
+    if g.value is None:
+        return f"- **{g.verdict}** {g.text}: {g.detail}"
+    op = "<=" if g.at_most else ">="
+    return f"- **{g.verdict}** {g.text}: {g.value:.2f}x (target {op} {g.target:g}x; {g.detail})"
 
 
 def curve_cost_lines(summary: list[SummaryRow], model: str) -> list[str]:
@@ -263,8 +271,8 @@ def meta_line(meta: Mapping[str, Any]) -> str:
     )
 
 
-def to_markdown(report: Report) -> str:
-    """The ``run-latest.md`` section."""
+def to_markdown(report: Report, extra: list[str] | None = None) -> str:
+    """The ``run-latest.md`` section; ``extra`` (Markdown lines) goes after the models' tables."""
     meta = report.meta
     models: list[str] = meta["models"]
     lines = ["## Our stack against the bare gRPC server (`make bench`)", "", meta_line(meta), ""]
@@ -278,6 +286,7 @@ def to_markdown(report: Report) -> str:
         bs = batch_size_table(report, model)
         if bs:
             lines += [*bs, ""]
+    lines += extra or []
     return "\n".join([*lines, *report_tail(report, models)]) + "\n"
 
 

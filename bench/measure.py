@@ -22,7 +22,9 @@ from bench.lifecycle import Proc, dead
 from bench.loadgen import run_load
 from bench.models import MODELS
 from bench.procs import (
+    by_name,
     cpu_s,
+    family,
     loadavg,
     machine_busy_s,
     own_cpu_s,
@@ -45,6 +47,9 @@ class Target:
     stats: bool = False  # answers get_inference_statistics with batch_stats
     stats_headers: dict[str, str] | None = None
     infer_headers: dict[str, str] | None = None
+    by_process_name: bool = False
+    """Costs per command name over the processes' whole families (``bench.procs.family``)
+    instead of per process tree: a peer that runs as several servers (PyTriton) shows each."""
 
 
 @dataclass
@@ -64,7 +69,10 @@ class Mark:
 
 def take_mark(target: Target, model: str, client_pids: list[int], siblings: Sequence[Proc]) -> Mark:
     # Each process tree is listed once per mark: listing walks all of /proc.
-    trees = {p.name: tree(p.pid) for p in target.procs}
+    if target.by_process_name:
+        trees = by_name([q for p in target.procs for q in family(p.pid)])
+    else:
+        trees = {p.name: tree(p.pid) for p in target.procs}
     return Mark(
         t=time.monotonic(),
         busy=machine_busy_s(),
@@ -81,7 +89,9 @@ def take_mark(target: Target, model: str, client_pids: list[int], siblings: Sequ
 def window_costs(a: Mark, b: Mark, requests: int) -> dict[str, object]:
     """The Measurement fields computed from the marks at the start and end of the window."""
     window = b.t - a.t
-    cpu = {name: b.cpu[name] - a.cpu[name] for name in a.cpu}
+    # A process that started inside the window counts whole; one that ended counts nothing
+    # (its CPU time left with it).
+    cpu = {name: b.cpu[name] - a.cpu.get(name, 0.0) for name in b.cpu}
     client = b.client - a.client
     ours = sum(cpu.values()) + client + (b.own - a.own) + (b.siblings - a.siblings)
 
@@ -95,8 +105,8 @@ def window_costs(a: Mark, b: Mark, requests: int) -> dict[str, object]:
         "client_cpu_s_per_1k": per_k(client),
         "cpu_util": {name: s / window for name, s in cpu.items()},
         "wakeups_per_req": {
-            name: ((b.wakeups[name] - n) / requests if requests else None)
-            for name, n in a.wakeups.items()
+            name: ((n - a.wakeups.get(name, 0)) / requests if requests else None)
+            for name, n in b.wakeups.items()
         },
         "rss_mb": b.rss,
         "client_cpu_util": client / window,

@@ -118,7 +118,14 @@ def start_pytriton(
         info.ready_s = time.monotonic() - t0
         info.sanity_error = sanity_check(url, MODEL, MODELS[MODEL])
         info.statistics = batch_snapshot(url, MODEL, headers) is not None
-        target = Target("pytriton", url, [proc], stats=info.statistics, stats_headers=headers)
+        target = Target(
+            "pytriton",
+            url,
+            [proc],
+            stats=info.statistics,
+            stats_headers=headers,
+            by_process_name=True,
+        )
         time.sleep(SETTLE_S)
         info.idle_cpu_util = idle_cpu(target.procs, args.idle_seconds)
         info.idle_rss_mb = idle_rss(target.procs)
@@ -276,7 +283,8 @@ def to_markdown(report: Report) -> str:
         + (", ".join(f"{k} {v}" for k, v in versions.items()) or "not installed")
         + ". PyTriton = Triton server + Python backend stub + the PyTriton process running the "
         "model; Ray Serve = gRPC proxy actor + one replica (`@serve.batch`). 'CPU s per 1k' of a "
-        "peer counts all its processes (`server` = the whole process tree). PyTriton's "
+        "peer counts all its processes (PyTriton's per command name over its process tree and "
+        "session; Ray's `server` = the whole process tree). PyTriton's "
         "`compute_infer` is timed by Triton's Python backend around its round trip to the "
         "PyTriton process, so its 'compute' includes that hop; Ray reports no statistics. "
         + (

@@ -25,6 +25,39 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def family(pid: int) -> list[psutil.Process]:
+    """``tree(pid)`` plus every other live process of the session ``pid`` leads, if it leads
+    one: a process that left the tree (its parent exited, it was reparented) stays in the
+    session, so a system that runs as a tree of servers (PyTriton) is counted whole."""
+    procs = {p.pid: p for p in tree(pid)}
+    if not procs:
+        return []
+    try:
+        leads = os.getsid(pid) == pid
+    except OSError:
+        leads = False
+    for member in session_members(pid) if leads else []:
+        if member not in procs:
+            try:
+                procs[member] = psutil.Process(member)
+            except _GONE:
+                continue
+    return list(procs.values())
+
+
+def by_name(procs: list[psutil.Process], prefix: str = "") -> dict[str, list[psutil.Process]]:
+    """These processes grouped by command name (``prefix`` + ``comm``), in the order first
+    seen; a process gone meanwhile is left out."""
+    groups: dict[str, list[psutil.Process]] = {}
+    for p in procs:
+        try:
+            name = p.name()
+        except _GONE:
+            continue
+        groups.setdefault(prefix + name, []).append(p)
+    return groups
+
+
 def _cpu_s(proc: psutil.Process) -> float:
     try:
         t = proc.cpu_times()

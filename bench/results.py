@@ -166,6 +166,36 @@ class SummaryRow(msgspec.Struct, frozen=True, kw_only=True):
     triton_infer_us_per_inference: float | None = None
 
 
+class Goal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One goal of the issue checked against this run's numbers.
+
+    ``verdict`` is PASS or FAIL where the numbers exist, NOT RUN where a system it needs did not
+    run (``detail`` says why)."""
+
+    name: str
+    text: str
+    verdict: str
+    value: float | None = None
+    target: float | None = None
+    at_most: bool = False
+    """The goal is ``value <= target`` (else ``value >= target``)."""
+    detail: str = ""
+
+
+class CpuPerCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """CPU ms per call of one system at one concurrency: the sum over its processes, median over
+    rounds of each round's sum, and the per-process medians it came from."""
+
+    system: str
+    model: str
+    concurrency: int
+    rounds: int
+    total_ms: float
+    per_process_ms: dict[str, float]
+    vs_peer: float | None = None
+    """Ours only: median over rounds of each round's ours ÷ PyTriton total (paired)."""
+
+
 Note = tuple[str, str, str]
 """(subject, where, text) of a line under "Failures and notes"."""
 
@@ -182,6 +212,12 @@ class Report(msgspec.Struct, kw_only=True, omit_defaults=True):
     install: dict[str, Any] = msgspec.field(default_factory=dict)
     """``bench.peers`` only: how its virtualenv was prepared."""
     notes: list[Note] = msgspec.field(default_factory=list)
+    cpu_per_call: list[CpuPerCall] = msgspec.field(default_factory=list)
+    """``bench.run``: ours against PyTriton, CPU ms per call (``bench.peer_cpu``)."""
+    large: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    """``bench.run``: the large-payload points, as ``bench.large.measure`` records them."""
+    goals: list[Goal] = msgspec.field(default_factory=list)
+    """``bench.run``: the issue's goals with their verdicts."""
 
 
 def to_json(report: Report) -> bytes:

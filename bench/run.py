@@ -22,7 +22,13 @@ the same batch size.
 With ``--curve`` (default) ``ours_curve`` (the same stack with CURVE on the fabric) and with
 ``--traced`` (default) ``ours_traced`` (the same stack tracing 1 % of the calls, every tier
 exporting OTLP/gRPC to a local sink, ``bench.otlp_sink``) are measured on ``mlp`` alongside,
-each reported as a ratio to ``ours``.
+each reported as a ratio to ``ours``. With ``--pytriton`` (default) PyTriton serves ``mlp``
+alongside (``bench.peers.start_pytriton``, from ``bench/.venv-peers``, made on first use): its CPU
+per call (every process of its tree and session) is set against ours, with the issue's goals
+against it (``bench.peer_cpu``); where it cannot run, the report says why. With ``--large``
+(default) one round of ``bench.large``'s points follows (64 KiB c=16, 1 MiB c=8, 16 MiB c=4,
+``identity_fp32`` against the bare echo server; ``bench.run_large``), with the goals at 1 MiB and
+16 MiB.
 
 The machine is small and shared, so absolute numbers are noise-prone: every figure for our stack is
 reported as a ratio against baselines measured in the same run (see ``bench.measure`` for what
@@ -34,12 +40,14 @@ process logs go to ``<out>/logs/<UTC timestamp>/``.
 
     python -m bench.run [--quick] [--duration 8] [--warmup 2] [--concurrency 1,8,32,64,128]
                         [--models mlp,mlp_wait,wide_mlp] [--wait-concurrency 1,64] [--rounds 1]
-                        [--out bench/results] [--no-curve] [--no-traced]
+                        [--out bench/results] [--no-curve] [--no-traced] [--no-routed]
+                        [--no-pytriton] [--no-install] [--no-large]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +60,12 @@ from bench.lifecycle import StackError, stop_all
 from bench.markdown import to_markdown
 from bench.measure import Target, idle_sample, sweep_interleaved
 from bench.models import MODELS, OPTIONAL_MODELS
+from bench.peer_cpu import PEER, cpu_rows, peer_cpu_lines, peer_goals
+from bench.peers import start_pytriton, stop_pytriton
+from bench.peers_venv import ensure_venv
 from bench.results import Report, Round, StackInfo, StartFailure
 from bench.routed import ROUTED_MODEL, ROUTED_SYSTEM, build_routed_repo
+from bench.run_large import large_goals, large_lines, run_large
 from bench.summary import summarize
 from bench.systems import build_repo, start_bare, start_ours_idle
 from fabric.curve import init_keys
@@ -66,6 +78,7 @@ CURVE_SYSTEM = "ours_curve"
 CURVE_MODEL = "mlp"
 TRACED_SYSTEM = "ours_traced"
 TRACED_MODEL = "mlp"
+PEER_MODEL = "mlp"
 
 
 def run_round(
@@ -75,6 +88,7 @@ def run_round(
     repo: Path | None,
     models: list[str],
     routing: Path | None = None,
+    peer_tmp: Path | None = None,
 ) -> Round:
     """One round of ``make bench``: the bare server for each model and our stack, all up at
     once, measured point by point (``sweep_interleaved``)."""
@@ -88,6 +102,8 @@ def run_round(
     routed_info: StackInfo | None = None
     traced: Target | None = None
     traced_info: StackInfo | None = None
+    peer: Target | None = None
+    peer_info: StackInfo | None = None
     try:
         for model in models:
             print(f"bench: round {rnd + 1}/{args.rounds}: starting bare, {model}", file=sys.stderr)
@@ -138,6 +154,15 @@ def run_round(
                     entry.results.append(StartFailure(system=TRACED_SYSTEM, error=str(exc)))
                 if traced_info is not None:
                     entry.info[TRACED_SYSTEM] = traced_info
+        if repo is not None and peer_tmp is not None and PEER_MODEL in models:
+            print(f"bench: round {rnd + 1}/{args.rounds}: starting PyTriton", file=sys.stderr)
+            try:
+                peer, peer_info = start_pytriton(args, log_dir, rnd, repo, peer_tmp)
+                entry.info[PEER] = peer_info
+            except (StackError, OSError, subprocess.SubprocessError) as exc:
+                # Not ready in time, died, or its interpreter would not even run: the report
+                # says so in place of its figures.
+                entry.results.append(StartFailure(system=PEER, model=PEER_MODEL, error=str(exc)))
         targets = {m: [t for t in (bare.get(m), ours) if t is not None] for m in models}
         if curve is not None and CURVE_MODEL in targets:
             targets[CURVE_MODEL].append(curve)
@@ -145,6 +170,8 @@ def run_round(
             targets[ROUTED_MODEL].append(routed)
         if traced is not None:
             targets[TRACED_MODEL].append(traced)
+        if peer is not None:
+            targets[PEER_MODEL].append(peer)
         entry.results += sweep_interleaved(targets, args, rnd, args.model_concurrency)
         entry.results += [idle_sample(t, m, args.idle_seconds) for m, t in bare.items()]
     finally:
@@ -158,6 +185,8 @@ def run_round(
             routed_info.exit_codes = stop_all(routed.procs)
         if traced is not None and traced_info is not None:
             traced_info.exit_codes = stop_all(traced.procs)
+        if peer is not None and peer_info is not None:
+            stop_pytriton(peer.procs, peer_info)
     return entry
 
 
@@ -200,6 +229,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help=f"also measure our stack exporting OTLP traces of 1 %% of the calls to a local sink "
         f"({TRACED_SYSTEM}, {TRACED_MODEL} only), to show what tracing costs",
     )
+    parser.add_argument(
+        "--pytriton",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also measure PyTriton on {PEER_MODEL} (from bench/.venv-peers, made on first "
+        "use), for CPU per call and throughput against it",
+    )
+    parser.add_argument(
+        "--no-install", action="store_true", help="never pip install bench/.venv-peers"
+    )
+    parser.add_argument(
+        "--large",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the model points, one round of bench.large's points (64 KiB c=16, "
+        "1 MiB c=8, 16 MiB c=4; ours against the bare echo server)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.duration = args.duration if args.duration is not None else (4.0 if quick else 8.0)
@@ -230,6 +276,42 @@ def drop_missing_optional(report: Report, repo: Path, models: list[str]) -> list
     return kept
 
 
+def prepare_pytriton(args: argparse.Namespace, report: Report, models: list[str]) -> bool:
+    """Whether PyTriton is measured: its virtualenv made (or found), or a note saying why not."""
+    if PEER_MODEL not in models:
+        return False
+    if not args.pytriton:
+        report.notes.append((PEER, "-", "not measured: --no-pytriton"))
+        return False
+    print("bench: preparing bench/.venv-peers for PyTriton", file=sys.stderr)
+    install = ensure_venv(False, not args.no_install, 0.0)
+    report.install = install
+    report.notes += [("install", "-", n) for n in install.get("notes", [])]
+    if install.get("base_error"):
+        note = f"PyTriton cannot run in this environment: {install['base_error']}"
+        report.notes.append((PEER, "-", note))
+        print(f"bench: {note}", file=sys.stderr)
+        return False
+    return True
+
+
+def goal_sections(report: Report) -> list[str]:
+    """PyTriton's CPU per call and the large payloads, each with its goals (Markdown)."""
+    lines: list[str] = []
+    if PEER_MODEL in report.meta["models"]:
+        peer = [g for g in report.goals if g.name.endswith("_vs_pytriton")]
+        lines += peer_cpu_lines(report.cpu_per_call, peer, PEER_MODEL)
+    if report.meta.get("large"):
+        big = [g for g in report.goals if g.name.startswith("large_")]
+        lines += large_lines(report.large, big, report.meta.get("large_error"))
+    return lines
+
+
+def render(report: Report) -> str:
+    """``run-latest.md``: ``bench.markdown.to_markdown`` with the goal sections."""
+    return to_markdown(report, goal_sections(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, models = parse_args(argv)
     t_begin = time.monotonic()
@@ -238,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.out / "logs" / stamp
     log_dir.mkdir(parents=True, exist_ok=True)
     meta = {**new_meta(args, stamp, log_dir), "models": models, "quick": args.quick}
+    meta["large"] = args.large
     report = Report(meta=meta)
+    pytriton = prepare_pytriton(args, report, models)
     with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp:
         built = Path(tmp) / "models"
         repo: Path | None = built
@@ -253,23 +337,37 @@ def main(argv: list[str] | None = None) -> int:
         routing = None
         if repo is not None and args.routed and ROUTED_MODEL in models:
             routing = build_routed_repo(repo, Path(tmp) / "routed")
+        peer_tmp = Path(tmp) if pytriton else None
         for rnd in range(args.rounds):
-            report.rounds.append(run_round(args, log_dir, rnd, repo, models, routing))
+            report.rounds.append(run_round(args, log_dir, rnd, repo, models, routing, peer_tmp))
         all_results = [r for rnd_ in report.rounds for r in rnd_.results]
         for model in models:
             sizes = inprocess_sizes(all_results, model)
             print(f"bench: {model} in-process at batch sizes {sizes}", file=sys.stderr)
             report.inprocess[model] = run_inprocess(repo, model, sizes, args.inprocess_seconds)
+        if args.large:
+            if repo is None:
+                report.meta["large_error"] = "the model repository could not be built"
+            else:
+                print("bench: large payloads, one round", file=sys.stderr)
+                report.large, report.meta["large_error"] = run_large(
+                    args.quick, repo, log_dir / "large"
+                )
     attach_inprocess(report)
     every_c = list(dict.fromkeys([*args.concurrency, *args.model_concurrency["mlp_wait"]]))
     report.summary = summarize(
         report.rounds,
         every_c,
-        ["bare", "ours", CURVE_SYSTEM, ROUTED_SYSTEM, TRACED_SYSTEM],
+        ["bare", "ours", CURVE_SYSTEM, ROUTED_SYSTEM, TRACED_SYSTEM, PEER],
         models,
     )
+    report.cpu_per_call = cpu_rows(report.rounds, PEER_MODEL)
+    if PEER_MODEL in models:
+        report.goals += peer_goals(report.rounds, report.notes, PEER_MODEL)
+    if args.large:
+        report.goals += large_goals(report.large, report.meta.get("large_error"))
     report.meta["elapsed_s"] = time.monotonic() - t_begin
-    return write_outputs(report, args, "run", to_markdown)
+    return write_outputs(report, args, "run", render)
 
 
 if __name__ == "__main__":
