@@ -110,6 +110,13 @@ class CurveClientSettings(FabricSettings):
         "this process's CURVE .key_secret file (for a broker that allow-lists)",
         env="FABRIC_CURVE_CLIENT_CERT",
     )
+    shm_transport: str = setting(
+        "auto",
+        "auto: payloads of 256 KiB or more travel through /dev/shm between a frontend and "
+        "workers on the same host (fabric.shm_transport); off: always through ZeroMQ",
+        env="FABRIC_SHM_TRANSPORT",
+        choices=("auto", "off"),
+    )
 
 
 _KIND_NAMES: dict[Any, str] = {

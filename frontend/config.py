@@ -28,13 +28,6 @@ class FrontendConfig(CurveClientSettings):
         "all tiers)",
         env="FABRIC_MAX_MESSAGE_BYTES",
     )
-    shm_transport: str = setting(
-        "auto",
-        "auto: payloads of 256 KiB or more travel through /dev/shm between a frontend and "
-        "workers on the same host (fabric.shm_transport); off: always through ZeroMQ",
-        env="FABRIC_SHM_TRANSPORT",
-        choices=("auto", "off"),
-    )
     default_timeout_s: float = setting(60.0, "deadline for calls that set none")
     max_retries: int = setting(2, "retries of UNAVAILABLE failures")
     max_in_flight: int = setting(20_000, "requests held at once; more get RESOURCE_EXHAUSTED")

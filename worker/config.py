@@ -35,13 +35,6 @@ class WorkerConfig(CurveClientSettings):
         "largest request or response of any tier (one value for all tiers)",
         env="FABRIC_MAX_MESSAGE_BYTES",
     )
-    shm_transport: str = setting(
-        "auto",
-        "auto: payloads of 256 KiB or more travel through /dev/shm between a frontend and "
-        "workers on the same host (fabric.shm_transport); off: always through ZeroMQ",
-        env="FABRIC_SHM_TRANSPORT",
-        choices=("auto", "off"),
-    )
     min_credit: int = setting(
         4, "fewest requests a loaded model version takes at once (its credit floor)"
     )
