@@ -140,6 +140,7 @@ class FrontendServer:
                     lambda: dict(svc.counters),
                     lambda: {
                         "in_flight": svc.in_flight,
+                        "in_flight_bytes": svc.bytes_in_flight.held_bytes,
                         "brokers_live": len(self.client.live_catalogs()),
                         "workers": self.client.workers(),
                     },
