@@ -5,10 +5,12 @@ requeue passing the bound."""
 from __future__ import annotations
 
 from broker.dispatcher import Dispatcher
+from broker.metrics import BrokerMetrics
 from broker.queues import ModelQueues, Pending
 from fabric import errors
 from fabric.protocol import RequestHeader, encode_header
 from tests.broker.test_dispatcher import FE, INTERVAL_S, LIVENESS, W1, W2, Harness, sent_ids
+from tests.broker.test_metrics import exported, sample
 
 KEY = ("m", "1")
 
@@ -107,3 +109,14 @@ def test_requests_of_a_lost_worker_are_requeued_past_the_byte_bound() -> None:
     h.kill_by_silence(W1)
     assert h.answers() == []  # both wait again, 1600 bytes over a 1000-byte bound
     assert h.d.queues.queued_bytes == 1600
+
+
+def test_queued_bytes_are_exported_as_a_gauge() -> None:
+    h = byte_harness(1000)
+    metrics = BrokerMetrics(h.d)
+    h.announce(W1, ("m", "1", 1))
+    request(h, 1, 300)  # in flight
+    request(h, 2, 200)  # waiting
+    f = exported(metrics)
+    assert f.types["fabric_broker_queued_bytes"] == "gauge"
+    assert sample(f, "fabric_broker_queued_bytes") == 200
