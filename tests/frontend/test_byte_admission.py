@@ -5,6 +5,7 @@ call ends however it ends."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -16,7 +17,9 @@ from frontend.fabric_client import Reply
 from frontend.inference_service import InferenceService
 from frontend.metrics import FrontendCollector, RequestMetrics
 from frontend.wire import RequestRoute
+from protos import grpc_service_pb2 as pb
 from tests.frontend.test_inference_attempts import NEVER, OK, ScriptedClient
+from tests.frontend.test_traces import Context
 
 ROUTE = RequestRoute("m", "", "")
 
@@ -111,3 +114,21 @@ def test_refusals_and_bytes_in_flight_are_exported() -> None:
     assert "fabric_frontend_rejected_bytes_total 2.0" in text
     assert "--max-in-flight-bytes reached" in text
     assert "fabric_frontend_in_flight_bytes 80.0" in text
+
+
+def test_a_refused_call_does_not_keep_its_request_alive_through_the_abort() -> None:
+    """grpc keeps the abort's exception (and so its traceback's frames) until the cyclic GC
+    runs; the request must not be reachable from there."""
+    svc = InferenceService(
+        FrontendConfig(max_in_flight_bytes=100),
+        ScriptedClient([]),
+        "test",  # type: ignore[arg-type]
+    )
+    request = pb.ModelInferRequest(model_name="m", id="x" * 200).SerializeToString()
+    alone = sys.getrefcount(request)
+    context = Context(())
+    with pytest.raises(RuntimeError) as info:
+        asyncio.run(svc.ModelInfer(request, context))  # type: ignore[arg-type]
+    assert context.aborted is not None and "--max-in-flight-bytes" in context.aborted[1]
+    assert info.value.__traceback__ is not None  # the frames stay reachable from here
+    assert sys.getrefcount(request) == alone
