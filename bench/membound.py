@@ -35,6 +35,7 @@ PAYLOAD_BYTES = 16 * MIB
 CLIENT_TIMEOUT_S = 240.0
 NO_BOUND = {"frontend": ["--max-in-flight-bytes", "0"], "broker": ["--max-queued-bytes", "0"]}
 BOUND_256 = {"frontend": ["--max-in-flight-bytes", str(256 * MIB)]}
+BOUND_256_16 = {"frontend": [*BOUND_256["frontend"], "--max-concurrent-rpcs", "16"]}
 MMAP_1MIB = {"MALLOC_MMAP_THRESHOLD_": str(MIB)}
 
 
@@ -50,11 +51,13 @@ CASES = [
     Case("no byte bound", 32, NO_BOUND),
     Case("defaults (1 GiB)", 32),
     Case("256 MiB in flight", 32, BOUND_256),
+    Case("256 MiB, 16 RPCs", 32, BOUND_256_16),
+    Case("refuse every call", 32, {"frontend": ["--max-in-flight-bytes", "1"]}),
     Case("no byte bound", 64, NO_BOUND),
     Case("256 MiB in flight", 64, BOUND_256),
+    Case("256 MiB, 16 RPCs", 64, BOUND_256_16),
 ]
 PROBES = [  # not in the default run (--only NAME): what a refusal and glibc's heap cost
-    Case("refuse every call", 32, {"frontend": ["--max-in-flight-bytes", "1"]}),
     Case("defaults, mmap threshold 1 MiB", 32, env=MMAP_1MIB),
     Case("256 MiB, mmap threshold 1 MiB", 32, BOUND_256, MMAP_1MIB),
 ]

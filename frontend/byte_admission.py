@@ -8,6 +8,13 @@ scales with. A call that would take the sum past the limit is refused at once, b
 is sent; a call larger than the limit on its own is refused even when nothing else is held, so
 the limit is a bound, not a hint. Plain arithmetic, no I/O: ``InferenceService.infer`` calls
 ``admit`` before dispatch and ``release`` in its ``finally``.
+
+gRPC receives a whole message before any handler runs, so a refused call has already cost its
+bytes, and calls arriving together are all received at once. ``grpc_receive_options`` bounds
+that part (``--max-concurrent-rpcs``): gRPC itself refuses calls past the limit before reading
+their message, but only if a stream not yet accepted buffers little, so HTTP/2 BDP probing (which
+grows every stream's window to megabytes) is turned off and a fixed per-stream window is used.
+That costs throughput on large messages (``bench/results/membound-latest.md``), hence opt-in.
 """
 
 from __future__ import annotations
@@ -18,6 +25,21 @@ DEFAULT_MAX_IN_FLIGHT_BYTES = GIB
 A frontend holds about three times this at its peak (request, reply, and the reply's copy
 handed to gRPC), so 1 GiB keeps a frontend within a few GiB on a small host while costing
 nothing to calls of ordinary size (20,000 calls of 50 KiB fit)."""
+
+
+STREAM_WINDOW_BYTES = 1024 * 1024
+"""Per-stream HTTP/2 window with ``--max-concurrent-rpcs`` (gRPC's lookahead without BDP
+probing): what a call refused before its message was read can have buffered. gRPC's default of
+64 KiB measured 2-3x slower on 64 KiB calls; 1 MiB kept them at speed."""
+
+
+def grpc_receive_options(max_concurrent_rpcs: int) -> tuple[int | None, list[tuple[str, int]]]:
+    """``grpc.aio.server``'s ``maximum_concurrent_rpcs`` and the channel options that make it
+    bound received bytes; (None, []) for 0, gRPC's defaults."""
+    if max_concurrent_rpcs <= 0:
+        return None, []
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES)]
+    return max_concurrent_rpcs, options
 
 
 class ByteBudget:

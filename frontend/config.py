@@ -69,6 +69,12 @@ class FrontendConfig(CurveClientSettings):
     max_concurrent_streams: int = setting(
         1024, "calls open at once on one client connection (HTTP/2 streams)"
     )
+    max_concurrent_rpcs: int = setting(
+        0,
+        "calls open at once on this frontend, all connections; more are refused by gRPC before "
+        "their message is read (bounds received bytes; BDP probing off, slower on large "
+        "messages); 0 = no limit",
+    )
     routing_file: str = setting(
         "",
         "routing file (YAML): canary, A/B, sticky and shadow routing; watched for edits",

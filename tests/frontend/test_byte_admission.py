@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fabric import errors
-from frontend.byte_admission import ByteBudget
+from frontend.byte_admission import STREAM_WINDOW_BYTES, ByteBudget, grpc_receive_options
 from frontend.config import FrontendConfig
 from frontend.fabric_client import Reply
 from frontend.inference_service import InferenceService
@@ -132,3 +132,13 @@ def test_a_refused_call_does_not_keep_its_request_alive_through_the_abort() -> N
     assert context.aborted is not None and "--max-in-flight-bytes" in context.aborted[1]
     assert info.value.__traceback__ is not None  # the frames stay reachable from here
     assert sys.getrefcount(request) == alone
+
+
+def test_receive_options_only_with_a_concurrent_rpc_limit() -> None:
+    assert grpc_receive_options(0) == (None, [])
+    limit, options = grpc_receive_options(8)
+    assert limit == 8
+    assert dict(options) == {
+        "grpc.http2.bdp_probe": 0,
+        "grpc.http2.lookahead_bytes": STREAM_WINDOW_BYTES,
+    }
