@@ -18,6 +18,11 @@ MAX_CATALOG_BYTES = 8 * 1024 * 1024
 default, ``frontend/config.py``), so a catalog always reaches them. An announcement that would
 grow the catalog past it is refused as a whole."""
 
+MAX_QUEUED_BYTES = 1024 * 1024 * 1024
+"""Default of ``--max-queued-bytes``: 1 GiB of payloads waiting for worker credit (64 requests
+of 16 MiB, 16 at the 64 MiB message limit), the same as a frontend's default
+``--max-in-flight-bytes``, so one frontend at its bound cannot fill a broker past its own."""
+
 
 @dataclass(frozen=True)
 class BrokerConfig(FabricSettings):
@@ -26,6 +31,10 @@ class BrokerConfig(FabricSettings):
     frontend_bind: str = setting("tcp://127.0.0.1:5555", "endpoint frontends connect to")
     worker_bind: str = setting("tcp://127.0.0.1:5556", "endpoint workers connect to")
     max_queued: int = setting(10_000, "requests waiting for credit before RESOURCE_EXHAUSTED")
+    max_queued_bytes: int = setting(
+        MAX_QUEUED_BYTES,
+        "payload bytes waiting for credit before RESOURCE_EXHAUSTED (0 = no bound)",
+    )
     max_message_bytes: int = setting(
         MAX_MESSAGE_BYTES,
         "largest request or response of any tier (one value for all tiers)",

@@ -36,7 +36,7 @@ from fabric.protocol import (
 from .answers import Answers
 from .controls import ControlFanout, Outbox
 from .lost import Counters, lost_lease_failure
-from .queues import ModelKey, ModelQueues, Pending, RequestKey
+from .queues import ModelKey, ModelQueues, Pending, RequestKey, payload_bytes
 from .registry import DEFAULT_LIMITS, Announced, AnnounceLimits, Registry, WorkerState
 from .route_decider import RouteDecider
 from .sequences import SequencePins
@@ -53,6 +53,7 @@ class Dispatcher:
         self,
         *,
         max_queued: int,
+        max_queued_bytes: int = 0,
         heartbeat_interval_s: float,
         heartbeat_liveness: int,
         clock: Callable[[], float] = time.monotonic,
@@ -63,7 +64,7 @@ class Dispatcher:
         self._clock = clock
         self._now_ns = wall_clock_ns
         self.registry = Registry(clock, heartbeat_interval_s, heartbeat_liveness, limits)
-        self.queues = ModelQueues(max_queued)
+        self.queues = ModelQueues(max_queued, max_queued_bytes)
         self.leases: dict[RequestKey, Pending] = {}
         self.frontends: dict[PeerId, Liveness] = {}
         self._interval_s = heartbeat_interval_s
@@ -155,14 +156,10 @@ class Dispatcher:
             )
             return
         item.queued_at = self._clock()
-        if not self.queues.push(item):
+        if not self.queues.push(item):  # --max-queued or --max-queued-bytes (queues.py)
             self.counters.rejected_full += 1
-            self._fail(
-                frontend,
-                rid,
-                errors.RESOURCE_EXHAUSTED,
-                f"broker queue full ({self.queues.max_queued} requests waiting)",
-            )
+            reason = self.queues.full(payload_bytes(item))
+            self._fail(frontend, rid, errors.RESOURCE_EXHAUSTED, reason)
 
     def _on_sequence(
         self, frontend: PeerId, header: RequestHeader, header_frame: Frame, payload: Frame

@@ -43,6 +43,7 @@ COUNTERS = {
 @dataclass(frozen=True)
 class Snapshot:
     depths: dict[tuple[str, str], int] = field(default_factory=dict)
+    queued_bytes: int = 0
     workers: int = 0
     frontends: int = 0
     in_flight: int = 0
@@ -65,6 +66,7 @@ def take_snapshot(d: Dispatcher) -> Snapshot:
     c = d.counters
     return Snapshot(
         depths=depths,
+        queued_bytes=d.queues.queued_bytes,
         workers=len(d.registry.workers),
         frontends=len(d.frontends),
         in_flight=len(d.leases),
@@ -88,6 +90,11 @@ class BrokerCollector(Collector):
         for (model, version), n in sorted(s.depths.items()):
             depth.add_metric([model, version], n)
         yield depth
+        yield GaugeMetricFamily(
+            "fabric_broker_queued_bytes",
+            "Payload bytes waiting for credit (bounded by --max-queued-bytes)",
+            value=s.queued_bytes,
+        )
         yield prom.histogram(
             "fabric_broker_queue_wait_seconds",
             "Time from a request's arrival to its dispatch to a worker (0 when credit was free)",

@@ -86,6 +86,7 @@ class BrokerServer:
         )
         self.dispatcher = Dispatcher(
             max_queued=config.max_queued,
+            max_queued_bytes=config.max_queued_bytes,
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_liveness=config.heartbeat_liveness,
             limits=AnnounceLimits(

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from fabric.cli import CurveClientSettings, setting
 from fabric.sockets import MAX_MESSAGE_BYTES
 
+from .byte_admission import DEFAULT_MAX_IN_FLIGHT_BYTES
+
 ENV_PREFIX = "FRONTEND"
 
 
@@ -31,6 +33,11 @@ class FrontendConfig(CurveClientSettings):
     default_timeout_s: float = setting(60.0, "deadline for calls that set none")
     max_retries: int = setting(2, "retries of UNAVAILABLE failures")
     max_in_flight: int = setting(20_000, "requests held at once; more get RESOURCE_EXHAUSTED")
+    max_in_flight_bytes: int = setting(
+        DEFAULT_MAX_IN_FLIGHT_BYTES,
+        "request bytes held by calls in flight; a call that would pass it gets "
+        "RESOURCE_EXHAUSTED (0 = no bound)",
+    )
     retry_budget_ratio: float = setting(0.1, "retries may add at most this fraction of extra load")
     shutdown_grace_s: float = setting(5.0, "longest wait for calls in flight on shutdown")
     control_timeout_s: float = setting(120.0, "longest wait for a repository load or unload call")
@@ -61,6 +68,12 @@ class FrontendConfig(CurveClientSettings):
     )
     max_concurrent_streams: int = setting(
         1024, "calls open at once on one client connection (HTTP/2 streams)"
+    )
+    max_concurrent_rpcs: int = setting(
+        0,
+        "calls open at once on this frontend, all connections; more are refused by gRPC before "
+        "their message is read (bounds received bytes; BDP probing off, slower on large "
+        "messages); 0 = no limit",
     )
     routing_file: str = setting(
         "",

@@ -29,6 +29,7 @@ COUNTER_HELP = {
     "retries": "Attempts sent again after a retryable failure",
     "hedges": "Hedged copies sent (a second attempt while the first is still running)",
     "rejected": "Calls refused by admission control (--max-in-flight reached)",
+    "rejected_bytes": "Calls refused by admission control (--max-in-flight-bytes reached)",
 }
 
 

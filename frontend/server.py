@@ -21,6 +21,7 @@ from fabric.prom import MetricsEndpoint
 from fabric.sockets import MESSAGE_SLACK_BYTES
 from protos import grpc_service_pb2 as pb
 
+from .byte_admission import grpc_receive_options
 from .config import FrontendConfig
 from .fabric_client import FabricClient
 from .inference_service import InferenceService
@@ -141,6 +142,7 @@ class FrontendServer:
                     lambda: dict(svc.counters),
                     lambda: {
                         "in_flight": svc.in_flight,
+                        "in_flight_bytes": svc.bytes_in_flight.held_bytes,
                         "brokers_live": len(self.client.live_catalogs()),
                         "workers": self.client.workers(),
                     },
@@ -151,6 +153,7 @@ class FrontendServer:
             )
         limit = self.config.max_message_bytes
         restrictions = parse_restrictions(self.config.grpc_restricted_protocol)
+        max_rpcs, receive_options = grpc_receive_options(self.config.max_concurrent_rpcs)
         server = grpc.aio.server(
             # Only when some group is restricted: otherwise no call pays for an interceptor.
             interceptors=(
@@ -164,7 +167,9 @@ class FrontendServer:
                 # a taken port fails to bind instead of silently sharing it.
                 ("grpc.so_reuseport", int(self.config.reuse_port)),
                 ("grpc.max_concurrent_streams", self.config.max_concurrent_streams),
+                *receive_options,  # --max-concurrent-rpcs (byte_admission.py)
             ],
+            maximum_concurrent_rpcs=max_rpcs,
         )
         server.add_generic_rpc_handlers((inference_handlers(self.service),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

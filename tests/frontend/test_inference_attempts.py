@@ -75,7 +75,7 @@ def test_one_try_one_reply_sends_once_and_cancels_nothing() -> None:
     assert len(client.submits) == 1 and client.submits[0]["flags"] == 0
     assert client.submits[0].get("hedge_of", 0) == 0
     assert client.cancels == []
-    assert counters == {"retries": 0, "hedges": 0, "rejected": 0}
+    assert counters == {"retries": 0, "hedges": 0, "rejected": 0, "rejected_bytes": 0}
 
 
 def test_unavailable_is_retried_and_counted() -> None:
@@ -129,7 +129,7 @@ def test_hedges_error_is_ignored_while_the_first_copy_can_still_answer() -> None
     client = ScriptedClient([(0.05, OK), UNAVAILABLE], params={"hedge_after_ms": "10"})
     reply, counters = infer(client)
     assert reply == OK
-    assert counters == {"retries": 0, "hedges": 1, "rejected": 0}
+    assert counters == {"retries": 0, "hedges": 1, "rejected": 0, "rejected_bytes": 0}
     assert client.cancels == []  # both copies answered
 
 
