@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.integration.helpers import check_simple
-from tests.integration.stack import ALL_MODELS, Stack
+from tests.integration.stack import ALL_MODELS, Stack, wait_for
 
 DELAY_MS = 300
 REQUESTS = 16
@@ -31,6 +31,14 @@ def test_sigkill_one_of_two_workers_in_flight(make_stack: Callable[[], Stack]) -
     stack.start_frontend()
     stack.wait_live()
     stack.wait_ready(ALL_MODELS)
+    # The frontend is ready once one worker serves every model: wait for the second too, or
+    # the first may take every request and leave none for the survivor to show.
+    wait_for(
+        lambda: stack.broker.log_text().count(" joined") >= 2,
+        timeout_s=60,
+        what="both workers joined the broker",
+        watch=stack.procs,
+    )
     client = stack.client()
 
     done: queue.Queue[tuple[Any, Any]] = queue.Queue()
