@@ -1,8 +1,8 @@
 """The shared memory slab transport (``fabric.shm_transport``) between real processes on one
-host: large calls go through slabs named after the frontend's pid and come back exact, a
-frontend with ``--shm-transport off`` makes none, a frontend stopped cleanly leaves none, calls
-given up on mid-flight never corrupt the calls that reuse slabs after them, and a new frontend
-removes the slabs of one that was killed."""
+host: large calls go through slabs named after the frontend's pid and come back exact; a
+frontend with ``--shm-transport off``, or whose model has a worker with it off, makes none; a
+frontend stopped cleanly leaves none; calls given up on mid-flight never corrupt the calls that
+reuse slabs after them; and a new frontend removes the slabs of one that was killed."""
 
 from __future__ import annotations
 
@@ -111,6 +111,40 @@ def test_a_frontend_with_the_transport_off_makes_no_slab(
     for seed in range(3):
         x = large(seed)
         assert_exact(call(stack, x), x)
+    assert slabs_of(stack.frontend) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_model_with_a_worker_off_the_transport_goes_inline(
+    make_stack: Callable[[], Stack], model_repo: Path, tmp_path: Path
+) -> None:
+    """One of the model's two workers has the transport off: the broker's catalog gives the
+    model no domain, so even a frontend with it on sends the bytes inline, to either worker."""
+    repo = only_identity(model_repo, tmp_path)
+    stack = make_stack()
+    broker = stack.start_broker()
+    stack.start_worker(repo, ["--shm-transport", "off"])
+    serving = f"serves {MODEL}:1"
+    wait_for(
+        lambda: broker.log_text().count(serving) >= 1,
+        timeout_s=90.0,
+        what="the first worker at the broker",
+        watch=stack.procs,
+    )
+    stack.start_worker(repo)
+    wait_for(
+        lambda: broker.log_text().count(serving) >= 2,
+        timeout_s=90.0,
+        what="both workers at the broker",
+        watch=stack.procs,
+    )
+    stack.start_frontend()  # its first catalog already holds both workers
+    stack.wait_live()
+    stack.wait_ready([MODEL])
+    inputs = [large(seed) for seed in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        for x, got in zip(inputs, pool.map(lambda x: call(stack, x), inputs), strict=True):
+            assert_exact(got, x)
     assert slabs_of(stack.frontend) == []
 
 
