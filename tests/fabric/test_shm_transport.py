@@ -26,6 +26,7 @@ from fabric.shm_transport import (
 )
 from frontend.brokers import shm_models
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 MAX_BYTES = 64 * MIB
 OTHER_DOMAIN = "0123456789abcdef"
@@ -318,12 +319,40 @@ def test_mappings_past_the_limit_drop_the_oldest(
 
 
 # ---- sweep and domain ----------------------------------------------------------------------
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()  # reaped: the pid names no process now
-    with pytest.raises(ProcessLookupError):
-        os.kill(child.pid, 0)
-    return child.pid
+FRONTEND_CHILD = """
+import os, sys
+from pathlib import Path
+from fabric.shm_transport import SlabPool
+pool = SlabPool(sys.argv[1], Path(sys.argv[2]))
+for _ in range(int(sys.argv[3])):
+    print(pool.acquire(b"d" * 300_000).name, flush=True)
+sys.stdin.read()  # lives until the test closes stdin
+os._exit(0)  # gone without closing its pool, as if killed
+"""
+
+
+def frontend_process(
+    domain: str, shm_dir: Path, slabs: int
+) -> tuple[subprocess.Popen[str], set[str]]:
+    """Another frontend process holding ``slabs`` slabs until its stdin closes."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", FRONTEND_CHILD, domain, str(shm_dir), str(slabs)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    made = {child.stdout.readline().strip() for _ in range(slabs)}
+    assert all(shm_transport.NAME_PATTERN.fullmatch(n) for n in made), made
+    return child, made
+
+
+def end(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    child.stdout.close()
 
 
 def test_sweep_removes_slabs_of_dead_frontends_only(
@@ -331,16 +360,29 @@ def test_sweep_removes_slabs_of_dead_frontends_only(
 ) -> None:
     own = pool.acquire(b"m" * 300_000)
     assert own is not None
-    gone = dead_pid()
-    dead = [f"fsrv.{domain}.{gone}.abcdef01.{n}" for n in (1, 2)]
-    live = f"fsrv.{domain}.{os.getppid()}.abcdef01.1"
-    other_domain = f"fsrv.{OTHER_DOMAIN}.{gone}.abcdef01.1"
-    unrelated = f"fsrv.{domain}.{gone}.notours"
-    for name in [*dead, live, other_domain, unrelated]:
-        (tmp_path / name).write_bytes(b"")
-    assert pool.sweep() == 2
-    assert names(tmp_path) == {own.name, live, other_domain, unrelated}
-    assert pool.sweep() == 0
+    live, live_slabs = frontend_process(domain, tmp_path, 1)
+    dead, dead_slabs = frontend_process(domain, tmp_path, 2)
+    elsewhere, elsewhere_slabs = frontend_process(OTHER_DOMAIN, tmp_path, 1)
+    try:
+        end(dead)
+        end(elsewhere)
+        # Left by an unlocking frontend whose pid is alive here (another pid namespace, or
+        # its pid reused): no lock, so gone.
+        unlocked = f"fsrv.{domain}.{os.getpid()}.abcdef01.1"
+        (tmp_path / unlocked).write_bytes(b"u" * 100)
+        creating = f"fsrv.{domain}.{os.getpid()}.abcdef01.2"  # made, not locked nor sized yet
+        unrelated = f"fsrv.{domain}.{dead.pid}.notours"
+        for name in (creating, unrelated):
+            (tmp_path / name).write_bytes(b"")
+        assert dead_slabs <= names(tmp_path)  # nobody unlinked them: the process just ended
+        assert pool.sweep() == 3
+        kept = {own.name, *live_slabs, *elsewhere_slabs, creating, unrelated}
+        assert names(tmp_path) == kept
+        assert pool.sweep() == 0
+    finally:
+        end(live)
+    assert pool.sweep() == 1  # the live one's, now that it is gone too
+    assert own.name in names(tmp_path)
     pool.release(own, reuse=False)
 
 
