@@ -23,13 +23,17 @@ Safety:
   are sparse: only the bytes written take memory (a reused slab's pages stay reserved).
 - Names are ``fsrv.<domain>.<pid>.<token>.<n>``: the worker checks the pattern and that the
   domain is its own before opening anything, opens without following links, and checks the
-  object is a regular file of its own user. A frontend removes slabs left by frontends whose
-  process is gone (``sweep``) when it starts.
+  object is a regular file of its own user. A frontend holds a shared ``flock`` on each of
+  its slabs while it lives; when it starts it removes the slabs of its domain that no process
+  holds so any more (``sweep``). A lock, not the pid in the name: frontends in other pid
+  namespaces (containers sharing ``/dev/shm``) see other pids, and a restarted container's
+  frontend often has its predecessor's pid.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import itertools
 import mmap
@@ -158,7 +162,8 @@ class SlabPool:
         self._idle_bytes = 0
 
     def sweep(self) -> int:
-        """Remove slabs of this domain whose frontend process is gone; how many."""
+        """Remove slabs of this domain whose frontend process is gone (no process holds
+        their lock); how many."""
         removed = 0
         try:
             names = os.listdir(self._dir)
@@ -166,11 +171,8 @@ class SlabPool:
             return 0
         for name in names:
             match = NAME_PATTERN.fullmatch(name)
-            if match is None or match.group(1) != self.domain:
-                continue
-            if int(match.group(2)) == os.getpid() or _pid_alive(int(match.group(2))):
-                continue
-            removed += _unlink(self._dir / name)
+            if match is not None and match.group(1) == self.domain and _abandoned(self._dir / name):
+                removed += _unlink(self._dir / name)
         return removed
 
     def _make(self, capacity: int) -> Slab | None:
@@ -181,6 +183,7 @@ class SlabPool:
         except OSError:
             return None
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # held while this process lives (see sweep)
             os.ftruncate(fd, capacity)  # sparse: ranges are reserved as they are written
             mapped = mmap.mmap(fd, capacity, flags=mmap.MAP_SHARED)
         except OSError:
@@ -297,13 +300,21 @@ def _unlink(path: Path) -> int:
         return 0
 
 
-def _pid_alive(pid: int) -> bool:
+def _abandoned(path: Path) -> bool:
+    """Whether no process holds the slab's lock: its frontend is gone. An empty one may be
+    between its creation and its lock (sized only once locked): it is left alone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return False
-    except PermissionError:
-        return True
+    try:
+        if os.fstat(fd).st_size == 0:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its frontend lives
+        return False
+    finally:
+        os.close(fd)
     return True
 
 

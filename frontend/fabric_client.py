@@ -143,6 +143,8 @@ class FabricClient:
     async def close(self) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+        if self._flush_scheduled:  # send this turn's messages now: the callback finds no socket
+            self._flush()
         for link in self._links:
             try:
                 link.socket.send_multipart(messages.disconnect(), zmq.NOBLOCK)
