@@ -199,9 +199,9 @@ def test_new_version_is_ready_before_traffic_moves_and_old_requests_finish(
     loader = threading.Thread(target=lambda: result.append(t.table.load("m")), name="loader")
     loader.start()
     try:
-        # v2 takes new traffic while v1 still holds a request; the swap waits for it.
-        wait_until(lambda: t.table.latest.get("m") == "2")
-        assert ("m", "1") not in t.table.served
+        # v2 takes new traffic while v1 still holds a request; the swap waits for it. v2 is
+        # served (and latest) first, then v1 leaves ``served``: wait for both steps.
+        wait_until(lambda: t.table.latest.get("m") == "2" and ("m", "1") not in t.table.served)
         assert t.infer("m", ragged_x(2, 1)).model_version == "2"
         loader.join(0.05)
         assert loader.is_alive()
