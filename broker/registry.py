@@ -350,10 +350,7 @@ class Registry:
 
     def catalog(self) -> CatalogHeader:
         entries = [
-            CatalogEntry(
-                name, version, entry.config, len(entry.holders), self._shm_domain(key, entry)
-            )
+            CatalogEntry(*key, entry.config, len(entry.holders), self._shm_domain(key, entry))
             for key, entry in sorted(self._versions.items())
-            for name, version in (key,)
         ]
         return CatalogHeader(self.generation, len(self.workers), entries, self.incarnation)

@@ -189,9 +189,9 @@ class FabricClient:
         else:
             link = self._choose(model)
         request_id = next(self._ids)
-        header = RequestHeader(request_id, model, version, deadline_ns, trace, flags, hedge_of)
-        header.sequence, header.sequence_flags = sequence
-        header.shm = shm
+        header = RequestHeader(
+            request_id, model, version, deadline_ns, trace, flags, hedge_of, *sequence, shm
+        )
         if len(payload) >= SHM_MIN_BYTES and model in link.shm_models and self._slabs is not None:
             slab = self._slabs.acquire(payload)
             if slab is not None:  # else (/dev/shm full) it goes inline
