@@ -8,6 +8,8 @@ turn. No I/O: the fabric client passes its links and a turn counter.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -47,3 +49,32 @@ def shm_models(catalog: CatalogHeader, domain: str) -> frozenset[str]:
         return frozenset()
     local = {e.name for e in catalog.models if e.shm_domain == domain}
     return frozenset(local - {e.name for e in catalog.models if e.shm_domain != domain})
+
+
+class StartupGate:
+    """Holds the calls that reach a fresh frontend before any broker has answered it.
+
+    A replica starts taking calls (a balancer adds it as soon as its address resolves) a few
+    milliseconds before its first broker's catalog arrives; without the gate those calls fail
+    UNAVAILABLE "no broker is reachable". The gate opens on the first catalog, or for good
+    ``wait_s`` after the start, so a frontend whose brokers never answer fails calls fast.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.open = False
+        self._opened = asyncio.Event()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_later(self.wait_s, self.release)
+
+    def release(self) -> None:
+        self.open = True
+        self._opened.set()
+
+    async def wait(self, limit_s: float | None) -> None:
+        """Until the gate opens, at most ``limit_s`` (a call's time left, None for none)
+        less a tenth, so that the call can still answer before its deadline."""
+        limit = None if limit_s is None else max(0.0, limit_s * 0.9)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._opened.wait(), limit)

@@ -39,6 +39,11 @@ class FrontendConfig(CurveClientSettings):
         "RESOURCE_EXHAUSTED (0 = no bound)",
     )
     retry_budget_ratio: float = setting(0.1, "retries may add at most this fraction of extra load")
+    startup_wait_s: float = setting(
+        5.0,
+        "calls that arrive before any broker has answered this frontend wait for one this long "
+        "after the start (a fresh replica behind a balancer); later calls fail at once",
+    )
     shutdown_grace_s: float = setting(5.0, "longest wait for calls in flight on shutdown")
     control_timeout_s: float = setting(120.0, "longest wait for a repository load or unload call")
     server_name: str = setting(

@@ -48,7 +48,7 @@ from fabric.sockets import (
     send_frames,
 )
 
-from .brokers import choose_broker, shm_models
+from .brokers import StartupGate, choose_broker, shm_models
 from .route_state import RouteStates
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class FabricClient:
         max_message_bytes: int,
         security: SocketSecurity | None = None,
         shm_transport: bool = False,
+        startup_wait_s: float = 5.0,
     ) -> None:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         # No identity of our own: the broker assigns one per connection, so nobody who learns
@@ -111,6 +112,7 @@ class FabricClient:
             for ep in endpoints
         ]
         self._interval_s = heartbeat_interval_s
+        self.gate = StartupGate(startup_wait_s)  # calls wait for the first catalog (brokers.py)
         self._shm_domain = domain_if(shm_transport)
         self._slabs = SlabPool(self._shm_domain) if self._shm_domain else None
         self._slab_of: dict[int, Slab] = {}  # request id -> the slab holding its payload
@@ -133,6 +135,7 @@ class FabricClient:
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.gate.start(self._loop)
         if self._slabs is not None and (swept := self._slabs.sweep()):
             logger.info("removed %d shared memory slab(s) of frontends that are gone", swept)
         for link in self._links:
@@ -417,6 +420,8 @@ class FabricClient:
                 link.catalog = catalog
                 link.shm_models = shm_models(catalog, self._shm_domain)
                 self.catalog_version += 1
+                if not self.gate.open:
+                    self.gate.release()
             case HeartbeatHeader() as heartbeat:
                 self._check_incarnation(link, heartbeat.incarnation)
                 self.routes.update(link.endpoint, heartbeat.decisions)

@@ -345,6 +345,8 @@ class InferenceService(ModelRpcs):
         except RequestError as exc:
             del request  # as below: the abort's traceback must not keep it alive
             await context.abort(grpc_code(exc.code), exc.message)
+        if not self.client.gate.open:  # a fresh frontend: wait for the first broker's catalog
+            await self.client.gate.wait(context.time_remaining())
         self._policy(route.model)  # traits follow the catalog
         if self._traits.get(route.model, PLAIN).decoupled:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, DECOUPLED_MODEL_INFER)
@@ -378,6 +380,8 @@ class InferenceService(ModelRpcs):
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Many requests over one stream, bounded (see ``frontend.streams``)."""
+        if not self.client.gate.open:
+            await self.client.gate.wait(context.time_remaining())
         infer = self.infer
         if self.router is not None:
             infer = self.router.stream_infer(infer, context.invocation_metadata())

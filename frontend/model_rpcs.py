@@ -136,6 +136,8 @@ class ModelRpcs:
     async def _config_or_abort(
         self, name: str, version: str, context: grpc.aio.ServicerContext
     ) -> mc.ModelConfig:
+        if not self.client.gate.open:  # a fresh frontend: wait for the first broker's catalog
+            await self.client.gate.wait(context.time_remaining())
         try:
             names.check_model(name, version, "name")
             texts.parse_version(version)

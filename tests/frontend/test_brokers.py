@@ -3,11 +3,13 @@ in turn among equals."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from fabric.heartbeat import Liveness
 from fabric.protocol import CatalogEntry, CatalogHeader
-from frontend.brokers import choose_broker
+from frontend.brokers import StartupGate, choose_broker
 
 INTERVAL_S = 1.0
 LIVENESS = 3
@@ -75,3 +77,48 @@ def test_a_lost_broker_is_dead_at_once() -> None:
     a, b = broker("a", clock, {"m": 1}), broker("b", clock, {"m": 1})
     a.liveness.lost()
     assert choose_broker([a, b], "m", 0) is b
+
+
+def test_startup_gate_holds_calls_until_released() -> None:
+    async def run() -> list[str]:
+        gate = StartupGate(60.0)
+        gate.start(asyncio.get_running_loop())
+        order: list[str] = []
+
+        async def call(name: str) -> None:
+            await gate.wait(30.0)
+            order.append(name)
+
+        tasks = [asyncio.create_task(call(n)) for n in ("a", "b")]
+        await asyncio.sleep(0.05)
+        order.append("released")
+        gate.release()
+        await asyncio.gather(*tasks)
+        assert gate.open
+        return order
+
+    assert asyncio.run(run()) == ["released", "a", "b"]
+
+
+def test_startup_gate_opens_for_good_after_its_wait() -> None:
+    async def run() -> tuple[float, bool]:
+        gate = StartupGate(0.1)
+        gate.start(asyncio.get_running_loop())
+        t0 = time.monotonic()
+        await gate.wait(None)
+        return time.monotonic() - t0, gate.open
+
+    waited, opened = asyncio.run(run())
+    assert opened and 0.05 <= waited < 5.0
+
+
+def test_startup_gate_wait_leaves_a_tenth_of_the_call_time() -> None:
+    async def run() -> tuple[float, bool]:
+        gate = StartupGate(60.0)
+        gate.start(asyncio.get_running_loop())
+        t0 = time.monotonic()
+        await gate.wait(0.5)  # returns at 0.45 s with the gate still shut
+        return time.monotonic() - t0, gate.open
+
+    waited, opened = asyncio.run(run())
+    assert not opened and 0.4 <= waited < 0.5
