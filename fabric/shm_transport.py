@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,18 +222,24 @@ class SlabMaps:
         return slab, memoryview(slab.map)[:size]
 
     @staticmethod
-    def write_reply(slab: Slab, request_id: int, body: bytes) -> bool:
-        """Put ``body`` in the slab's reply region, behind the request id; False when it does
-        not fit (then it goes inline)."""
+    def write_reply(
+        slab: Slab, request_id: int, parts: Sequence[bytes | memoryview], size: int
+    ) -> bool:
+        """Put the reply (``parts`` in order, ``size`` bytes in all) in the slab's reply
+        region, behind the request id; False when it does not fit (then it goes inline)."""
         start = slab.reply_offset
-        if start + TAG_BYTES + len(body) > slab.capacity:
+        if start + TAG_BYTES + size > slab.capacity:
             return False
-        if not _reserve(slab, 1, TAG_BYTES + len(body)):
+        if not _reserve(slab, 1, TAG_BYTES + size):
             return False
         mm = slab.map
         try:
             mm[start : start + TAG_BYTES] = request_id.to_bytes(TAG_BYTES, "little")
-            mm[start + TAG_BYTES : start + TAG_BYTES + len(body)] = body
+            pos = start + TAG_BYTES
+            for part in parts:
+                n = len(part)
+                mm[pos : pos + n] = part
+                pos += n
         except ValueError:  # unmapped meanwhile: its frontend gave the request up
             return False
         return True

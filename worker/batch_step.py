@@ -30,11 +30,12 @@ from fabric.errors import RequestError
 from fabric.protocol import FLAG_NON_IDEMPOTENT, PeerId, RequestHeader
 
 from .batcher import Batcher, BatchPolicy, Waiting
-from .codec import DecodedRequest, batch_signature, decode_request, encode_response
+from .codec import DecodedRequest, batch_signature, decode_request, encode_response_parts
 from .decoupled import StreamWindows, run_decoupled
 from .gpu_faults import DeviceHealth, judge, release_cached_memory
 from .loaders import LoadedModel
 from .padding import pad_and_concat, pad_value, padded_signature, padding_enabled, trim
+from .raw_wire import RawParts
 from .sequences import check_request, control_tensors
 from .stats import ModelStats
 from .traces import record_batch
@@ -43,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 
 class SendReply(Protocol):
-    """(frontend identity, request id, status, message, ModelInferResponse bytes or None);
-    ``more``: a decoupled model's response with more to follow (``worker.decoupled``)."""
+    """(frontend identity, request id, status, message, ModelInferResponse bytes, unjoined
+    parts (``raw_wire.RawParts``) or None); ``more``: a decoupled model's response with more
+    to follow (``worker.decoupled``)."""
 
     def __call__(
         self,
@@ -52,7 +54,7 @@ class SendReply(Protocol):
         request_id: int,
         status: str,
         message: str,
-        body: bytes | None,
+        body: bytes | RawParts | None,
         more: bool = False,
         /,
     ) -> None: ...
@@ -373,7 +375,7 @@ class BatchStep:
         for w, outs in zip(batch, per_request, strict=True):
             ready = w.item
             try:
-                body = encode_response(ready.request, spec.name, self.model.version, outs)
+                body = encode_response_parts(ready.request, spec.name, self.model.version, outs)
             except RequestError as exc:
                 self._fail(ready.inbound, exc.code, exc.message)
                 continue

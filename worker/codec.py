@@ -26,7 +26,7 @@ from fabric.protocol import ShmRef
 from protos import grpc_service_pb2 as pb
 from worker.classification import check_datatype, classify
 from worker.model_config import ModelSpec, TensorSpec
-from worker.raw_wire import IN_PLACE_MIN_BYTES, join_raw_outputs, split_raw_inputs
+from worker.raw_wire import IN_PLACE_MIN_BYTES, RawParts, split_raw_inputs
 from worker.shm import MAPPER, SHM_PARAMETERS, find_ref
 
 logger = logging.getLogger(__name__)
@@ -195,14 +195,19 @@ def decode_request(
 
 
 def encode_response(
-    request: DecodedRequest,
-    model_name: str,
-    model_version: str,
-    outputs: Mapping[str, np.ndarray],
+    request: DecodedRequest, model_name: str, model_version: str, outputs: Mapping[str, np.ndarray]
 ) -> bytes:
-    """Serialize a ``ModelInferResponse`` carrying the outputs ``request`` asked for.
+    """``encode_response_parts``, joined."""
+    body = encode_response_parts(request, model_name, model_version, outputs)
+    return body.join() if isinstance(body, RawParts) else body
 
-    Raises ``RequestError(INTERNAL)`` when an output is missing or has the wrong dtype.
+
+def encode_response_parts(
+    request: DecodedRequest, model_name: str, model_version: str, outputs: Mapping[str, np.ndarray]
+) -> bytes | RawParts:
+    """Serialize a ``ModelInferResponse`` with the outputs ``request`` asked for (RequestError
+    INTERNAL when one is missing or has the wrong dtype); large raw outputs are left unjoined
+    (``RawParts``: the reply path joins them, or writes them straight into the request's slab).
     """
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
     response.id = request.id
@@ -236,7 +241,7 @@ def encode_response(
         else:
             raw.append(encode_bytes_tensor(array, tspec.name))
     if size >= IN_PLACE_MIN_BYTES:  # one copy of each tensor instead of three
-        return join_raw_outputs(response.SerializeToString(), raw)
+        return RawParts(response.SerializeToString(), raw)
     response.raw_output_contents.extend(
         r.tobytes() if isinstance(r, np.ndarray) else r for r in raw
     )

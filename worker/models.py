@@ -29,6 +29,7 @@ from .gpu_warmup import PREPARE_TIMEOUT_S, on_gpu, owned_devices, preparation
 from .loaders import LoadedModel, ModelLoadError, load_model
 from .model_config import CONFIG_FILENAME, ModelConfigError, model_config_bytes
 from .overrides import LoadOverride, stage
+from .raw_wire import RawParts
 from .repository import ModelSource, scan_model
 from .runtime import CancelBoard, Inbound, ModelInstance, SendAck, SendReply
 from .sequences import SequenceTable
@@ -485,7 +486,7 @@ class ModelTable:
             request_id: int,
             status: str,
             message: str,
-            body: bytes | None,
+            body: bytes | RawParts | None,
             more: bool = False,
         ) -> None:
             if more:  # a decoupled model's request is pending until its last reply

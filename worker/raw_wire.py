@@ -63,20 +63,43 @@ def split_raw_inputs(data: bytes | memoryview) -> tuple[bytes, list[memoryview]]
     return b"".join(rest), raw
 
 
+class RawParts:
+    """A serialized ModelInferResponse not yet joined: ``head`` (without raw outputs), then
+    each raw output as field 6 straight from its array. ``join()`` makes the bytes (the one
+    copy of each tensor); a reply that goes into a shared memory slab is written there part
+    by part instead, so the tensors are copied once in all (``fabric.shm_transport``)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, head: bytes, raw: Sequence[np.ndarray | bytes]) -> None:
+        parts: list[bytes | memoryview] = [head]
+        for item in raw:
+            if isinstance(item, np.ndarray):
+                array = item if item.flags.c_contiguous else np.ascontiguousarray(item)
+                buf: bytes | memoryview = array.data.cast("B") if array.ndim else array.tobytes()
+            else:
+                buf = item
+            parts.append(_RAW_OUTPUT_TAG)
+            parts.append(encode_varint(len(buf)))
+            parts.append(buf)
+        self.parts = parts
+        self.size = sum(len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+
 def join_raw_outputs(head: bytes, raw: Sequence[np.ndarray | bytes]) -> bytes:
     """A serialized ModelInferResponse: ``head`` (without raw outputs) and ``raw`` as its
     ``raw_output_contents``, each copied once, straight from the array."""
-    parts: list[bytes | memoryview] = [head]
-    for item in raw:
-        if isinstance(item, np.ndarray):
-            array = item if item.flags.c_contiguous else np.ascontiguousarray(item)
-            buf: bytes | memoryview = array.data.cast("B") if array.ndim else array.tobytes()
-        else:
-            buf = item
-        parts.append(_RAW_OUTPUT_TAG)
-        parts.append(encode_varint(len(buf)))
-        parts.append(buf)
-    return b"".join(parts)
+    return RawParts(head, raw).join()
+
+
+def joined(body: bytes | RawParts | None) -> bytes | None:
+    return body.join() if isinstance(body, RawParts) else body
 
 
 def reply_too_large(size: int, limit: int) -> tuple[str, str, None]:

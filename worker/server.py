@@ -52,7 +52,7 @@ from .gpu_faults import DeviceHealth
 from .gpu_warmup import owned_devices
 from .models import ModelTable, refuse_leftovers
 from .overrides import parse_load_request
-from .raw_wire import reply_too_large
+from .raw_wire import RawParts, reply_too_large
 from .runtime import Inbound
 from .shm_payloads import ShmPayloads
 
@@ -161,7 +161,7 @@ class WorkerServer:
         request_id: int,
         status: str,
         message: str,
-        body: bytes | None,
+        body: bytes | RawParts | None,
         more: bool = False,
     ) -> None:
         """Called once per request (``more``: a decoupled response, more follow), on the

@@ -13,6 +13,8 @@ from fabric.inproc import Route
 from fabric.protocol import RequestHeader
 from fabric.shm_transport import MIN_BYTES, Slab, SlabMaps, domain_if
 
+from .raw_wire import RawParts, joined
+
 
 class ShmPayloads:
     def __init__(self, enabled: bool) -> None:
@@ -32,16 +34,18 @@ class ShmPayloads:
         return view
 
     def outgoing(
-        self, frontend: Route, request_id: int, body: bytes | None, more: bool
+        self, frontend: Route, request_id: int, body: bytes | RawParts | None, more: bool
     ) -> tuple[bytes | None, int]:
-        """``(body, 0)`` to send as it is, or ``(None, size)`` once it is in the slab."""
+        """``(body, 0)`` to send as it is (joined), or ``(None, size)`` once it is in the
+        slab (unjoined parts are written there one by one: no joined copy is made)."""
         if not self._slabs or more:  # a decoupled response: the region holds only the last
-            return body, 0
+            return joined(body), 0
         slab = self._slabs.pop((frontend, request_id), None)
         if slab is None or body is None or len(body) < MIN_BYTES:
-            return body, 0
-        if not SlabMaps.write_reply(slab, request_id, body):
-            return body, 0
+            return joined(body), 0
+        parts = body.parts if isinstance(body, RawParts) else (body,)
+        if not SlabMaps.write_reply(slab, request_id, parts, len(body)):
+            return joined(body), 0
         return None, len(body)
 
     def close(self) -> None:

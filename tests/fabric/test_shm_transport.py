@@ -153,7 +153,7 @@ def test_reply_written_by_the_worker_round_trips(
     assert bytes(view) == request
     view.release()
     body = os.urandom(slab.capacity // 2 - TAG_BYTES)  # the largest that fits
-    assert SlabMaps.write_reply(mapped, 42, body)
+    assert SlabMaps.write_reply(mapped, 42, [body], len(body))
     assert pool.reply(slab, 42, len(body)) == body
     pool.release(slab, reuse=True)
 
@@ -163,7 +163,7 @@ def test_a_reply_too_large_for_the_region_is_refused(pool: SlabPool, maps: SlabM
     assert slab is not None
     mapped, view = maps.map(slab.name, 300_000, MAX_BYTES)
     view.release()
-    assert not SlabMaps.write_reply(mapped, 7, bytes(slab.capacity // 2 - TAG_BYTES + 1))
+    assert not SlabMaps.write_reply(mapped, 7, [b""], slab.capacity // 2 - TAG_BYTES + 1)
     with pytest.raises(RequestError) as exc:
         pool.reply(slab, 7, slab.capacity // 2)  # a size past the region
     assert code_of(exc) == errors.INTERNAL
@@ -175,8 +175,8 @@ def test_a_stale_writers_reply_is_refused(pool: SlabPool, maps: SlabMaps) -> Non
     assert slab is not None
     mapped, view = maps.map(slab.name, 300_000, MAX_BYTES)
     view.release()
-    assert SlabMaps.write_reply(mapped, 5, b"mine" * 100_000)
-    assert SlabMaps.write_reply(mapped, 4, b"old!" * 100_000)  # a worker declared dead
+    assert SlabMaps.write_reply(mapped, 5, [b"mine" * 100_000], 400_000)
+    assert SlabMaps.write_reply(mapped, 4, [b"old!" * 100_000], 400_000)  # a worker declared dead
     with pytest.raises(RequestError) as exc:
         pool.reply(slab, 5, 400_000)
     assert code_of(exc) == errors.INTERNAL

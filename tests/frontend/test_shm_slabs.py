@@ -62,7 +62,9 @@ class FakeBroker:
         """What a worker does: the body into the request's slab, behind ``tag`` (its id)."""
         slab, view = self.maps.map(header.payload_shm, header.payload_size, MAX_BYTES)
         view.release()
-        assert SlabMaps.write_reply(slab, header.request_id if tag is None else tag, body)
+        assert SlabMaps.write_reply(
+            slab, header.request_id if tag is None else tag, [body], len(body)
+        )
         self.send(messages.reply(ReplyHeader(header.request_id, "OK", payload_in_slab=len(body))))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fabric import errors, shm_transport
@@ -14,6 +15,7 @@ from fabric.errors import RequestError
 from fabric.protocol import RequestHeader
 from fabric.shm_transport import MIN_BYTES, TAG_BYTES, Slab, SlabMaps, SlabPool
 from worker import shm_payloads
+from worker.raw_wire import RawParts
 from worker.shm_payloads import ShmPayloads
 
 MAX_BYTES = 64 << 20
@@ -79,6 +81,35 @@ def test_a_large_final_reply_goes_into_the_slab(payloads: ShmPayloads, pool: Sla
     assert pool.reply(slab, 11, len(body)) == body
     # The request is forgotten once answered: a second reply under its id goes inline.
     assert payloads.outgoing(FRONTEND, 11, body, more=False) == (body, 0)
+
+
+def parts(seed: int) -> RawParts:
+    """A response head and two large raw outputs, one of them not contiguous."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 255, MIN_BYTES, dtype=np.uint8)
+    b = rng.standard_normal((64, MIN_BYTES // 256), dtype=np.float32)[:, ::2]
+    return RawParts(b"\x0a\x05model", [a, b])
+
+
+def test_unjoined_parts_are_written_into_the_slab_as_their_join(
+    payloads: ShmPayloads, pool: SlabPool
+) -> None:
+    header, slab = send(pool, 13)
+    payloads.incoming(header, FRONTEND, MAX_BYTES).release()
+    body = parts(1)
+    expected = body.join()
+    assert len(body) == len(expected)
+    assert payloads.outgoing(FRONTEND, 13, body, more=False) == (None, len(expected))
+    assert pool.reply(slab, 13, len(expected)) == expected
+
+
+def test_unjoined_parts_that_stay_inline_are_joined(payloads: ShmPayloads, pool: SlabPool) -> None:
+    body = parts(2)
+    assert payloads.outgoing(FRONTEND, 14, body, more=False) == (body.join(), 0)  # no slab
+    header, slab = send(pool, 15, b"\x01" * (1 << 19))  # a slab too small for the reply
+    payloads.incoming(header, FRONTEND, MAX_BYTES).release()
+    big = RawParts(b"", [np.zeros(slab.capacity // 2, np.uint8)])
+    assert payloads.outgoing(FRONTEND, 15, big, more=False) == (big.join(), 0)
 
 
 def test_decoupled_responses_stay_inline_and_the_last_goes_into_the_slab(
