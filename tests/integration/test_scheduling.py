@@ -12,10 +12,13 @@ import tritonclient.grpc as grpcclient
 
 from tests.integration.stack import Stack
 
-DELAY_MS = 500
+DELAY_MS = 800
 TRIALS = 8
 PAIR_WITHIN_S = DELAY_MS / 1000 * 1.5
 """Both replies within 1.5x one delay: in parallel (1x), not one after the other (2x)."""
+SLOW_PAIRS_ALLOWED = 1
+"""A host busy with other work can delay one pair past the bound; a scheduler that queues the
+second request behind the first does it to every pair."""
 
 
 def sleepy_inputs(delay_ms: int) -> list[grpcclient.InferInput]:
@@ -48,6 +51,6 @@ def test_two_instances_run_two_requests_in_parallel(stack: Stack) -> None:
         latest = max(elapsed for elapsed, _ in replies)
         if latest > PAIR_WITHIN_S:
             slow_pairs.append(f"trial {trial}: {[round(e, 3) for e, _ in replies]}")
-    assert not slow_pairs, (
+    assert len(slow_pairs) <= SLOW_PAIRS_ALLOWED, (
         f"{len(slow_pairs)}/{TRIALS} pairs ran one after the other on one instance: {slow_pairs}"
     )
