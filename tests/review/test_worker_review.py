@@ -62,16 +62,16 @@ def test_requests_behind_stop_marker_are_answered(ragged_model: LoadedModel) -> 
 def test_compute_thread_survives_an_unexpected_error_after_the_batch(
     ragged_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = batch_step.encode_response
+    real = batch_step.encode_response_parts
     calls = {"n": 0}
 
-    def flaky(*args: object, **kwargs: object) -> bytes:
+    def flaky(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ValueError("Message too large to serialize")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(batch_step, "encode_response", flaky)
+    monkeypatch.setattr(batch_step, "encode_response_parts", flaky)
     h = Harness(ragged_model).start()
     try:
         h.put(inbound(1, rows()))
