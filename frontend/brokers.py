@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from fabric.heartbeat import Liveness
 from fabric.protocol import CatalogHeader
+
+logger = logging.getLogger(__name__)
 
 
 class BrokerView(Protocol):
@@ -51,24 +54,57 @@ def shm_models(catalog: CatalogHeader, domain: str) -> frozenset[str]:
     return frozenset(local - {e.name for e in catalog.models if e.shm_domain != domain})
 
 
-class StartupGate:
-    """Holds the calls that reach a fresh frontend before any broker has answered it.
+class BrokerGate:
+    """Holds the calls that reach this frontend while no broker is live: before its first
+    broker has answered (a balancer adds a replica as soon as its address resolves), and
+    after every broker went silent or restarted, until one answers again. Without it those
+    calls fail UNAVAILABLE "no broker is reachable" at once, faster than any retry backoff.
 
-    A replica starts taking calls (a balancer adds it as soon as its address resolves) a few
-    milliseconds before its first broker's catalog arrives; without the gate those calls fail
-    UNAVAILABLE "no broker is reachable". The gate opens on the first catalog, or for good
-    ``wait_s`` after the start, so a frontend whose brokers never answer fails calls fast.
+    A call waits at most nine tenths of its time left. Once the gate has been shut for
+    ``wait_s`` it gives up, and calls fail at once again until a broker answers, so a frontend
+    whose brokers stay away does not hold every call for long.
     """
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
-        self.open = False
+        self.open = False  # calls go straight on: a broker is live, or waiting gave up
+        self.up = False  # a broker is live
         self._opened = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.call_later(self.wait_s, self.release)
+        self._loop = loop
+        self._timer = loop.call_later(self.wait_s, self._give_up)
 
-    def release(self) -> None:
+    def broker_up(self) -> None:
+        self.up = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.open = True
+        self._opened.set()
+
+    def check(self, brokers: Sequence[BrokerView]) -> None:
+        """Shut the gate when none of ``brokers`` is live any more."""
+        if self.up and not any(b.liveness.alive() for b in brokers):
+            self.brokers_down()
+
+    def brokers_down(self) -> None:
+        """No broker is live any more: shut the gate (unless it is shut or gave up already)."""
+        if not self.up or self._loop is None:
+            return
+        self.up = False
+        self.open = False
+        self._opened.clear()
+        self._timer = self._loop.call_later(self.wait_s, self._give_up)
+        logger.info("no broker is live: calls wait for one, up to %.1f s from now", self.wait_s)
+
+    def _give_up(self) -> None:
+        wait = self.wait_s
+        if self._loop is not None and not self.up:
+            logger.warning("no broker for %.1f s: calls fail at once until one is back", wait)
+        self._timer = None
         self.open = True
         self._opened.set()
 

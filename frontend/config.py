@@ -39,10 +39,10 @@ class FrontendConfig(CurveClientSettings):
         "RESOURCE_EXHAUSTED (0 = no bound)",
     )
     retry_budget_ratio: float = setting(0.1, "retries may add at most this fraction of extra load")
-    startup_wait_s: float = setting(
+    broker_wait_s: float = setting(
         5.0,
-        "calls that arrive before any broker has answered this frontend wait for one this long "
-        "after the start (a fresh replica behind a balancer); later calls fail at once",
+        "calls that arrive while no broker is live (before the first answers, or after all "
+        "went silent) wait for one; after this long without one, calls fail at once again",
     )
     shutdown_grace_s: float = setting(5.0, "longest wait for calls in flight on shutdown")
     control_timeout_s: float = setting(120.0, "longest wait for a repository load or unload call")

@@ -48,7 +48,7 @@ from fabric.sockets import (
     send_frames,
 )
 
-from .brokers import StartupGate, choose_broker, shm_models
+from .brokers import BrokerGate, choose_broker, shm_models
 from .route_state import RouteStates
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class FabricClient:
         max_message_bytes: int,
         security: SocketSecurity | None = None,
         shm_transport: bool = False,
-        startup_wait_s: float = 5.0,
+        broker_wait_s: float = 5.0,
     ) -> None:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         # No identity of our own: the broker assigns one per connection, so nobody who learns
@@ -112,7 +112,7 @@ class FabricClient:
             for ep in endpoints
         ]
         self._interval_s = heartbeat_interval_s
-        self.gate = StartupGate(startup_wait_s)  # calls wait for the first catalog (brokers.py)
+        self.gate = BrokerGate(broker_wait_s)  # calls wait while no broker is live (brokers.py)
         self._shm_domain = domain_if(shm_transport)
         self._slabs = SlabPool(self._shm_domain) if self._shm_domain else None
         self._slab_of: dict[int, Slab] = {}  # request id -> the slab holding its payload
@@ -292,6 +292,7 @@ class FabricClient:
                     full = len(link.waiting) >= DEFAULT_HWM // 2
                     if not full:
                         link.liveness.lost()  # choose another broker from now on
+                        self.gate.check(self._links)  # or wait for one, if none is live
                     status = errors.RESOURCE_EXHAUSTED if full else errors.UNAVAILABLE
                     why = (
                         f"too many requests queued for broker {link.endpoint}"
@@ -420,8 +421,8 @@ class FabricClient:
                 link.catalog = catalog
                 link.shm_models = shm_models(catalog, self._shm_domain)
                 self.catalog_version += 1
-                if not self.gate.open:
-                    self.gate.release()
+                if not self.gate.up:  # a catalog follows every (re)connection: the broker is back
+                    self.gate.broker_up()
             case HeartbeatHeader() as heartbeat:
                 self._check_incarnation(link, heartbeat.incarnation)
                 self.routes.update(link.endpoint, heartbeat.decisions)
@@ -441,6 +442,7 @@ class FabricClient:
                     logger.info("broker %s is %s", link.endpoint, "up" if alive else "down")
                 was_alive[id(link)] = alive
                 self._send_heartbeat(link, alive)
+            self.gate.check(self._links)
             await asyncio.sleep(self._interval_s)
 
     def _send_heartbeat(self, link: BrokerLink, alive: bool) -> None:

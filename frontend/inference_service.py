@@ -214,9 +214,8 @@ class InferenceService(ModelRpcs):
         tracker = self._latency.get(route.model) if known else _NO_TRACKER
         if tracker is None:
             tracker = self._latency[route.model] = LatencyTracker()
-        planner = AttemptPlanner(
-            policy, tracker, self.retry_policy, self.retry_budget, now + timeout_s
-        )
+        end = now + timeout_s
+        planner = AttemptPlanner(policy, tracker, self.retry_policy, self.retry_budget, end)
         # Attempt n is sent[n]: what submit returned, or None when it could not be sent.
         sent: list[tuple[int, asyncio.Future[Reply], object] | None] = []
         loop = asyncio.get_running_loop()
@@ -226,6 +225,8 @@ class InferenceService(ModelRpcs):
                 bounced: Reply | None = None
                 for action in actions:
                     if isinstance(action, Send):
+                        if not client.gate.open:  # no broker is live: wait for one (brokers.py)
+                            await client.gate.wait(end - time.monotonic())
                         hedge_of = (
                             0 if action.hedge_of == NOT_A_HEDGE else self._hedged_id(action, sent)
                         )

@@ -119,7 +119,7 @@ class FrontendServer:
             max_message_bytes=config.max_message_bytes + MESSAGE_SLACK_BYTES,
             security=fabric_security(config, "frontend"),
             shm_transport=config.shm_transport == "auto",
-            startup_wait_s=config.startup_wait_s,
+            broker_wait_s=config.broker_wait_s,
         )
         self.service = InferenceService(config, self.client, package_version())
         # --routing: the file is read and checked here, so a bad one stops the start.

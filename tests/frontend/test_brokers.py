@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from fabric.heartbeat import Liveness
 from fabric.protocol import CatalogEntry, CatalogHeader
-from frontend.brokers import StartupGate, choose_broker
+from frontend.brokers import BrokerGate, choose_broker
 
 INTERVAL_S = 1.0
 LIVENESS = 3
@@ -79,9 +79,9 @@ def test_a_lost_broker_is_dead_at_once() -> None:
     assert choose_broker([a, b], "m", 0) is b
 
 
-def test_startup_gate_holds_calls_until_released() -> None:
+def test_broker_gate_holds_calls_until_a_broker_answers() -> None:
     async def run() -> list[str]:
-        gate = StartupGate(60.0)
+        gate = BrokerGate(60.0)
         gate.start(asyncio.get_running_loop())
         order: list[str] = []
 
@@ -91,30 +91,30 @@ def test_startup_gate_holds_calls_until_released() -> None:
 
         tasks = [asyncio.create_task(call(n)) for n in ("a", "b")]
         await asyncio.sleep(0.05)
-        order.append("released")
-        gate.release()
+        order.append("broker up")
+        gate.broker_up()
         await asyncio.gather(*tasks)
-        assert gate.open
+        assert gate.open and gate.up
         return order
 
-    assert asyncio.run(run()) == ["released", "a", "b"]
+    assert asyncio.run(run()) == ["broker up", "a", "b"]
 
 
-def test_startup_gate_opens_for_good_after_its_wait() -> None:
-    async def run() -> tuple[float, bool]:
-        gate = StartupGate(0.1)
+def test_broker_gate_gives_up_after_its_wait() -> None:
+    async def run() -> tuple[float, bool, bool]:
+        gate = BrokerGate(0.1)
         gate.start(asyncio.get_running_loop())
         t0 = time.monotonic()
         await gate.wait(None)
-        return time.monotonic() - t0, gate.open
+        return time.monotonic() - t0, gate.open, gate.up
 
-    waited, opened = asyncio.run(run())
-    assert opened and 0.05 <= waited < 5.0
+    waited, opened, up = asyncio.run(run())
+    assert opened and not up and 0.05 <= waited < 5.0
 
 
-def test_startup_gate_wait_leaves_a_tenth_of_the_call_time() -> None:
+def test_broker_gate_wait_leaves_a_tenth_of_the_call_time() -> None:
     async def run() -> tuple[float, bool]:
-        gate = StartupGate(60.0)
+        gate = BrokerGate(60.0)
         gate.start(asyncio.get_running_loop())
         t0 = time.monotonic()
         await gate.wait(0.5)  # returns at 0.45 s with the gate still shut
@@ -122,3 +122,32 @@ def test_startup_gate_wait_leaves_a_tenth_of_the_call_time() -> None:
 
     waited, opened = asyncio.run(run())
     assert not opened and 0.4 <= waited < 0.5
+
+
+def test_broker_gate_shuts_when_every_broker_is_down_and_gives_up_again() -> None:
+    async def run() -> list[tuple[bool, bool]]:
+        gate = BrokerGate(0.1)
+        gate.start(asyncio.get_running_loop())
+        gate.broker_up()
+        states = [(gate.open, gate.up)]
+        gate.brokers_down()
+        states.append((gate.open, gate.up))
+        waiter = asyncio.create_task(gate.wait(30.0))
+        await asyncio.sleep(0.02)
+        states.append((waiter.done(), gate.up))  # still held
+        await waiter  # the gate gave up after 0.1 s
+        states.append((gate.open, gate.up))
+        gate.brokers_down()  # given up already: stays open until a broker answers
+        states.append((gate.open, gate.up))
+        gate.broker_up()
+        states.append((gate.open, gate.up))
+        return states
+
+    assert asyncio.run(run()) == [
+        (True, True),
+        (False, False),
+        (False, False),
+        (True, False),
+        (True, False),
+        (True, True),
+    ]

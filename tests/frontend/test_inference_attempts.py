@@ -11,7 +11,7 @@ import pytest
 from fabric import errors
 from fabric.errors import RequestError
 from fabric.protocol import CatalogEntry
-from frontend.brokers import StartupGate
+from frontend.brokers import BrokerGate
 from frontend.config import FrontendConfig
 from frontend.fabric_client import Reply
 from frontend.inference_service import InferenceService
@@ -24,9 +24,9 @@ NEVER = None  # a copy that never answers
 Script = Reply | RequestError | tuple[float, Reply] | None
 
 
-def open_gate() -> StartupGate:
-    gate = StartupGate(0.0)
-    gate.release()
+def open_gate() -> BrokerGate:
+    gate = BrokerGate(0.0)
+    gate.broker_up()
     return gate
 
 
@@ -40,7 +40,7 @@ class ScriptedClient:
     submits: list[dict[str, int]] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     catalog_version: int = 1
-    gate: StartupGate = field(default_factory=open_gate)
+    gate: BrokerGate = field(default_factory=open_gate)
 
     def submit(
         self, model: str, version: str, deadline_ns: int, payload: bytes, **kw: int

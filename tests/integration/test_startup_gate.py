@@ -1,9 +1,11 @@
-"""A fresh frontend holds the calls that reach it before its broker has answered, instead of
-failing them UNAVAILABLE "no broker is reachable" (what a balancer's new replica did in the
-compose test), and fails fast once ``--startup-wait-s`` has passed with no broker.
+"""A frontend holds the calls that reach it while no broker is live, instead of failing them
+UNAVAILABLE "no broker is reachable": before its first broker has answered (what a balancer's
+new replica did in the compose test) and after its broker went silent, until it answers again.
+After ``--broker-wait-s`` with no broker, calls fail fast again.
 
 The broker is reached through a TCP relay the test holds shut: the frontend's connection is
-accepted, and nothing passes until the relay opens, as with a broker slow to answer.
+accepted, and nothing passes until the relay opens, as with a broker slow to answer; cutting
+the relay drops the connection and holds the next one, as with a broker gone silent.
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ class HeldRelay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
 
     def open(self) -> None:
         self.opened.set()
+
+    def cut(self) -> None:
+        """Drop every relayed connection; connections made after it are held until ``open``."""
+        self.opened.clear()
+        for conn in list(self._conns):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.closing.set()
@@ -74,6 +84,7 @@ class HeldRelay:
             conn.close()
             return
         upstream = socket.create_connection(self.target)
+        self._conns += [conn, upstream]
         pumps = [
             threading.Thread(target=self._pump, args=(a, b), daemon=True)
             for a, b in ((conn, upstream), (upstream, conn))
@@ -135,7 +146,7 @@ def test_a_call_before_the_first_broker_answer_waits_for_it(
     relay_stack: tuple[Stack, HeldRelay],
 ) -> None:
     stack, relay = relay_stack
-    fresh = _frontend_behind(stack, relay, "--startup-wait-s", "30")
+    fresh = _frontend_behind(stack, relay, "--broker-wait-s", "30")
     client = stack.client(fresh)
     assert relay.accepted.wait(10), "the frontend never connected to its broker"
     assert not client.is_server_ready(client_timeout=2), "ready before any broker answered"
@@ -158,21 +169,48 @@ def test_a_call_before_the_first_broker_answer_waits_for_it(
              what="ServerReady once the broker answered", watch=stack.procs)  # fmt: skip
 
 
-def test_with_no_broker_calls_fail_fast_once_the_startup_wait_is_over(
+def test_with_no_broker_calls_fail_fast_once_the_broker_wait_is_over(
     relay_stack: tuple[Stack, HeldRelay],
 ) -> None:
     stack, relay = relay_stack
     started = time.monotonic()
     # The gate's timer starts after `started`: a call it held ends at least WAIT_S after it.
-    fresh = _frontend_behind(stack, relay, "--startup-wait-s", str(WAIT_S))
+    fresh = _frontend_behind(stack, relay, "--broker-wait-s", str(WAIT_S))
     client = stack.client(fresh)
     a = rand_int32(np.random.default_rng(3), 1)
     err = expect_error("UNAVAILABLE", client.infer, "simple",
                        simple_inputs(a, a), client_timeout=30)  # fmt: skip
     assert "no broker is reachable" in err.message()
-    assert time.monotonic() - started >= WAIT_S, "failed before the startup wait was over"
+    assert time.monotonic() - started >= WAIT_S, "failed before the broker wait was over"
     t0 = time.monotonic()
     expect_error("UNAVAILABLE", client.infer, "simple", simple_inputs(a, a),
                  client_timeout=30)  # fmt: skip
-    assert time.monotonic() - t0 < 1.0, "a call after the startup wait still waited"
+    assert time.monotonic() - t0 < 1.0, "a call after the broker wait still waited"
+    stack.assert_alive()
+
+
+def test_calls_while_the_broker_is_gone_wait_for_it_to_answer_again(
+    relay_stack: tuple[Stack, HeldRelay],
+) -> None:
+    stack, relay = relay_stack
+    relay.open()
+    fresh = _frontend_behind(stack, relay, "--broker-wait-s", "30")
+    client = stack.client(fresh)
+    a, b = rand_int32(np.random.default_rng(4), 1), rand_int32(np.random.default_rng(5), 1)
+    assert_int_outputs(client.infer("simple", simple_inputs(a, b), client_timeout=30),
+                       simple_expected(a, b))  # fmt: skip
+    relay.cut()
+    # The frontend finds the broker gone (a send that finds no connection, or its liveness).
+    wait_for(lambda: "no broker is live" in fresh.log_text(), timeout_s=15,
+             what="the frontend saying no broker is live", watch=stack.procs)  # fmt: skip
+    with ThreadPoolExecutor(4) as pool:
+        calls = [
+            pool.submit(client.infer, "simple", simple_inputs(a, b), client_timeout=30)
+            for _ in range(4)
+        ]
+        time.sleep(1.0)
+        assert not any(c.done() for c in calls), [c.exception() for c in calls if c.done()]
+        relay.open()
+        for call in calls:
+            assert_int_outputs(call.result(timeout=30), simple_expected(a, b))
     stack.assert_alive()
