@@ -25,11 +25,19 @@ from fabric.protocol import (
     encode_header,
     unpack_batch,
 )
+from frontend.brokers import BrokerGate
 from frontend.config import FrontendConfig
 from frontend.fabric_client import FabricClient, Reply
 from frontend.inference_service import InferenceService
 from frontend.wire import RequestRoute
 from protos import model_config_pb2 as mc
+
+
+def open_gate() -> BrokerGate:
+    """The gate of a frontend whose broker is live: calls go straight on."""
+    gate = BrokerGate(0.0)
+    gate.broker_up()
+    return gate
 
 
 @dataclass
@@ -40,6 +48,7 @@ class FakeClient:
     script: list[Reply] = field(default_factory=list)
     submits: list[tuple[str, int]] = field(default_factory=list)
     catalog_version: int = 1
+    gate: BrokerGate = field(default_factory=open_gate)
 
     def submit(
         self, model: str, version: str, deadline_ns: int, payload: bytes, **kw: int
