@@ -163,7 +163,7 @@ def test_a_call_before_the_first_broker_answer_waits_for_it(
         relay.open()
         for call in calls:
             assert_int_outputs(call.result(timeout=30), simple_expected(a, b))
-    print(f"\n[startup gate] 4 held calls answered {time.monotonic() - opened_at:.2f} s "
+    print(f"\n[broker gate] 4 held calls answered {time.monotonic() - opened_at:.2f} s "
           "after the broker was let through")  # fmt: skip
     wait_for(lambda: client.is_server_ready(client_timeout=1), timeout_s=10,
              what="ServerReady once the broker answered", watch=stack.procs)  # fmt: skip
