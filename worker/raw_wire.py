@@ -92,13 +92,8 @@ class RawParts:
         return b"".join(self.parts)
 
 
-def join_raw_outputs(head: bytes, raw: Sequence[np.ndarray | bytes]) -> bytes:
-    """A serialized ModelInferResponse: ``head`` (without raw outputs) and ``raw`` as its
-    ``raw_output_contents``, each copied once, straight from the array."""
-    return RawParts(head, raw).join()
-
-
 def joined(body: bytes | RawParts | None) -> bytes | None:
+    """The bytes of a reply body, joining unjoined parts."""
     return body.join() if isinstance(body, RawParts) else body
 
 

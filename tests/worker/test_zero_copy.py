@@ -14,7 +14,7 @@ from tests.worker.codec_helpers import make_request, make_spec
 from worker import demo_large
 from worker.codec import decode_request, encode_response
 from worker.loaders import LoadedModel, load_model
-from worker.raw_wire import IN_PLACE_MIN_BYTES, join_raw_outputs, split_raw_inputs
+from worker.raw_wire import IN_PLACE_MIN_BYTES, RawParts, split_raw_inputs
 from worker.repository import scan_model
 
 ROWS = IN_PLACE_MIN_BYTES // 4  # one FP32 row of exactly the in-place threshold
@@ -103,7 +103,7 @@ def test_joined_response_parses_as_protobufs_own() -> None:
     want = pb.ModelInferResponse()
     want.CopyFrom(head)
     want.raw_output_contents.extend(o.tobytes() for o in outputs)
-    joined = join_raw_outputs(head.SerializeToString(), outputs)  # B is not contiguous
+    joined = RawParts(head.SerializeToString(), outputs).join()  # B is not contiguous
     assert pb.ModelInferResponse.FromString(joined) == want
 
 
