@@ -46,6 +46,12 @@ def choose_broker(brokers: Sequence[B], model: str, turn: int) -> B | None:
     return pool[turn % len(pool)]
 
 
+def serving(broker: BrokerView) -> bool:
+    """``broker`` is live and its catalog lists a connected worker."""
+    catalog = broker.catalog
+    return catalog is not None and catalog.workers > 0 and broker.liveness.alive()
+
+
 def shm_models(catalog: CatalogHeader, domain: str) -> frozenset[str]:
     """Models all of whose versions are served only by workers in shared memory ``domain``."""
     if not domain:
@@ -55,20 +61,23 @@ def shm_models(catalog: CatalogHeader, domain: str) -> frozenset[str]:
 
 
 class BrokerGate:
-    """Holds the calls that reach this frontend while no broker is live: before its first
-    broker has answered (a balancer adds a replica as soon as its address resolves), and
-    after every broker went silent or restarted, until one answers again. Without it those
-    calls fail UNAVAILABLE "no broker is reachable" at once, faster than any retry backoff.
+    """Holds the calls that reach this frontend while no worker is reachable: no live broker
+    lists a connected worker in its catalog. That is the time before its first broker has
+    answered (a balancer adds a replica as soon as its address resolves), after every broker
+    went silent or restarted, and after a restarted broker answered but before its workers
+    joined it again, or while the last worker is being restarted. Without it those calls fail
+    UNAVAILABLE ("no broker is reachable", "no worker is connected") at once, faster than any
+    retry backoff.
 
     A call waits at most nine tenths of its time left. Once the gate has been shut for
-    ``wait_s`` it gives up, and calls fail at once again until a broker answers, so a frontend
-    whose brokers stay away does not hold every call for long.
+    ``wait_s`` it gives up, and calls fail at once again until a worker is reachable, so a
+    frontend whose brokers or workers stay away does not hold every call for long.
     """
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
-        self.open = False  # calls go straight on: a broker is live, or waiting gave up
-        self.up = False  # a broker is live
+        self.open = False  # calls go straight on: a worker is reachable, or waiting gave up
+        self.up = False  # a live broker lists a connected worker
         self._opened = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -77,7 +86,16 @@ class BrokerGate:
         self._loop = loop
         self._timer = loop.call_later(self.wait_s, self._give_up)
 
-    def broker_up(self) -> None:
+    def check(self, brokers: Sequence[BrokerView]) -> None:
+        """Open the gate when one of ``brokers`` is live and lists a connected worker; shut it
+        when none does any more. Called on every catalog, heartbeat tick and failed send."""
+        if any(serving(b) for b in brokers):
+            if not self.up:
+                self.worker_up()
+        elif self.up:
+            self.workers_down()
+
+    def worker_up(self) -> None:
         self.up = True
         if self._timer is not None:
             self._timer.cancel()
@@ -85,25 +103,26 @@ class BrokerGate:
         self.open = True
         self._opened.set()
 
-    def check(self, brokers: Sequence[BrokerView]) -> None:
-        """Shut the gate when none of ``brokers`` is live any more."""
-        if self.up and not any(b.liveness.alive() for b in brokers):
-            self.brokers_down()
-
-    def brokers_down(self) -> None:
-        """No broker is live any more: shut the gate (unless it is shut or gave up already)."""
+    def workers_down(self) -> None:
+        """No worker is reachable any more: shut the gate (unless it is shut or gave up
+        already)."""
         if not self.up or self._loop is None:
             return
         self.up = False
         self.open = False
         self._opened.clear()
         self._timer = self._loop.call_later(self.wait_s, self._give_up)
-        logger.info("no broker is live: calls wait for one, up to %.1f s from now", self.wait_s)
+        logger.info(
+            "no live broker lists a worker: calls wait for one, up to %.1f s from now",
+            self.wait_s,
+        )
 
     def _give_up(self) -> None:
         wait = self.wait_s
         if self._loop is not None and not self.up:
-            logger.warning("no broker for %.1f s: calls fail at once until one is back", wait)
+            logger.warning(
+                "no worker reachable for %.1f s: calls fail at once until one is back", wait
+            )
         self._timer = None
         self.open = True
         self._opened.set()

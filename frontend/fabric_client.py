@@ -421,8 +421,7 @@ class FabricClient:
                 link.catalog = catalog
                 link.shm_models = shm_models(catalog, self._shm_domain)
                 self.catalog_version += 1
-                if not self.gate.up:  # a catalog follows every (re)connection: the broker is back
-                    self.gate.broker_up()
+                self.gate.check(self._links)  # opens once a live broker lists a worker
             case HeartbeatHeader() as heartbeat:
                 self._check_incarnation(link, heartbeat.incarnation)
                 self.routes.update(link.endpoint, heartbeat.decisions)

@@ -346,7 +346,7 @@ class InferenceService(ModelRpcs):
         except RequestError as exc:
             del request  # as below: the abort's traceback must not keep it alive
             await context.abort(grpc_code(exc.code), exc.message)
-        if not self.client.gate.open:  # a fresh frontend: wait for the first broker's catalog
+        if not self.client.gate.open:  # no worker reachable yet (brokers.py BrokerGate)
             await self.client.gate.wait(context.time_remaining())
         self._policy(route.model)  # traits follow the catalog
         if self._traits.get(route.model, PLAIN).decoupled:

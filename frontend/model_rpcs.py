@@ -136,7 +136,7 @@ class ModelRpcs:
     async def _config_or_abort(
         self, name: str, version: str, context: grpc.aio.ServicerContext
     ) -> mc.ModelConfig:
-        if not self.client.gate.open:  # a fresh frontend: wait for the first broker's catalog
+        if not self.client.gate.open:  # no worker reachable yet (brokers.py BrokerGate)
             await self.client.gate.wait(context.time_remaining())
         try:
             names.check_model(name, version, "name")

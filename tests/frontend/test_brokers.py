@@ -92,7 +92,7 @@ def test_broker_gate_holds_calls_until_a_broker_answers() -> None:
         tasks = [asyncio.create_task(call(n)) for n in ("a", "b")]
         await asyncio.sleep(0.05)
         order.append("broker up")
-        gate.broker_up()
+        gate.worker_up()
         await asyncio.gather(*tasks)
         assert gate.open and gate.up
         return order
@@ -128,18 +128,18 @@ def test_broker_gate_shuts_when_every_broker_is_down_and_gives_up_again() -> Non
     async def run() -> list[tuple[bool, bool]]:
         gate = BrokerGate(0.1)
         gate.start(asyncio.get_running_loop())
-        gate.broker_up()
+        gate.worker_up()
         states = [(gate.open, gate.up)]
-        gate.brokers_down()
+        gate.workers_down()
         states.append((gate.open, gate.up))
         waiter = asyncio.create_task(gate.wait(30.0))
         await asyncio.sleep(0.02)
         states.append((waiter.done(), gate.up))  # still held
         await waiter  # the gate gave up after 0.1 s
         states.append((gate.open, gate.up))
-        gate.brokers_down()  # given up already: stays open until a broker answers
+        gate.workers_down()  # given up already: stays open until a broker answers
         states.append((gate.open, gate.up))
-        gate.broker_up()
+        gate.worker_up()
         states.append((gate.open, gate.up))
         return states
 
@@ -151,3 +151,36 @@ def test_broker_gate_shuts_when_every_broker_is_down_and_gives_up_again() -> Non
         (True, False),
         (True, True),
     ]
+
+
+def test_broker_gate_opens_only_when_a_live_broker_lists_a_worker() -> None:
+    """A restarted broker answers before its workers have joined it again: its first catalog
+    (no worker) keeps the gate shut; the one that lists a worker opens it; losing the last
+    worker, or the broker, shuts it again."""
+
+    async def run() -> list[bool]:
+        clock = Clock()
+        gate = BrokerGate(60.0)
+        gate.start(asyncio.get_running_loop())
+        a = broker("a", clock)  # live, no catalog yet
+        states = []
+        gate.check([a])
+        states.append(gate.open)
+        a.catalog = CatalogHeader(1, 0, [])  # answered, no worker connected yet
+        gate.check([a])
+        states.append(gate.open)
+        a.catalog = CatalogHeader(2, 1, [CatalogEntry("m", "1", b"", 1)])
+        gate.check([a])
+        states.append(gate.open)
+        a.catalog = CatalogHeader(3, 0, [])  # the last worker went away
+        gate.check([a])
+        states.append(gate.open)
+        a.catalog = CatalogHeader(4, 1, [CatalogEntry("m", "1", b"", 1)])
+        gate.check([a])
+        states.append(gate.open)
+        a.liveness.lost()  # the broker went away, its last catalog still held
+        gate.check([a])
+        states.append(gate.open)
+        return states
+
+    assert asyncio.run(run()) == [False, False, True, False, True, False]

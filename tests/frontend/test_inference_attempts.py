@@ -26,7 +26,7 @@ Script = Reply | RequestError | tuple[float, Reply] | None
 
 def open_gate() -> BrokerGate:
     gate = BrokerGate(0.0)
-    gate.broker_up()
+    gate.worker_up()
     return gate
 
 

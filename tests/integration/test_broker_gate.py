@@ -1,7 +1,8 @@
-"""A frontend holds the calls that reach it while no broker is live, instead of failing them
-UNAVAILABLE "no broker is reachable": before its first broker has answered (what a balancer's
-new replica did in the compose test) and after its broker went silent, until it answers again.
-After ``--broker-wait-s`` with no broker, calls fail fast again.
+"""A frontend holds the calls that reach it while no worker is reachable, instead of failing
+them UNAVAILABLE ("no broker is reachable", "no worker is connected"): before its first broker
+has answered (what a balancer's new replica did in the compose test), after its broker went
+silent, until it answers again, and while its broker has no worker. After ``--broker-wait-s``
+with none, calls fail fast again.
 
 The broker is reached through a TCP relay the test holds shut: the frontend's connection is
 accepted, and nothing passes until the relay opens, as with a broker slow to answer; cutting
@@ -201,7 +202,7 @@ def test_calls_while_the_broker_is_gone_wait_for_it_to_answer_again(
                        simple_expected(a, b))  # fmt: skip
     relay.cut()
     # The frontend finds the broker gone (a send that finds no connection, or its liveness).
-    wait_for(lambda: "no broker is live" in fresh.log_text(), timeout_s=15,
+    wait_for(lambda: "no live broker lists a worker" in fresh.log_text(), timeout_s=15,
              what="the frontend saying no broker is live", watch=stack.procs)  # fmt: skip
     with ThreadPoolExecutor(4) as pool:
         calls = [
@@ -213,4 +214,29 @@ def test_calls_while_the_broker_is_gone_wait_for_it_to_answer_again(
         relay.open()
         for call in calls:
             assert_int_outputs(call.result(timeout=30), simple_expected(a, b))
+    stack.assert_alive()
+
+
+def test_calls_while_the_broker_has_no_worker_wait_for_one_to_join(
+    make_stack: Callable[[], Stack],
+) -> None:
+    """A broker that answers before any worker joined it (a restarted broker, or a stack
+    started in any order): calls wait for a worker instead of failing UNAVAILABLE "no worker
+    is connected" at once."""
+    stack = make_stack()
+    stack.start_broker()
+    fe = stack.start_frontend(extra_args=["--broker-wait-s", "60"])  # the worker may be slow
+    stack.wait_live(fe)
+    client = stack.client(fe)
+    a, b = rand_int32(np.random.default_rng(6), 1), rand_int32(np.random.default_rng(7), 1)
+    with ThreadPoolExecutor(4) as pool:
+        calls = [
+            pool.submit(client.infer, "simple", simple_inputs(a, b), client_timeout=60)
+            for _ in range(4)
+        ]
+        time.sleep(1.0)  # without the worker check, all 4 fail at once (and after 2 retries)
+        assert not any(c.done() for c in calls), [c.exception() for c in calls if c.done()]
+        stack.start_worker()
+        for call in calls:
+            assert_int_outputs(call.result(timeout=60), simple_expected(a, b))
     stack.assert_alive()

@@ -36,7 +36,7 @@ from protos import model_config_pb2 as mc
 def open_gate() -> BrokerGate:
     """The gate of a frontend whose broker is live: calls go straight on."""
     gate = BrokerGate(0.0)
-    gate.broker_up()
+    gate.worker_up()
     return gate
 
 
