@@ -41,8 +41,9 @@ class FrontendConfig(CurveClientSettings):
     retry_budget_ratio: float = setting(0.1, "retries may add at most this fraction of extra load")
     broker_wait_s: float = setting(
         5.0,
-        "calls that arrive while no broker is live (before the first answers, or after all "
-        "went silent) wait for one; after this long without one, calls fail at once again",
+        "calls that arrive while no live broker lists a worker (before the first answers, "
+        "after all went silent, or while their workers join or restart) wait for one; after "
+        "this long without one, calls fail at once again (0: never wait)",
     )
     shutdown_grace_s: float = setting(5.0, "longest wait for calls in flight on shutdown")
     control_timeout_s: float = setting(120.0, "longest wait for a repository load or unload call")

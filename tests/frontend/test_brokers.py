@@ -184,3 +184,20 @@ def test_broker_gate_opens_only_when_a_live_broker_lists_a_worker() -> None:
         return states
 
     assert asyncio.run(run()) == [False, False, True, False, True, False]
+
+
+def test_a_broker_wait_of_zero_never_holds_a_call() -> None:
+    async def run() -> tuple[bool, float, float]:
+        gate = BrokerGate(0.0)
+        gate.start(asyncio.get_running_loop())
+        t0 = time.monotonic()
+        await gate.wait(30.0)
+        first = time.monotonic() - t0
+        gate.worker_up()
+        gate.workers_down()
+        t0 = time.monotonic()
+        await gate.wait(30.0)
+        return gate.open, first, time.monotonic() - t0
+
+    opened, first, after_down = asyncio.run(run())
+    assert opened and first < 0.1 and after_down < 0.1
