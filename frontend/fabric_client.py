@@ -112,7 +112,7 @@ class FabricClient:
             for ep in endpoints
         ]
         self._interval_s = heartbeat_interval_s
-        self.gate = BrokerGate(broker_wait_s)  # calls wait while no broker is live (brokers.py)
+        self.gate = BrokerGate(broker_wait_s)  # holds calls while no worker is reachable
         self._shm_domain = domain_if(shm_transport)
         self._slabs = SlabPool(self._shm_domain) if self._shm_domain else None
         self._slab_of: dict[int, Slab] = {}  # request id -> the slab holding its payload

@@ -225,7 +225,7 @@ class InferenceService(ModelRpcs):
                 bounced: Reply | None = None
                 for action in actions:
                     if isinstance(action, Send):
-                        if not client.gate.open:  # no broker is live: wait for one (brokers.py)
+                        if not client.gate.open:  # no worker reachable: wait for one (brokers.py)
                             await client.gate.wait(end - time.monotonic())
                         hedge_of = (
                             0 if action.hedge_of == NOT_A_HEDGE else self._hedged_id(action, sent)

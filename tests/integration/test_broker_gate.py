@@ -203,7 +203,7 @@ def test_calls_while_the_broker_is_gone_wait_for_it_to_answer_again(
     relay.cut()
     # The frontend finds the broker gone (a send that finds no connection, or its liveness).
     wait_for(lambda: "no live broker lists a worker" in fresh.log_text(), timeout_s=15,
-             what="the frontend saying no broker is live", watch=stack.procs)  # fmt: skip
+             what="the frontend saying it has no worker", watch=stack.procs)  # fmt: skip
     with ThreadPoolExecutor(4) as pool:
         calls = [
             pool.submit(client.infer, "simple", simple_inputs(a, b), client_timeout=30)
